@@ -1,0 +1,1 @@
+//! hangar-engineconn-plugin

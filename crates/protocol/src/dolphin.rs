@@ -1,0 +1,208 @@
+//! The Linkis `.dolphin` result-set file format.
+//!
+//! `dolphin` + the type as 10 zero-padded digits, then a metadata record, then
+//! one record per row. A TEXT record is `[10-digit byte length][bytes]` and its
+//! metadata record is `NULL`. A TABLE record is
+//! `[10-digit len][10-digit index len][len1,len2,...,][cell bytes...]` where
+//! `len` counts everything after itself; the metadata record encodes
+//! `[name1, type1, comment1, name2, ...]` the same way. NULL cells are
+//! written as `LINKIS_NULL`.
+
+use crate::error::HangarError;
+
+pub const MAGIC: &[u8] = b"dolphin";
+pub const NULL_CELL: &str = "LINKIS_NULL";
+pub const TEXT: u32 = 1;
+pub const TABLE: u32 = 2;
+const HEADER_LEN: usize = 17;
+
+/// One column of a TABLE result set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// A Linkis type name: `string`, `int`, `bigint`, `double`, `boolean`, ...
+    pub data_type: String,
+    pub comment: String,
+}
+
+/// A decoded result set. TEXT rows hold exactly one cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultSet {
+    pub rs_type: u32,
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+pub fn header(rs_type: u32) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(format!("{rs_type:010}").as_bytes());
+    out
+}
+
+/// The metadata record of a TEXT result set.
+pub fn text_meta() -> Vec<u8> {
+    text_line("NULL")
+}
+
+pub fn text_line(line: &str) -> Vec<u8> {
+    let mut out = format!("{:010}", line.len()).into_bytes();
+    out.extend_from_slice(line.as_bytes());
+    out
+}
+
+pub fn table_meta(columns: &[Column]) -> Vec<u8> {
+    let cells: Vec<Option<&str>> = columns
+        .iter()
+        .flat_map(|c| [Some(c.name.as_str()), Some(c.data_type.as_str()), Some(c.comment.as_str())])
+        .collect();
+    table_row(&cells)
+}
+
+pub fn table_row(cells: &[Option<&str>]) -> Vec<u8> {
+    let mut index = String::new();
+    let mut data = Vec::new();
+    for cell in cells {
+        let v = cell.unwrap_or(NULL_CELL);
+        index.push_str(&v.len().to_string());
+        index.push(',');
+        data.extend_from_slice(v.as_bytes());
+    }
+    let len = data.len() + index.len() + 10;
+    let mut out = format!("{len:010}{:010}", index.len()).into_bytes();
+    out.extend_from_slice(index.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+fn read_len(buf: &[u8], pos: &mut usize) -> Result<usize, HangarError> {
+    let s = buf.get(*pos..*pos + 10).ok_or_else(|| corrupt("truncated length"))?;
+    *pos += 10;
+    std::str::from_utf8(s)
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .ok_or_else(|| corrupt("length is not 10 digits"))
+}
+
+fn corrupt(why: &str) -> HangarError {
+    HangarError::internal(format!("corrupt result set: {why}"))
+}
+
+fn utf8(b: &[u8]) -> Result<String, HangarError> {
+    String::from_utf8(b.to_vec()).map_err(|_| corrupt("cell is not UTF-8"))
+}
+
+/// Decode a TABLE record into its cells.
+fn decode_table_record(buf: &[u8], pos: &mut usize) -> Result<Vec<Option<String>>, HangarError> {
+    let len = read_len(buf, pos)?;
+    let end = pos.checked_add(len).filter(|e| *e <= buf.len()).ok_or_else(|| corrupt("truncated row"))?;
+    let idx_len = read_len(buf, pos)?;
+    let idx_end = pos.checked_add(idx_len).filter(|e| *e <= end).ok_or_else(|| corrupt("bad index"))?;
+    let index = std::str::from_utf8(&buf[*pos..idx_end]).map_err(|_| corrupt("bad index"))?;
+    *pos = idx_end;
+    let mut cells = Vec::new();
+    for part in index.split(',').filter(|p| !p.is_empty()) {
+        let n: usize = part.parse().map_err(|_| corrupt("bad cell length"))?;
+        let cell_end = pos.checked_add(n).filter(|e| *e <= end).ok_or_else(|| corrupt("cell overruns row"))?;
+        let v = utf8(&buf[*pos..cell_end])?;
+        *pos = cell_end;
+        cells.push(if v == NULL_CELL { None } else { Some(v) });
+    }
+    if *pos != end {
+        return Err(corrupt("row length does not match its cells"));
+    }
+    Ok(cells)
+}
+
+/// Decode a whole result-set file.
+pub fn decode(buf: &[u8]) -> Result<ResultSet, HangarError> {
+    if buf.len() < HEADER_LEN || &buf[..7] != MAGIC {
+        return Err(corrupt("missing dolphin header"));
+    }
+    let rs_type: u32 = std::str::from_utf8(&buf[7..HEADER_LEN])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("bad type"))?;
+    let mut pos = HEADER_LEN;
+    let mut columns = Vec::new();
+    let mut rows = Vec::new();
+    if rs_type == TABLE {
+        if pos < buf.len() {
+            let meta = decode_table_record(buf, &mut pos)?;
+            if meta.len() % 3 != 0 {
+                return Err(corrupt("metadata is not name/type/comment triples"));
+            }
+            columns = meta
+                .chunks(3)
+                .map(|c| Column {
+                    name: c[0].clone().unwrap_or_default(),
+                    data_type: c[1].clone().unwrap_or_else(|| "string".into()),
+                    comment: c[2].clone().unwrap_or_else(|| "NULL".into()),
+                })
+                .collect();
+        }
+        while pos < buf.len() {
+            rows.push(decode_table_record(buf, &mut pos)?);
+        }
+    } else {
+        let mut first = true;
+        while pos < buf.len() {
+            let len = read_len(buf, &mut pos)?;
+            let end = pos.checked_add(len).filter(|e| *e <= buf.len()).ok_or_else(|| corrupt("truncated line"))?;
+            let line = utf8(&buf[pos..end])?;
+            pos = end;
+            if first {
+                first = false;
+                continue; // metadata record ("NULL")
+            }
+            rows.push(vec![Some(line)]);
+        }
+    }
+    Ok(ResultSet { rs_type, columns, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linkis_example_row() {
+        let row = table_row(&[Some("peace1"), Some("johnnwang1"), Some("101"), Some("true"), Some("11.51")]);
+        assert_eq!(std::str::from_utf8(&row).expect("utf8"), "000000004900000000116,10,3,4,5,peace1johnnwang1101true11.51");
+    }
+
+    #[test]
+    fn text_round_trip() {
+        let mut f = header(TEXT);
+        f.extend(text_meta());
+        f.extend(text_line("hi"));
+        f.extend(text_line(""));
+        f.extend(text_line("héllo, wörld"));
+        assert!(f.starts_with(b"dolphin0000000001"));
+        let rs = decode(&f).expect("decode");
+        assert_eq!(rs.rows, vec![vec![Some("hi".into())], vec![Some("".into())], vec![Some("héllo, wörld".into())]]);
+    }
+
+    #[test]
+    fn table_round_trip() {
+        let cols = vec![
+            Column { name: "a".into(), data_type: "int".into(), comment: "NULL".into() },
+            Column { name: "b".into(), data_type: "string".into(), comment: "".into() },
+        ];
+        let mut f = header(TABLE);
+        f.extend(table_meta(&cols));
+        f.extend(table_row(&[Some("1"), None]));
+        f.extend(table_row(&[Some(""), Some("x,\ny")]));
+        let rs = decode(&f).expect("decode");
+        assert_eq!(rs.columns, cols);
+        assert_eq!(rs.rows[0], vec![Some("1".to_string()), None]);
+        assert_eq!(rs.rows[1], vec![Some(String::new()), Some("x,\ny".to_string())]);
+    }
+
+    #[test]
+    fn corrupt_files_error() {
+        assert!(decode(b"nope").is_err());
+        let mut f = header(TABLE);
+        f.extend(b"0000000099");
+        assert!(decode(&f).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! Contract crate of Hangar: the types every component speaks, with no I/O.
+//!
+//! Labels, node and job states, resources, the internal RPC messages between
+//! LinkisManager, EngineConnManager, EngineConn and Entrance, the Linkis REST
+//! envelope, the error codes, the execID format, the log-line format and the
+//! `.dolphin` result-set codec all live here so that every process agrees on
+//! them by construction.
+
+pub mod dolphin;
+pub mod envelope;
+pub mod error;
+pub mod exec_id;
+pub mod label;
+pub mod logline;
+pub mod resource;
+pub mod rpc;
+pub mod status;
+
+pub use envelope::Envelope;
+pub use error::{ErrorCode, HangarError};
+pub use label::{EngineType, LabelSet, UserCreator};
+pub use resource::Resource;
+pub use status::{JobStatus, NodeStatus};
+
+/// Milliseconds since the Unix epoch, the time unit of every wire message.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

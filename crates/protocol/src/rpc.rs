@@ -1,0 +1,207 @@
+//! Internal RPC messages between the components' processes.
+//!
+//! One style everywhere: an HTTP `POST` of one JSON message, tagged by `type`,
+//! answered by one JSON reply. Every request carries the shared secret header
+//! [`RPC_TOKEN_HEADER`] so nothing else on the host can drive an engine.
+//!
+//! * EngineConn -> LinkisManager: [`EngineToManager`] at [`MANAGER_RPC_PATH`].
+//! * LinkisManager / Entrance -> EngineConn: [`EngineRequest`] at [`ENGINE_RPC_PATH`].
+//! * EngineConn -> Entrance: [`TaskEventBatch`] at [`ENTRANCE_RPC_PATH`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resource::Resource;
+use crate::status::{JobStatus, NodeStatus};
+
+pub const RPC_TOKEN_HEADER: &str = "x-hangar-rpc-token";
+pub const MANAGER_RPC_PATH: &str = "/api/rest_j/v1/rpc/manager";
+pub const ENTRANCE_RPC_PATH: &str = "/api/rest_j/v1/rpc/entrance";
+pub const ENGINE_RPC_PATH: &str = "/rpc";
+/// The version of this message set; a peer with another refuses to talk.
+pub const RPC_VERSION: u32 = 1;
+
+/// Messages an engine sends to the manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum EngineToManager {
+    /// The engine listens at `instance` (`host:port`) and is ready (status Unlock).
+    Ready { ticket_id: String, instance: String, pid: u32, rpc_version: u32 },
+    /// Periodic and on every status change.
+    Heartbeat { ticket_id: String, status: NodeStatus, metrics: EngineMetrics },
+    /// A start-up phase failed; the engine exits after sending this.
+    StartFailed { ticket_id: String, reason: String },
+    /// The engine is exiting by itself (idle, orphaned, told to, executeOnce done).
+    Exiting { ticket_id: String, status: NodeStatus, reason: String },
+}
+
+impl EngineToManager {
+    pub fn ticket_id(&self) -> &str {
+        match self {
+            EngineToManager::Ready { ticket_id, .. }
+            | EngineToManager::Heartbeat { ticket_id, .. }
+            | EngineToManager::StartFailed { ticket_id, .. }
+            | EngineToManager::Exiting { ticket_id, .. } => ticket_id,
+        }
+    }
+}
+
+/// The manager's answer to an [`EngineToManager`] message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ManagerReply {
+    /// False when the manager does not know this ticket: the engine must exit.
+    pub known: bool,
+}
+
+/// Requests to an engine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum EngineRequest {
+    /// Lock the engine for one client; granted only when Unlock.
+    Lock { timeout_ms: u64 },
+    Unlock { lock: String },
+    Execute(TaskExecuteRequest),
+    Kill { task_id: i64 },
+    Status,
+    Shutdown { reason: String },
+}
+
+/// Replies from an engine.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum EngineReply {
+    Lock { lock: Option<String>, message: String },
+    Unlocked { unlocked: bool },
+    Submitted { task_id: i64 },
+    Status { status: NodeStatus, metrics: EngineMetrics },
+    Ack,
+    Error { code: crate::ErrorCode, message: String },
+}
+
+/// `RequestTaskExecute`: code to run under a lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskExecuteRequest {
+    /// The Entrance's taskID; the engine reports under it.
+    pub task_id: i64,
+    pub exec_id: String,
+    pub code: String,
+    pub lock: String,
+    pub run_type: String,
+    pub user: String,
+    /// Runtime parameters (`params.configuration.runtime`).
+    pub properties: BTreeMap<String, String>,
+    /// Folder for this task's `_N.dolphin` result sets.
+    pub result_dir: String,
+    /// Base URL of the Entrance that receives this task's events.
+    pub callback_url: String,
+}
+
+/// Events about tasks, pushed by an engine to the task's Entrance in order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskEventBatch {
+    pub ticket_id: String,
+    pub events: Vec<TaskEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum TaskEvent {
+    Status { task_id: i64, status: JobStatus, error: Option<String> },
+    Log { task_id: i64, lines: Vec<String> },
+    /// The combined report of the metrics-reporting seed: progress, resource
+    /// and engine metrics in one message.
+    RunningInfo(TaskRunningInfo),
+    ResultSet { task_id: i64, path: String, alias: u32, rs_type: u32, rows: u64 },
+}
+
+impl TaskEvent {
+    pub fn task_id(&self) -> i64 {
+        match self {
+            TaskEvent::Status { task_id, .. }
+            | TaskEvent::Log { task_id, .. }
+            | TaskEvent::ResultSet { task_id, .. } => *task_id,
+            TaskEvent::RunningInfo(info) => info.task_id,
+        }
+    }
+}
+
+/// Linkis `JobProgressInfo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobProgressInfo {
+    pub id: String,
+    pub total_tasks: u32,
+    pub running_tasks: u32,
+    pub failed_tasks: u32,
+    pub succeed_tasks: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskRunningInfo {
+    pub task_id: i64,
+    pub progress: f32,
+    pub progress_info: Vec<JobProgressInfo>,
+    pub resource: Resource,
+    pub metrics: EngineMetrics,
+}
+
+/// The engine's own statistics (Linkis `heartBeatMsg` keys).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineMetrics {
+    pub engine_instance: String,
+    pub ticket_id: String,
+    pub running_tasks: u32,
+    pub queued_tasks: u32,
+    pub succeed_tasks: u64,
+    pub failed_tasks: u64,
+    pub total_unlock_time_mills: u64,
+    pub total_idle_time_mills: u64,
+    pub total_busy_time_mills: u64,
+    pub total_lock_time_mills: u64,
+    pub last_unlock_timestamp: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = vec![
+            EngineToManager::Ready {
+                ticket_id: "t".into(),
+                instance: "127.0.0.1:1".into(),
+                pid: 7,
+                rpc_version: RPC_VERSION,
+            },
+            EngineToManager::Heartbeat {
+                ticket_id: "t".into(),
+                status: NodeStatus::Busy,
+                metrics: EngineMetrics::default(),
+            },
+        ];
+        for m in msgs {
+            let s = serde_json::to_string(&m).expect("ser");
+            assert_eq!(serde_json::from_str::<EngineToManager>(&s).expect("de"), m);
+        }
+        let req = EngineRequest::Execute(TaskExecuteRequest {
+            task_id: 1,
+            exec_id: "e".into(),
+            code: "echo".into(),
+            lock: "l".into(),
+            run_type: "shell".into(),
+            user: "u".into(),
+            properties: BTreeMap::new(),
+            result_dir: "/r".into(),
+            callback_url: "http://x".into(),
+        });
+        let s = serde_json::to_string(&req).expect("ser");
+        assert!(s.contains("\"type\":\"Execute\""));
+        assert_eq!(serde_json::from_str::<EngineRequest>(&s).expect("de"), req);
+        let ev = TaskEvent::RunningInfo(TaskRunningInfo { task_id: 3, ..Default::default() });
+        let s = serde_json::to_string(&ev).expect("ser");
+        assert_eq!(serde_json::from_str::<TaskEvent>(&s).expect("de").task_id(), 3);
+    }
+}
