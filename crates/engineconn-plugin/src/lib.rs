@@ -1,1 +1,154 @@
-//! hangar-engineconn-plugin
+//! Contract crate for engines: the EngineConnPlugin trait and what an
+//! Executor sees while it runs a task.
+//!
+//! A plugin answers, per engine type, the seeds' four questions:
+//! * default labels ([`EngineConnPlugin::default_labels`]);
+//! * EngineResourceFactory: what an engine costs ([`EngineConnPlugin::create_engine_resource`]);
+//! * EngineConnLaunchBuilder: how to start its process ([`EngineConnPlugin::build_launch`]);
+//! * EngineConnFactory: inside the engine process, the session and its
+//!   executors ([`EngineConnPlugin::create_engine_conn`]).
+//!
+//! The manager and the ECM call the first three; the EngineConn runtime calls
+//! the last. Nothing here knows about HTTP or the store.
+
+mod context;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hangar_protocol::{HangarError, LabelSet, Resource};
+
+pub use context::{CancelSignal, ExecutionContext, ExecutorEvent, ResultSetWriter};
+
+/// What the manager knows when it asks a plugin for an engine's resource.
+#[derive(Debug, Clone)]
+pub struct EngineResourceRequest<'a> {
+    pub user: &'a str,
+    pub labels: &'a LabelSet,
+    /// Startup parameters (`params.configuration.startup`).
+    pub properties: &'a BTreeMap<String, String>,
+}
+
+/// The manager's order to an ECM to start one engine (Linkis `EngineConnBuildRequest`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EngineConnBuildRequest {
+    pub ticket_id: String,
+    pub user: String,
+    pub labels: LabelSet,
+    pub resource: Resource,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// How to start the engine's process (Linkis `EngineConnLaunchRequest`). The
+/// ECM adds the common arguments (ticket, labels, manager address) and the
+/// common environment, writes the start-up script and runs it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EngineConnLaunchRequest {
+    /// Program and its own arguments.
+    pub command: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    /// Variables that must be set in the ECM's environment; the launch fails
+    /// naming the first one missing.
+    pub necessary_environment: Vec<String>,
+}
+
+/// Everything an engine process knows about itself at start-up (Linkis `EngineCreationContext`).
+#[derive(Debug, Clone)]
+pub struct EngineCreationContext {
+    pub user: String,
+    pub ticket_id: String,
+    pub labels: LabelSet,
+    /// All `--conf key=value` options.
+    pub options: BTreeMap<String, String>,
+    pub work_dir: PathBuf,
+}
+
+/// An engine type's plugin.
+#[async_trait]
+pub trait EngineConnPlugin: Send + Sync + 'static {
+    /// The `type` part of `engineType=type-version`.
+    fn engine_type(&self) -> &'static str;
+
+    /// Versions this plugin can start; the first is the default.
+    fn versions(&self) -> &'static [&'static str];
+
+    /// Run types (`codeType`) its executors accept.
+    fn run_types(&self) -> &'static [&'static str];
+
+    /// Default labels, at least `engineType=<type>-<default version>`.
+    fn default_labels(&self) -> LabelSet {
+        let mut labels = LabelSet::default();
+        let version = self.versions().first().copied().unwrap_or("1");
+        // A plugin's own type and version are valid labels by construction.
+        let _ = labels.insert(
+            hangar_protocol::label::ENGINE_TYPE,
+            format!("{}-{}", self.engine_type(), version),
+        );
+        labels
+    }
+
+    /// EngineResourceFactory: the resource one engine of this type holds.
+    fn create_engine_resource(&self, req: &EngineResourceRequest<'_>) -> Result<Resource, HangarError>;
+
+    /// EngineConnLaunchBuilder: the process to start for a build request.
+    fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError>;
+
+    /// EngineConnFactory: create the engine's session inside the engine process.
+    async fn create_engine_conn(
+        &self,
+        ctx: &EngineCreationContext,
+    ) -> Result<Arc<dyn EngineConnSession>, HangarError>;
+}
+
+/// The engine's session with its underlying engine (a shell, an interpreter,
+/// a database connection) and the factory of its executors.
+pub trait EngineConnSession: Send + Sync {
+    /// The executor for one run type (Linkis `ExecutorManager`).
+    fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError>;
+}
+
+/// Runs code. One executor may be asked to run several tasks over its life.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// How many tasks may run at once (1 = sync executor).
+    fn concurrency(&self) -> usize {
+        1
+    }
+
+    /// Run one task's code. Logs, progress and result sets go through `ctx`.
+    /// When `ctx.cancelled()` fires the executor must stop the code promptly
+    /// and return; the runtime reports the task as Cancelled.
+    async fn execute(&self, ctx: &mut ExecutionContext, code: &str) -> Result<(), String>;
+}
+
+/// Look up a plugin by engine type, or fail naming the ones available.
+pub fn find_plugin<'a>(
+    plugins: &'a [Arc<dyn EngineConnPlugin>],
+    labels: &LabelSet,
+) -> Result<&'a Arc<dyn EngineConnPlugin>, HangarError> {
+    let et = labels.engine_type()?;
+    let plugin = plugins.iter().find(|p| p.engine_type() == et.engine).ok_or_else(|| {
+        let known: Vec<String> = plugins
+            .iter()
+            .flat_map(|p| p.versions().iter().map(move |v| format!("{}-{v}", p.engine_type())))
+            .collect();
+        HangarError::new(
+            hangar_protocol::ErrorCode::UnknownEngineType,
+            format!("unknown engine type '{et}'; available: {}", known.join(", ")),
+        )
+    })?;
+    if !plugin.versions().contains(&et.version.as_str()) {
+        return Err(HangarError::new(
+            hangar_protocol::ErrorCode::UnknownEngineType,
+            format!(
+                "engine type '{}' has no version '{}'; available: {}",
+                et.engine,
+                et.version,
+                plugin.versions().join(", ")
+            ),
+        ));
+    }
+    Ok(plugin)
+}

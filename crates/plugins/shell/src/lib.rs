@@ -1,1 +1,290 @@
-//! hangar-plugin-shell
+//! The shell engine (`engineType=shell-1`, `codeType=shell`): each task's code
+//! runs as a `bash -c` child of the EngineConn in its own process group. Its
+//! stdout becomes a TEXT result set, its stderr goes to the task log, a
+//! non-zero exit fails the task with the tail of stderr, and a kill signals the
+//! whole group.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hangar_engineconn_plugin::{
+    EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession,
+    EngineCreationContext, EngineResourceRequest, ExecutionContext, Executor,
+};
+use hangar_protocol::resource::parse_bytes;
+use hangar_protocol::{ErrorCode, HangarError, Resource};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// Startup parameter: memory accounted per shell engine (default 256m).
+pub const MEMORY_KEY: &str = "hangar.engineconn.memory";
+/// Startup parameter: cores accounted per shell engine (default 1).
+pub const CORES_KEY: &str = "hangar.engineconn.cores";
+/// Linkis's name for the same memory setting, honoured too.
+pub const LINKIS_MEMORY_KEY: &str = "wds.linkis.engineconn.java.driver.memory";
+
+const STDERR_TAIL_LINES: usize = 20;
+const KILL_GRACE: Duration = Duration::from_millis(500);
+
+/// The shell EngineConnPlugin.
+pub struct ShellPlugin;
+
+#[async_trait]
+impl EngineConnPlugin for ShellPlugin {
+    fn engine_type(&self) -> &'static str {
+        "shell"
+    }
+
+    fn versions(&self) -> &'static [&'static str] {
+        &["1"]
+    }
+
+    fn run_types(&self) -> &'static [&'static str] {
+        &["shell", "sh"]
+    }
+
+    fn create_engine_resource(&self, req: &EngineResourceRequest<'_>) -> Result<Resource, HangarError> {
+        resource_from(req.properties, "256m", 1)
+    }
+
+    fn build_launch(&self, _req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
+        Ok(EngineConnLaunchRequest {
+            command: vec![exe.display().to_string(), "engineconn".into()],
+            environment: BTreeMap::new(),
+            necessary_environment: vec!["PATH".into()],
+        })
+    }
+
+    async fn create_engine_conn(
+        &self,
+        ctx: &EngineCreationContext,
+    ) -> Result<Arc<dyn EngineConnSession>, HangarError> {
+        let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .ok_or_else(|| HangarError::internal("neither bash nor sh was found on this host"))?;
+        Ok(Arc::new(ShellSession { executor: Arc::new(ShellExecutor { shell, cwd: ctx.work_dir.clone() }) }))
+    }
+}
+
+/// Resource from the startup properties, with per-plugin defaults.
+pub fn resource_from(
+    props: &BTreeMap<String, String>,
+    default_memory: &str,
+    default_cores: u32,
+) -> Result<Resource, HangarError> {
+    let memory = props
+        .get(MEMORY_KEY)
+        .or_else(|| props.get(LINKIS_MEMORY_KEY))
+        .map(String::as_str)
+        .unwrap_or(default_memory);
+    let memory = parse_bytes(memory)?;
+    let cores = match props.get(CORES_KEY) {
+        Some(c) => c.trim().parse::<u32>().map_err(|_| {
+            HangarError::invalid(format!("startup parameter {CORES_KEY} must be a whole number, got '{c}'"))
+        })?,
+        None => default_cores,
+    };
+    Ok(Resource::new(memory, cores, 1))
+}
+
+struct ShellSession {
+    executor: Arc<ShellExecutor>,
+}
+
+impl EngineConnSession for ShellSession {
+    fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError> {
+        match run_type {
+            "shell" | "sh" => Ok(self.executor.clone()),
+            other => Err(HangarError::new(
+                ErrorCode::InvalidRequest,
+                format!("the shell engine runs codeType shell or sh, not '{other}'"),
+            )),
+        }
+    }
+}
+
+struct ShellExecutor {
+    shell: PathBuf,
+    cwd: PathBuf,
+}
+
+#[async_trait]
+impl Executor for ShellExecutor {
+    async fn execute(&self, ctx: &mut ExecutionContext, code: &str) -> Result<(), String> {
+        let mut cmd = Command::new(&self.shell);
+        cmd.arg("-c")
+            .arg(code)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.shell.display()))?;
+        let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+
+        let mut writer = ctx.text_writer().await?;
+        let mut out = BufReader::new(stdout);
+        let mut err = BufReader::new(stderr);
+        let mut out_buf = Vec::new();
+        let mut err_buf = Vec::new();
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let (mut out_open, mut err_open) = (true, true);
+        let cancel = ctx.cancel_signal();
+
+        while out_open || err_open {
+            tokio::select! {
+                n = out.read_until(b'\n', &mut out_buf), if out_open => {
+                    match n {
+                        Ok(0) | Err(_) => out_open = false,
+                        Ok(_) => {
+                            writer.add_line(&take_line(&mut out_buf)).await?;
+                        }
+                    }
+                }
+                n = err.read_until(b'\n', &mut err_buf), if err_open => {
+                    match n {
+                        Ok(0) | Err(_) => err_open = false,
+                        Ok(_) => {
+                            let line = take_line(&mut err_buf);
+                            ctx.info(&line);
+                            if tail.len() == STDERR_TAIL_LINES {
+                                tail.pop_front();
+                            }
+                            tail.push_back(line);
+                        }
+                    }
+                }
+                _ = cancel.cancelled() => break,
+            }
+        }
+        if cancel.is_cancelled() {
+            if let Some(pg) = pgid {
+                let _ = killpg(pg, Signal::SIGTERM);
+                if tokio::time::timeout(KILL_GRACE, child.wait()).await.is_err() {
+                    let _ = killpg(pg, Signal::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+            writer.close().await?;
+            return Err("killed".into());
+        }
+        let status = child.wait().await.map_err(|e| format!("cannot wait for the shell: {e}"))?;
+        // Children of the script that outlived it (e.g. `sleep 100 &`) die with the task.
+        if let Some(pg) = pgid {
+            let _ = killpg(pg, Signal::SIGKILL);
+        }
+        writer.close().await?;
+        if status.success() {
+            return Ok(());
+        }
+        let how = match status.code() {
+            Some(c) => format!("exit code {c}"),
+            None => "a signal".to_string(),
+        };
+        let tail: Vec<String> = tail.into_iter().collect();
+        if tail.is_empty() {
+            Err(format!("shell script ended with {how}"))
+        } else {
+            Err(format!("shell script ended with {how}; last stderr lines:\n{}", tail.join("\n")))
+        }
+    }
+}
+
+fn take_line(buf: &mut Vec<u8>) -> String {
+    let mut end = buf.len();
+    while end > 0 && matches!(buf[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.clear();
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_engineconn_plugin::{CancelSignal, ExecutorEvent};
+    use hangar_protocol::dolphin;
+    use tokio::sync::mpsc;
+
+    async fn run(code: &str, cancel_after: Option<Duration>) -> (Result<(), String>, Vec<ExecutorEvent>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancelSignal::default();
+        let mut ctx = ExecutionContext::new(
+            1,
+            "u".into(),
+            BTreeMap::new(),
+            dir.path().join("res"),
+            100,
+            tx,
+            cancel.clone(),
+        );
+        let exec = ShellExecutor { shell: "/bin/bash".into(), cwd: dir.path().to_path_buf() };
+        if let Some(after) = cancel_after {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                cancel.cancel();
+            });
+        }
+        let res = exec.execute(&mut ctx, code).await;
+        drop(ctx);
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        (res, events, dir)
+    }
+
+    #[tokio::test]
+    async fn stdout_is_the_result_stderr_the_log() {
+        let (res, events, _dir) = run("echo hi; echo there; echo oops >&2", None).await;
+        assert_eq!(res, Ok(()));
+        let Some(ExecutorEvent::ResultSet { path, rows, .. }) = events.iter().find(|e| matches!(e, ExecutorEvent::ResultSet { .. })) else {
+            panic!("no result set in {events:?}");
+        };
+        assert_eq!(*rows, 2);
+        let rs = dolphin::decode(&std::fs::read(path).expect("read")).expect("decode");
+        assert_eq!(rs.rows, vec![vec![Some("hi".to_string())], vec![Some("there".to_string())]]);
+        assert!(events.iter().any(|e| matches!(e, ExecutorEvent::Log(l) if l.ends_with("oops"))));
+    }
+
+    #[tokio::test]
+    async fn failure_carries_stderr_tail() {
+        let (res, _, _dir) = run("echo bad thing >&2; exit 3", None).await;
+        let err = res.expect_err("fails");
+        assert!(err.contains("exit code 3") && err.contains("bad thing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn kill_stops_the_whole_group_quickly() {
+        let start = std::time::Instant::now();
+        let (res, _, _dir) = run("sleep 30 & sleep 30", Some(Duration::from_millis(200))).await;
+        assert_eq!(res, Err("killed".to_string()));
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn resource_defaults_and_overrides() {
+        let mut p = BTreeMap::new();
+        assert_eq!(resource_from(&p, "256m", 1).expect("r"), Resource::new(256 << 20, 1, 1));
+        p.insert(MEMORY_KEY.to_string(), "1g".to_string());
+        p.insert(CORES_KEY.to_string(), "2".to_string());
+        assert_eq!(resource_from(&p, "256m", 1).expect("r"), Resource::new(1 << 30, 2, 1));
+        p.insert(CORES_KEY.to_string(), "two".to_string());
+        assert!(resource_from(&p, "256m", 1).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! What an Executor sees while it runs one task: its logs, progress and
+//! result-set writers, and the cancel signal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use hangar_protocol::dolphin::{self, Column};
+use hangar_protocol::logline::{self, Level};
+use hangar_protocol::rpc::JobProgressInfo;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::sync::{Notify, mpsc};
+
+/// What an executor reports while it runs; the runtime turns these into task events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutorEvent {
+    /// One formatted log line.
+    Log(String),
+    Progress { progress: f32, info: Vec<JobProgressInfo> },
+    ResultSet { path: String, alias: u32, rs_type: u32, rows: u64 },
+}
+
+/// A one-shot cancel signal shared by the runtime and the running executor.
+#[derive(Debug, Clone, Default)]
+pub struct CancelSignal(Arc<(AtomicBool, Notify)>);
+
+impl CancelSignal {
+    pub fn cancel(&self) {
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.0.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`CancelSignal::cancel`] has been called.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.0.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The task-scoped context handed to [`crate::Executor::execute`].
+pub struct ExecutionContext {
+    pub task_id: i64,
+    pub user: String,
+    pub properties: BTreeMap<String, String>,
+    result_dir: PathBuf,
+    next_alias: u32,
+    max_rows: u64,
+    events: mpsc::UnboundedSender<ExecutorEvent>,
+    cancel: CancelSignal,
+}
+
+impl ExecutionContext {
+    pub fn new(
+        task_id: i64,
+        user: String,
+        properties: BTreeMap<String, String>,
+        result_dir: PathBuf,
+        max_rows: u64,
+        events: mpsc::UnboundedSender<ExecutorEvent>,
+        cancel: CancelSignal,
+    ) -> Self {
+        Self { task_id, user, properties, result_dir, next_alias: 0, max_rows, events, cancel }
+    }
+
+    fn log(&self, level: Level, msg: &str) {
+        // The runtime outlives every context; a closed channel means the task is gone.
+        let _ = self.events.send(ExecutorEvent::Log(logline::format(level, msg)));
+    }
+
+    pub fn info(&self, msg: &str) {
+        self.log(Level::Info, msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        self.log(Level::Warn, msg);
+    }
+
+    pub fn error(&self, msg: &str) {
+        self.log(Level::Error, msg);
+    }
+
+    pub fn progress(&self, progress: f32, info: Vec<JobProgressInfo>) {
+        let _ = self.events.send(ExecutorEvent::Progress { progress: progress.clamp(0.0, 1.0), info });
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the task is killed.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    pub fn cancel_signal(&self) -> CancelSignal {
+        self.cancel.clone()
+    }
+
+    /// Open the next `_N.dolphin` TEXT result set.
+    pub async fn text_writer(&mut self) -> Result<ResultSetWriter, String> {
+        self.open(dolphin::TEXT, dolphin::text_meta()).await
+    }
+
+    /// Open the next `_N.dolphin` TABLE result set with these columns.
+    pub async fn table_writer(&mut self, columns: &[Column]) -> Result<ResultSetWriter, String> {
+        self.open(dolphin::TABLE, dolphin::table_meta(columns)).await
+    }
+
+    async fn open(&mut self, rs_type: u32, meta: Vec<u8>) -> Result<ResultSetWriter, String> {
+        let alias = self.next_alias;
+        self.next_alias += 1;
+        tokio::fs::create_dir_all(&self.result_dir)
+            .await
+            .map_err(|e| format!("cannot create result folder {}: {e}", self.result_dir.display()))?;
+        let path = self.result_dir.join(format!("_{alias}.dolphin"));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("cannot create result file {}: {e}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        let mut head = dolphin::header(rs_type);
+        head.extend(meta);
+        out.write_all(&head).await.map_err(|e| io_err(&path, e))?;
+        Ok(ResultSetWriter {
+            out,
+            path,
+            alias,
+            rs_type,
+            rows: 0,
+            max_rows: self.max_rows,
+            truncated: false,
+            events: self.events.clone(),
+        })
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> String {
+    format!("cannot write result file {}: {e}", path.display())
+}
+
+/// Writes one result set; rows beyond the engine's row limit are dropped with
+/// a warning in the task log.
+pub struct ResultSetWriter {
+    out: BufWriter<tokio::fs::File>,
+    path: PathBuf,
+    alias: u32,
+    rs_type: u32,
+    rows: u64,
+    max_rows: u64,
+    truncated: bool,
+    events: mpsc::UnboundedSender<ExecutorEvent>,
+}
+
+impl ResultSetWriter {
+    fn admit(&mut self) -> bool {
+        if self.rows >= self.max_rows {
+            if !self.truncated {
+                self.truncated = true;
+                let _ = self.events.send(ExecutorEvent::Log(logline::format(
+                    Level::Warn,
+                    &format!(
+                        "result set _{}.dolphin reached the row limit of {} rows; further rows are not stored",
+                        self.alias, self.max_rows
+                    ),
+                )));
+            }
+            return false;
+        }
+        self.rows += 1;
+        true
+    }
+
+    pub async fn add_line(&mut self, line: &str) -> Result<(), String> {
+        if self.admit() {
+            let rec = dolphin::text_line(line);
+            self.out.write_all(&rec).await.map_err(|e| io_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_row(&mut self, cells: &[Option<&str>]) -> Result<(), String> {
+        if self.admit() {
+            let rec = dolphin::table_row(cells);
+            self.out.write_all(&rec).await.map_err(|e| io_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Flush the file and announce the result set.
+    pub async fn close(mut self) -> Result<(), String> {
+        self.out.flush().await.map_err(|e| io_err(&self.path, e))?;
+        self.out.get_mut().sync_data().await.map_err(|e| io_err(&self.path, e))?;
+        let _ = self.events.send(ExecutorEvent::ResultSet {
+            path: self.path.display().to_string(),
+            alias: self.alias,
+            rs_type: self.rs_type,
+            rows: self.rows,
+        });
+        Ok(())
+    }
+}
