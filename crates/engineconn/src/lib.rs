@@ -1,1 +1,116 @@
-//! hangar-engineconn
+//! The EngineConn runtime: the process an ECM launches for one engine.
+//!
+//! Start-up follows the engineconn-design seed: an [`EngineCreationContext`]
+//! from the launch arguments, the plugin's session (EngineConnFactory), an
+//! HTTP endpoint for the accessible executor (lock, execute, kill, status,
+//! shutdown), then the ready report to the LinkisManager (status Unlock).
+//! While it lives it heartbeats on an interval and on every status change,
+//! pushes each task's logs, result sets and combined running-info reports to
+//! the task's Entrance, and exits when idle, orphaned, told to, or when an
+//! executeOnce engine has served its task.
+
+mod options;
+mod outbound;
+mod server;
+mod state;
+mod task;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hangar_engineconn_plugin::{EngineConnPlugin, EngineCreationContext, find_plugin};
+use hangar_protocol::rpc::{EngineToManager, RPC_VERSION};
+use hangar_protocol::{LabelSet, NodeStatus};
+
+pub use options::EngineOptions;
+
+/// The environment variable that carries the internal RPC secret.
+pub const RPC_TOKEN_ENV: &str = "HANGAR_RPC_TOKEN";
+/// Every process of an engine carries its ticket in this variable, so the ECM
+/// can find and kill left-over children by identity rather than by name.
+pub const TICKET_ENV: &str = "HANGAR_ENGINE_TICKET";
+
+/// The launch arguments of an engine process.
+#[derive(Debug, Clone)]
+pub struct EngineConnArgs {
+    pub ticket_id: String,
+    pub user: String,
+    pub manager_url: String,
+    pub labels: Vec<String>,
+    pub conf: Vec<String>,
+    pub work_dir: PathBuf,
+    pub rpc_token: String,
+}
+
+/// Run an engine until it exits; the error, if any, has already been reported
+/// to the manager when that was possible.
+pub async fn run(args: EngineConnArgs, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
+    let outbound = outbound::Outbound::new(args.manager_url.clone(), args.rpc_token.clone())?;
+    match start(&args, &plugins, &outbound).await {
+        Ok(engine) => {
+            let reason = engine.run_until_exit().await;
+            tracing::info!(ticket = %args.ticket_id, %reason, "engine exiting");
+            Ok(())
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(ticket = %args.ticket_id, %reason, "engine start failed");
+            let msg = EngineToManager::StartFailed { ticket_id: args.ticket_id.clone(), reason: reason.clone() };
+            let _ = outbound.to_manager(&msg).await;
+            Err(e)
+        }
+    }
+}
+
+async fn start(
+    args: &EngineConnArgs,
+    plugins: &[Arc<dyn EngineConnPlugin>],
+    outbound: &outbound::Outbound,
+) -> anyhow::Result<Arc<state::Engine>> {
+    let labels = LabelSet::from_pairs(args.labels.iter().map(String::as_str))
+        .context("bad --label argument")?;
+    let mut options = BTreeMap::new();
+    for kv in &args.conf {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--conf '{kv}' must be key=value"))?;
+        options.insert(k.to_string(), v.to_string());
+    }
+    let opts = EngineOptions::from_map(&options)?;
+    let ctx = EngineCreationContext {
+        user: args.user.clone(),
+        ticket_id: args.ticket_id.clone(),
+        labels: labels.clone(),
+        options,
+        work_dir: args.work_dir.clone(),
+    };
+    tracing::info!(ticket = %ctx.ticket_id, user = %ctx.user, labels = ?ctx.labels, "hook: before engine creation");
+    let plugin = find_plugin(plugins, &labels)?.clone();
+    let session = plugin.create_engine_conn(&ctx).await.context("engine session creation failed")?;
+    tracing::info!(ticket = %ctx.ticket_id, "hook: after engine creation");
+
+    let listener = tokio::net::TcpListener::bind((opts.bind_host.as_str(), 0))
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.bind_host))?;
+    let addr = listener.local_addr()?;
+    let instance = format!("{}:{}", opts.bind_host, addr.port());
+    let engine = state::Engine::new(ctx, instance.clone(), session, opts, outbound.clone());
+    server::spawn(listener, engine.clone(), args.rpc_token.clone());
+
+    let ready = EngineToManager::Ready {
+        ticket_id: args.ticket_id.clone(),
+        instance,
+        pid: std::process::id(),
+        rpc_version: RPC_VERSION,
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(30), outbound.to_manager(&ready))
+        .await
+        .context("the manager did not answer the ready report in 30 s")??;
+    if !reply.known {
+        anyhow::bail!("the manager does not know ticket {}", args.ticket_id);
+    }
+    engine.set_status(NodeStatus::Unlock);
+    tracing::info!(ticket = %args.ticket_id, "hook: after ready; engine is Unlock");
+    Ok(engine)
+}

@@ -1,0 +1,153 @@
+//! Everything the engine sends: messages to the manager, and task events to
+//! Entrances through one ordered queue (logs before the final status).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use hangar_protocol::rpc::{
+    ENTRANCE_RPC_PATH, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, TaskEvent,
+    TaskEventBatch,
+};
+use tokio::sync::{mpsc, oneshot};
+
+const MAX_BATCH: usize = 512;
+const RETRIES: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(250), Duration::from_secs(1)];
+
+enum Out {
+    Event { callback_url: String, event: TaskEvent },
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub(crate) struct Outbound {
+    http: reqwest::Client,
+    manager_url: String,
+    token: String,
+    queue: mpsc::UnboundedSender<Out>,
+}
+
+impl Outbound {
+    pub(crate) fn new(manager_url: String, token: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let this = Self { http, manager_url, token, queue: tx };
+        tokio::spawn(this.clone().send_loop(rx));
+        Ok(this)
+    }
+
+    pub(crate) async fn to_manager(&self, msg: &EngineToManager) -> anyhow::Result<ManagerReply> {
+        let url = format!("{}{}", self.manager_url.trim_end_matches('/'), MANAGER_RPC_PATH);
+        let resp = self
+            .http
+            .post(&url)
+            .header(RPC_TOKEN_HEADER, &self.token)
+            .json(msg)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the manager at {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            anyhow::bail!("the manager answered {status}: {body}");
+        }
+        resp.json::<ManagerReply>().await.context("bad reply from the manager")
+    }
+
+    /// Queue an event for a task's Entrance; events leave in queue order.
+    pub(crate) fn event(&self, callback_url: &str, event: TaskEvent) {
+        let _ = self.queue.send(Out::Event { callback_url: callback_url.to_string(), event });
+    }
+
+    /// Wait until everything queued so far has been sent (or given up on).
+    pub(crate) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Out::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send_loop(self, mut rx: mpsc::UnboundedReceiver<Out>) {
+        let ticket_id = std::env::var(crate::TICKET_ENV).unwrap_or_default();
+        while let Some(first) = rx.recv().await {
+            let mut pending = vec![first];
+            while pending.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(o) => pending.push(o),
+                    Err(_) => break,
+                }
+            }
+            let mut batch: Vec<TaskEvent> = Vec::new();
+            let mut batch_url = String::new();
+            let mut flushes = Vec::new();
+            for out in pending {
+                match out {
+                    Out::Flush(done) => flushes.push(done),
+                    Out::Event { callback_url, event } => {
+                        if callback_url != batch_url && !batch.is_empty() {
+                            self.post_batch(&batch_url, &ticket_id, std::mem::take(&mut batch)).await;
+                        }
+                        batch_url = callback_url;
+                        batch.push(event);
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.post_batch(&batch_url, &ticket_id, batch).await;
+            }
+            for f in flushes {
+                let _ = f.send(());
+            }
+        }
+    }
+
+    async fn post_batch(&self, base: &str, ticket_id: &str, events: Vec<TaskEvent>) {
+        let url = format!("{}{}", base.trim_end_matches('/'), ENTRANCE_RPC_PATH);
+        let batch = TaskEventBatch { ticket_id: ticket_id.to_string(), events: merge_logs(events) };
+        for (attempt, backoff) in RETRIES.iter().enumerate() {
+            let sent = self.http.post(&url).header(RPC_TOKEN_HEADER, &self.token).json(&batch).send().await;
+            match sent {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => tracing::warn!(%url, status = %r.status(), attempt, "entrance refused task events"),
+                Err(e) => tracing::warn!(%url, error = %e, attempt, "cannot reach the entrance"),
+            }
+            tokio::time::sleep(*backoff).await;
+        }
+        tracing::error!(%url, events = batch.events.len(), "dropping task events after retries");
+    }
+}
+
+/// Merge adjacent log events of the same task into one.
+fn merge_logs(events: Vec<TaskEvent>) -> Vec<TaskEvent> {
+    let mut out: Vec<TaskEvent> = Vec::with_capacity(events.len());
+    for ev in events {
+        if let (Some(TaskEvent::Log { task_id: last_id, lines: last }), TaskEvent::Log { task_id, lines }) =
+            (out.last_mut(), &ev)
+            && last_id == task_id
+        {
+            last.extend(lines.iter().cloned());
+            continue;
+        }
+        out.push(ev);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adjacent_logs_merge_but_keep_order() {
+        let log = |t, l: &str| TaskEvent::Log { task_id: t, lines: vec![l.to_string()] };
+        let st = TaskEvent::Status { task_id: 1, status: hangar_protocol::JobStatus::Running, error: None };
+        let merged = merge_logs(vec![log(1, "a"), log(1, "b"), st.clone(), log(1, "c"), log(2, "d")]);
+        assert_eq!(merged.len(), 4);
+        assert_eq!(merged[0], TaskEvent::Log { task_id: 1, lines: vec!["a".into(), "b".into()] });
+        assert_eq!(merged[1], st);
+    }
+}

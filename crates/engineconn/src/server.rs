@@ -1,0 +1,66 @@
+//! The engine's RPC endpoint: one `POST /rpc` taking an [`EngineRequest`].
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use hangar_protocol::ErrorCode;
+use hangar_protocol::rpc::{ENGINE_RPC_PATH, EngineReply, EngineRequest, RPC_TOKEN_HEADER};
+
+use crate::state::Engine;
+
+#[derive(Clone)]
+struct Ctx {
+    engine: Arc<Engine>,
+    token: Arc<str>,
+}
+
+pub(crate) fn spawn(listener: tokio::net::TcpListener, engine: Arc<Engine>, token: String) {
+    let app = Router::new()
+        .route(ENGINE_RPC_PATH, post(handle))
+        .with_state(Ctx { engine, token: token.into() });
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "engine RPC server stopped");
+        }
+    });
+}
+
+async fn handle(State(ctx): State<Ctx>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, Json<EngineReply>) {
+    let authorized = headers
+        .get(RPC_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == &*ctx.token);
+    if !authorized {
+        let reply = EngineReply::Error { code: ErrorCode::Unauthenticated, message: "bad internal RPC token".into() };
+        return (StatusCode::UNAUTHORIZED, Json(reply));
+    }
+    let req: EngineRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let reply = EngineReply::Error { code: ErrorCode::InvalidRequest, message: format!("bad request: {e}") };
+            return (StatusCode::BAD_REQUEST, Json(reply));
+        }
+    };
+    let e = &ctx.engine;
+    let reply = match req {
+        EngineRequest::Lock { timeout_ms } => e.lock(timeout_ms),
+        EngineRequest::Unlock { lock } => e.unlock(&lock),
+        EngineRequest::Execute(task) => e.execute(task),
+        EngineRequest::Kill { task_id } => e.kill(task_id),
+        EngineRequest::Status => {
+            let (status, metrics) = e.metrics();
+            EngineReply::Status { status, metrics }
+        }
+        EngineRequest::Shutdown { reason } => {
+            e.request_exit(reason);
+            EngineReply::Ack
+        }
+    };
+    (StatusCode::OK, Json(reply))
+}

@@ -1,0 +1,130 @@
+//! One task's life inside the engine (Linkis TaskExecutionService): run the
+//! executor, forward its logs in batches, send the combined running-info
+//! report on an interval and on progress, then the final status.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hangar_engineconn_plugin::{CancelSignal, ExecutionContext, Executor, ExecutorEvent};
+use hangar_protocol::logline::{self, Level};
+use hangar_protocol::rpc::{JobProgressInfo, TaskEvent, TaskExecuteRequest, TaskRunningInfo};
+use hangar_protocol::JobStatus;
+use tokio::sync::mpsc;
+
+use crate::state::Engine;
+
+pub(crate) async fn run(
+    engine: Arc<Engine>,
+    req: TaskExecuteRequest,
+    executor: Arc<dyn Executor>,
+    cancel: CancelSignal,
+) {
+    let task_id = req.task_id;
+    let cb = req.callback_url.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut ctx = ExecutionContext::new(
+        task_id,
+        req.user.clone(),
+        req.properties.clone(),
+        PathBuf::from(&req.result_dir),
+        engine.opts.max_result_rows,
+        tx,
+        cancel.clone(),
+    );
+    engine.out.event(&cb, TaskEvent::Status { task_id, status: JobStatus::Running, error: None });
+    ctx.info(&format!("engine {} (ticket {}) runs task {task_id}", engine.instance, engine.ctx.ticket_id));
+    let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, rx));
+
+    let code = req.code;
+    let outcome = tokio::spawn(async move {
+        let r = executor.execute(&mut ctx, &code).await;
+        (r, ctx)
+    })
+    .await;
+    let (result, error_line) = match outcome {
+        Ok((r, ctx)) => {
+            if let Err(e) = &r {
+                if !cancel.is_cancelled() {
+                    ctx.error(e);
+                }
+            }
+            drop(ctx);
+            (r, None)
+        }
+        Err(join) => {
+            let msg = format!("executor panicked: {join}");
+            (Err(msg.clone()), Some(logline::format(Level::Error, &msg)))
+        }
+    };
+    let progress = forwarder.await.unwrap_or(0.0);
+    if let Some(line) = error_line {
+        engine.out.event(&cb, TaskEvent::Log { task_id, lines: vec![line] });
+    }
+    let (status, error) = match result {
+        Ok(()) => (JobStatus::Succeed, None),
+        Err(_) if cancel.is_cancelled() => match engine.exit_reason() {
+            Some(reason) => (JobStatus::Failed, Some(format!("engine {} exited: {reason}", engine.instance))),
+            None => (JobStatus::Cancelled, Some("killed by user".to_string())),
+        },
+        Err(e) => (JobStatus::Failed, Some(e)),
+    };
+    let final_progress = if status == JobStatus::Succeed { 1.0 } else { progress };
+    engine.out.event(&cb, running_info(&engine, task_id, final_progress, Vec::new()));
+    engine.out.event(&cb, TaskEvent::Status { task_id, status, error });
+    engine.task_finished(task_id, status);
+}
+
+fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec<JobProgressInfo>) -> TaskEvent {
+    let (_, metrics) = engine.metrics();
+    TaskEvent::RunningInfo(TaskRunningInfo { task_id, progress, progress_info, resource: engine.resource, metrics })
+}
+
+/// Forward executor events until the executor's context is dropped; returns
+/// the last progress.
+async fn forward(
+    engine: Arc<Engine>,
+    cb: String,
+    task_id: i64,
+    mut rx: mpsc::UnboundedReceiver<ExecutorEvent>,
+) -> f32 {
+    let mut lines: Vec<String> = Vec::new();
+    // Linkis floors progress at 0.1 while a task runs.
+    let mut progress: f32 = 0.1;
+    let mut info: Vec<JobProgressInfo> = Vec::new();
+    let mut log_tick = tokio::time::interval(engine.opts.log_push_interval);
+    let mut info_tick = tokio::time::interval(engine.opts.running_info_interval);
+    let flush = |lines: &mut Vec<String>| {
+        if !lines.is_empty() {
+            engine.out.event(&cb, TaskEvent::Log { task_id, lines: std::mem::take(lines) });
+        }
+    };
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => break,
+                Some(ExecutorEvent::Log(line)) => {
+                    lines.push(line);
+                    if lines.len() >= engine.opts.log_push_lines {
+                        flush(&mut lines);
+                    }
+                }
+                Some(ExecutorEvent::Progress { progress: p, info: i }) => {
+                    progress = p.max(0.1);
+                    info = i;
+                    flush(&mut lines);
+                    engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
+                }
+                Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows }) => {
+                    flush(&mut lines);
+                    engine.out.event(&cb, TaskEvent::ResultSet { task_id, path, alias, rs_type, rows });
+                }
+            },
+            _ = log_tick.tick() => flush(&mut lines),
+            _ = info_tick.tick() => {
+                engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
+            }
+        }
+    }
+    flush(&mut lines);
+    progress
+}
