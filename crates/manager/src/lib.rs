@@ -1,1 +1,433 @@
-//! hangar-manager
+//! The LinkisManager: AppManager (ask = reuse or create), ResourceManager,
+//! LabelManager (CORE-label matching) and the node registry with its
+//! heartbeat monitor.
+//!
+//! Ask flow (the add-an-engineconn seed): validate the labels and find the
+//! plugin; try to reuse an engine whose CORE labels equal the ask's and which
+//! grants its lock; otherwise, under a per-label-set gate, select an ECM by
+//! labels and free resource, reserve the plugin's resource on the ECM and
+//! user labels atomically, have the ECM launch the engine, wait for its ready
+//! report (or its death, or the start deadline), confirm the resource and
+//! lock the engine for the caller.
+
+mod config;
+mod engine_client;
+mod nodes;
+pub mod rm;
+mod rpc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, EngineResourceRequest, find_plugin};
+use hangar_protocol::rpc::{EngineReply, EngineRequest};
+use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
+use tokio::sync::{Semaphore, watch};
+
+pub use config::ManagerConfig;
+pub use engine_client::EngineClient;
+pub use nodes::{EcmInfo, EngineInfo, EngineView};
+pub use rpc::router as rpc_router;
+
+use nodes::{EcmNode, EngineNode};
+
+/// What a launch returned: the engine process is started, not yet ready.
+#[derive(Debug, Clone)]
+pub struct LaunchedEngine {
+    pub pid: u32,
+    pub log_dir: String,
+}
+
+/// The manager's handle on one EngineConnManager (in-process or remote).
+#[async_trait]
+pub trait EcmClient: Send + Sync {
+    async fn launch(&self, req: EngineConnBuildRequest, manager_url: &str, engine_conf: &[(String, String)])
+    -> Result<LaunchedEngine, HangarError>;
+    /// Stop the engine's process tree (SIGTERM, grace, SIGKILL).
+    async fn kill(&self, ticket_id: &str) -> Result<(), HangarError>;
+}
+
+/// An ask (Linkis `EngineAskRequest`).
+#[derive(Debug, Clone)]
+pub struct AskRequest {
+    pub user: String,
+    pub labels: LabelSet,
+    /// Startup parameters.
+    pub properties: BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// An engine locked for one caller (Linkis `EngineCreateSuccess` + lock).
+#[derive(Debug, Clone)]
+pub struct EngineGrant {
+    pub ticket_id: String,
+    pub instance: String,
+    pub ecm_instance: String,
+    pub lock: String,
+    pub reused: bool,
+    pub log_dir: String,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ManagerStats {
+    pub asks: AtomicU64,
+    pub reuse_hits: AtomicU64,
+    pub creations: AtomicU64,
+    pub creation_failures: AtomicU64,
+    pub engines_lost: AtomicU64,
+}
+
+pub struct Manager {
+    cfg: ManagerConfig,
+    plugins: Vec<Arc<dyn EngineConnPlugin>>,
+    rm: rm::ResourceManager,
+    engines: Mutex<HashMap<String, EngineNode>>,
+    ecms: Mutex<Vec<EcmNode>>,
+    gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    client: EngineClient,
+    pub stats: ManagerStats,
+    rpc_token: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State behind these mutexes is updated in short, check-then-write steps.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Manager {
+    pub fn new(cfg: ManagerConfig, plugins: Vec<Arc<dyn EngineConnPlugin>>, rpc_token: String) -> Result<Arc<Self>, HangarError> {
+        Ok(Arc::new(Self {
+            client: EngineClient::new(rpc_token.clone())?,
+            cfg,
+            plugins,
+            rm: rm::ResourceManager::new(),
+            engines: Mutex::new(HashMap::new()),
+            ecms: Mutex::new(Vec::new()),
+            gates: Mutex::new(HashMap::new()),
+            stats: ManagerStats::default(),
+            rpc_token,
+        }))
+    }
+
+    pub fn engine_client(&self) -> &EngineClient {
+        &self.client
+    }
+
+    pub fn rpc_token(&self) -> &str {
+        &self.rpc_token
+    }
+
+    pub fn plugins(&self) -> &[Arc<dyn EngineConnPlugin>] {
+        &self.plugins
+    }
+
+    pub fn resources(&self) -> &rm::ResourceManager {
+        &self.rm
+    }
+
+    fn ecm_label(instance: &str) -> String {
+        format!("emInstance:{instance}")
+    }
+
+    fn user_label(labels: &LabelSet) -> Result<String, HangarError> {
+        Ok(format!("combined_userCreator_engineType:{}", labels.combined_user_engine()?))
+    }
+
+    /// Register (or re-register) an ECM with its labels and capacity.
+    pub fn register_ecm(&self, instance: &str, labels: LabelSet, max: Resource, client: Arc<dyn EcmClient>) {
+        self.rm.set_max(&Self::ecm_label(instance), max);
+        let mut ecms = lock(&self.ecms);
+        ecms.retain(|e| e.instance != instance);
+        ecms.push(EcmNode { instance: instance.to_string(), labels, max, status: NodeStatus::Running, last_heartbeat: Instant::now(), client });
+        tracing::info!(%instance, %max, "ECM registered");
+    }
+
+    /// Validate an ask without acting on it.
+    pub fn validate(&self, labels: &LabelSet) -> Result<(), HangarError> {
+        labels.user_creator()?;
+        find_plugin(&self.plugins, labels)?;
+        Ok(())
+    }
+
+    /// Reuse or create an engine and lock it for the caller.
+    pub async fn ask(&self, req: &AskRequest) -> Result<EngineGrant, HangarError> {
+        self.stats.asks.fetch_add(1, Ordering::Relaxed);
+        self.validate(&req.labels)?;
+        let deadline = Instant::now() + req.timeout;
+        if !req.labels.execute_once()
+            && let Some(g) = self.try_reuse(&req.labels).await
+        {
+            return Ok(g);
+        }
+        let gate = self.gate(&req.labels);
+        let _permit = tokio::time::timeout_at(deadline.into(), gate.acquire_owned())
+            .await
+            .map_err(|_| HangarError::new(ErrorCode::Timeout, "timed out waiting for other engine creations with the same labels"))?
+            .map_err(|_| HangarError::new(ErrorCode::ShuttingDown, "manager is shutting down"))?;
+        if !req.labels.execute_once()
+            && let Some(g) = self.try_reuse(&req.labels).await
+        {
+            return Ok(g);
+        }
+        self.create(req, deadline).await
+    }
+
+    fn gate(&self, labels: &LabelSet) -> Arc<Semaphore> {
+        let key = format!("{:?}", labels.core());
+        lock(&self.gates)
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.cfg.max_concurrent_creations.max(1))))
+            .clone()
+    }
+
+    async fn try_reuse(&self, labels: &LabelSet) -> Option<EngineGrant> {
+        let want = labels.core();
+        let mut candidates: Vec<(u8, String, String, String, String)> = lock(&self.engines)
+            .values()
+            .filter(|n| !n.reserved && matches!(n.status, NodeStatus::Unlock | NodeStatus::Idle))
+            .filter(|n| n.labels.core() == want)
+            .filter_map(|n| {
+                let inst = n.instance.clone()?;
+                if labels.reuse_excluded(&inst) {
+                    return None;
+                }
+                let rank = if n.status == NodeStatus::Unlock { 0 } else { 1 };
+                Some((rank, n.ticket_id.clone(), inst, n.ecm_instance.clone(), n.log_dir.clone()))
+            })
+            .collect();
+        candidates.sort();
+        for (_, ticket_id, instance, ecm_instance, log_dir) in candidates {
+            let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
+            match self.client.call(&instance, &EngineRequest::Lock { timeout_ms }).await {
+                Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
+                    self.note_status(&ticket_id, NodeStatus::Idle);
+                    self.stats.reuse_hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(EngineGrant { ticket_id, instance, ecm_instance, lock, reused: true, log_dir });
+                }
+                Ok(_) => continue,
+                Err(e) => tracing::debug!(%instance, error = %e, "reuse candidate refused"),
+            }
+        }
+        None
+    }
+
+    fn select_ecm(&self, labels: &LabelSet, need: Resource) -> Result<(String, Arc<dyn EcmClient>), HangarError> {
+        let ecms = lock(&self.ecms);
+        let heartbeat_timeout = self.cfg.heartbeat_timeout() * 2;
+        let matching: Vec<&EcmNode> = ecms.iter().filter(|e| e.matches(labels)).collect();
+        if matching.is_empty() {
+            return Err(HangarError::new(ErrorCode::NoEcm, format!("no EngineConnManager matches the labels {:?}", labels.to_linkis_list())));
+        }
+        let mut usable: Vec<(&EcmNode, Resource, usize)> = Vec::new();
+        let mut reasons = Vec::new();
+        let engines = lock(&self.engines);
+        for e in matching {
+            if e.status != NodeStatus::Running || e.last_heartbeat.elapsed() > heartbeat_timeout {
+                reasons.push(format!("{} is {} (unhealthy)", e.instance, e.status));
+                continue;
+            }
+            let left = self.rm.label(&Self::ecm_label(&e.instance)).map(|l| l.left()).unwrap_or_default();
+            if !left.not_less(&need) {
+                reasons.push(format!("{}: {}", e.instance, Resource::shortfall(&left, &need).join("; ")));
+                continue;
+            }
+            let count = engines.values().filter(|n| n.ecm_instance == e.instance).count();
+            usable.push((e, left, count));
+        }
+        drop(engines);
+        // Most free memory relative to max, then fewest engines.
+        usable.sort_by(|a, b| {
+            let ra = a.1.memory as f64 / a.0.max.memory.max(1) as f64;
+            let rb = b.1.memory as f64 / b.0.max.memory.max(1) as f64;
+            rb.total_cmp(&ra).then(a.2.cmp(&b.2))
+        });
+        match usable.first() {
+            Some((e, _, _)) => Ok((e.instance.clone(), e.client.clone())),
+            None => Err(HangarError::new(ErrorCode::NotEnoughResource, format!("not enough resource on any EngineConnManager for {need}: {}", reasons.join(" | ")))),
+        }
+    }
+
+    async fn create(&self, req: &AskRequest, deadline: Instant) -> Result<EngineGrant, HangarError> {
+        self.stats.creations.fetch_add(1, Ordering::Relaxed);
+        let result = self.create_inner(req, deadline).await;
+        if result.is_err() {
+            self.stats.creation_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn create_inner(&self, req: &AskRequest, deadline: Instant) -> Result<EngineGrant, HangarError> {
+        let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
+        let resource = plugin.create_engine_resource(&EngineResourceRequest { user: &req.user, labels: &req.labels, properties: &req.properties })?;
+        let (ecm_instance, ecm) = self.select_ecm(&req.labels, resource)?;
+        let user_label = Self::user_label(&req.labels)?;
+        if self.rm.label(&user_label).is_none() {
+            self.rm.set_max(&user_label, self.cfg.user_max);
+        }
+        let ticket_id = uuid::Uuid::new_v4().to_string();
+        self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource)?;
+        let (tx, mut rx) = watch::channel(EngineView { status: NodeStatus::Starting, reason: None, instance: None });
+        lock(&self.engines).insert(ticket_id.clone(), EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx));
+        tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
+
+        let build = EngineConnBuildRequest { ticket_id: ticket_id.clone(), user: req.user.clone(), labels: req.labels.clone(), resource, properties: req.properties.clone() };
+        match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {
+            Ok(launched) => {
+                if let Some(n) = lock(&self.engines).get_mut(&ticket_id) {
+                    n.pid = Some(launched.pid);
+                    n.log_dir = launched.log_dir;
+                }
+            }
+            Err(e) => {
+                self.finish(&ticket_id, NodeStatus::Failed, format!("launch failed: {}", e.message), false);
+                return Err(HangarError::new(ErrorCode::EngineStartFailed, format!("engine launch on {ecm_instance} failed: {}", e.message)));
+            }
+        }
+
+        let start_deadline = deadline.min(Instant::now() + self.cfg.engine_start_timeout);
+        let waited = tokio::time::timeout_at(start_deadline.into(), rx.wait_for(|v| v.status != NodeStatus::Starting)).await;
+        let view = match waited {
+            Ok(Ok(v)) => v.clone(),
+            Ok(Err(_)) => EngineView { status: NodeStatus::Failed, reason: Some("engine record vanished".into()), instance: None },
+            Err(_) => {
+                let reason = format!("engine {ticket_id} did not become ready within {} ms", start_deadline.saturating_duration_since(Instant::now()).as_millis().max(self.cfg.engine_start_timeout.as_millis().min(req.timeout.as_millis())));
+                self.finish(&ticket_id, NodeStatus::Failed, reason.clone(), true);
+                return Err(HangarError::new(ErrorCode::EngineStartFailed, reason));
+            }
+        };
+        let (Some(instance), NodeStatus::Unlock) = (view.instance.clone(), view.status) else {
+            let reason = view.reason.unwrap_or_else(|| format!("engine ended as {}", view.status));
+            return Err(HangarError::new(ErrorCode::EngineStartFailed, format!("engine {ticket_id} on {ecm_instance} failed to start: {reason}")));
+        };
+        let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
+        let lock_reply = self.client.call(&instance, &EngineRequest::Lock { timeout_ms }).await;
+        let log_dir = {
+            let mut engines = lock(&self.engines);
+            match engines.get_mut(&ticket_id) {
+                Some(n) => {
+                    n.reserved = false;
+                    n.log_dir.clone()
+                }
+                None => String::new(),
+            }
+        };
+        match lock_reply {
+            Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
+                self.note_status(&ticket_id, NodeStatus::Idle);
+                Ok(EngineGrant { ticket_id, instance, ecm_instance, lock, reused: false, log_dir })
+            }
+            Ok(other) => Err(HangarError::new(ErrorCode::LockRejected, format!("new engine {instance} refused its lock: {other:?}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Give the engine back after a job (Linkis `RequestManagerUnlock`).
+    pub async fn unlock(&self, grant: &EngineGrant) {
+        match self.client.call(&grant.instance, &EngineRequest::Unlock { lock: grant.lock.clone() }).await {
+            Ok(EngineReply::Unlocked { unlocked: true }) => self.note_status(&grant.ticket_id, NodeStatus::Unlock),
+            Ok(other) => tracing::debug!(instance = %grant.instance, ?other, "unlock refused"),
+            Err(e) => tracing::debug!(instance = %grant.instance, error = %e, "unlock failed"),
+        }
+    }
+
+    /// Follow one engine's status (for jobs running on it).
+    pub fn watch_engine(&self, ticket_id: &str) -> Option<watch::Receiver<EngineView>> {
+        lock(&self.engines).get(ticket_id).map(|n| n.watch.subscribe())
+    }
+
+    fn note_status(&self, ticket_id: &str, status: NodeStatus) {
+        if let Some(n) = lock(&self.engines).get_mut(ticket_id) {
+            n.set_status(status, None);
+        }
+    }
+
+    /// End an engine's record: final status, resources released exactly once,
+    /// watchers told the reason, and optionally its process killed.
+    pub fn finish(&self, ticket_id: &str, status: NodeStatus, reason: String, kill: bool) {
+        let node = lock(&self.engines).remove(ticket_id);
+        let released = self.rm.release(ticket_id);
+        let Some(mut node) = node else { return };
+        tracing::info!(ticket = %ticket_id, %status, %reason, released, "engine finished");
+        let final_status = if status.is_completed() && status != NodeStatus::ShuttingDown { status } else { NodeStatus::Failed };
+        node.set_status(NodeStatus::ShuttingDown, Some(reason.clone()));
+        node.set_status(final_status, Some(reason));
+        if kill {
+            let ecm = lock(&self.ecms).iter().find(|e| e.instance == node.ecm_instance).map(|e| e.client.clone());
+            if let Some(ecm) = ecm {
+                let ticket = ticket_id.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = ecm.kill(&ticket).await {
+                        tracing::warn!(%ticket, error = %e, "kill failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// The ECM saw an engine's process exit.
+    pub fn on_engine_exited(&self, ticket_id: &str, description: String) {
+        self.finish(ticket_id, NodeStatus::Failed, description, false);
+    }
+
+    /// One pass of the lifecycle monitor: start deadlines, lost heartbeats,
+    /// stale reservations.
+    pub fn monitor_once(&self) {
+        let now = Instant::now();
+        let mut doomed = Vec::new();
+        for n in lock(&self.engines).values() {
+            if n.status == NodeStatus::Starting && now.duration_since(n.created_at) > self.cfg.engine_start_timeout {
+                doomed.push((n.ticket_id.clone(), format!("engine did not become ready within {} ms", self.cfg.engine_start_timeout.as_millis())));
+            } else if n.status != NodeStatus::Starting && now.duration_since(n.last_heartbeat) > self.cfg.heartbeat_timeout() {
+                doomed.push((n.ticket_id.clone(), format!("engine {} lost: no heartbeat for {} ms", n.instance.as_deref().unwrap_or(&n.ticket_id), now.duration_since(n.last_heartbeat).as_millis())));
+            }
+        }
+        for (ticket, reason) in doomed {
+            self.stats.engines_lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%ticket, %reason, "stopping engine");
+            self.finish(&ticket, NodeStatus::Failed, reason, true);
+        }
+        for ticket in self.rm.expired(self.cfg.reservation_timeout) {
+            if !lock(&self.engines).contains_key(&ticket) && self.rm.release(&ticket) {
+                tracing::warn!(%ticket, "released a reservation that was never confirmed");
+            }
+        }
+    }
+
+    /// Run the monitor until the process ends.
+    pub async fn monitor(self: Arc<Self>) {
+        let mut tick = tokio::time::interval((self.cfg.engine_heartbeat_interval / 2).max(Duration::from_millis(50)));
+        loop {
+            tick.tick().await;
+            self.monitor_once();
+        }
+    }
+
+    /// Stop every engine (server shutdown).
+    pub async fn shutdown(&self) {
+        let tickets: Vec<String> = lock(&self.engines).keys().cloned().collect();
+        for t in &tickets {
+            self.finish(t, NodeStatus::Success, "server shutting down".into(), false);
+        }
+    }
+
+    pub fn list_engines(&self) -> Vec<EngineInfo> {
+        let mut v: Vec<EngineInfo> = lock(&self.engines).values().map(EngineNode::info).collect();
+        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms));
+        v
+    }
+
+    pub fn list_ecms(&self) -> Vec<EcmInfo> {
+        let engines = lock(&self.engines);
+        lock(&self.ecms)
+            .iter()
+            .map(|e| {
+                let lr = self.rm.label(&Self::ecm_label(&e.instance)).unwrap_or_default();
+                EcmInfo { instance: e.instance.clone(), labels: e.labels.clone(), status: e.status, resource: lr, engines: engines.values().filter(|n| n.ecm_instance == e.instance).count() }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,43 @@
+//! HTTP client of the engines' RPC endpoint, shared by the manager and the Entrance.
+
+use std::time::Duration;
+
+use hangar_protocol::rpc::{ENGINE_RPC_PATH, EngineReply, EngineRequest, RPC_TOKEN_HEADER};
+use hangar_protocol::{ErrorCode, HangarError};
+
+#[derive(Clone)]
+pub struct EngineClient {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl EngineClient {
+    pub fn new(token: String) -> Result<Self, HangarError> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| HangarError::internal(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self { http, token })
+    }
+
+    /// Send one request to the engine at `instance` (`host:port`).
+    pub async fn call(&self, instance: &str, req: &EngineRequest) -> Result<EngineReply, HangarError> {
+        let url = format!("http://{instance}{ENGINE_RPC_PATH}");
+        let lost = |e: String| HangarError::new(ErrorCode::EngineLost, format!("engine {instance} cannot be reached: {e}"));
+        let resp = self
+            .http
+            .post(&url)
+            .header(RPC_TOKEN_HEADER, &self.token)
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        let reply: EngineReply = resp.json().await.map_err(|e| lost(format!("bad reply: {e}")))?;
+        match reply {
+            EngineReply::Error { code, message } => Err(HangarError::new(code, message)),
+            other => Ok(other),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Node records: engines and ECMs as the manager sees them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hangar_protocol::label::{EM_INSTANCE, TENANT};
+use hangar_protocol::rpc::EngineMetrics;
+use hangar_protocol::{LabelSet, NodeStatus, Resource, now_ms};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::EcmClient;
+use crate::rm::LabelResource;
+
+/// What a watcher of an engine sees.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineView {
+    pub status: NodeStatus,
+    pub reason: Option<String>,
+    pub instance: Option<String>,
+}
+
+pub(crate) struct EngineNode {
+    pub ticket_id: String,
+    pub instance: Option<String>,
+    pub user: String,
+    pub labels: LabelSet,
+    pub ecm_instance: String,
+    pub resource: Resource,
+    pub pid: Option<u32>,
+    pub status: NodeStatus,
+    /// Held by the ask that is creating it until that ask locks it.
+    pub reserved: bool,
+    pub created_at: Instant,
+    pub created_ms: i64,
+    pub last_heartbeat: Instant,
+    pub metrics: EngineMetrics,
+    pub log_dir: String,
+    pub watch: watch::Sender<EngineView>,
+}
+
+impl EngineNode {
+    pub(crate) fn starting(
+        ticket_id: &str,
+        user: &str,
+        labels: &LabelSet,
+        ecm_instance: &str,
+        resource: Resource,
+        watch: watch::Sender<EngineView>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            ticket_id: ticket_id.to_string(),
+            instance: None,
+            user: user.to_string(),
+            labels: labels.clone(),
+            ecm_instance: ecm_instance.to_string(),
+            resource,
+            pid: None,
+            status: NodeStatus::Starting,
+            reserved: true,
+            created_at: now,
+            created_ms: now_ms(),
+            last_heartbeat: now,
+            metrics: EngineMetrics::default(),
+            log_dir: String::new(),
+            watch,
+        }
+    }
+
+    /// Guarded transition; illegal ones (a stale heartbeat after the end) are ignored.
+    pub(crate) fn set_status(&mut self, to: NodeStatus, reason: Option<String>) -> bool {
+        if !self.status.can_transition(to) {
+            return false;
+        }
+        self.status = to;
+        let instance = self.instance.clone();
+        self.watch.send_modify(|v| {
+            v.status = to;
+            v.instance = instance;
+            if reason.is_some() {
+                v.reason = reason;
+            }
+        });
+        true
+    }
+
+    pub(crate) fn info(&self) -> EngineInfo {
+        EngineInfo {
+            ticket_id: self.ticket_id.clone(),
+            instance: self.instance.clone(),
+            user: self.user.clone(),
+            labels: self.labels.clone(),
+            ecm_instance: self.ecm_instance.clone(),
+            status: self.status,
+            resource: self.resource,
+            pid: self.pid,
+            created_ms: self.created_ms,
+            log_dir: self.log_dir.clone(),
+            running_tasks: self.metrics.running_tasks,
+        }
+    }
+}
+
+/// An engine as listed by the operator API.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineInfo {
+    pub ticket_id: String,
+    pub instance: Option<String>,
+    pub user: String,
+    pub labels: LabelSet,
+    pub ecm_instance: String,
+    pub status: NodeStatus,
+    pub resource: Resource,
+    pub pid: Option<u32>,
+    pub created_ms: i64,
+    pub log_dir: String,
+    pub running_tasks: u32,
+}
+
+pub(crate) struct EcmNode {
+    pub instance: String,
+    pub labels: LabelSet,
+    pub max: Resource,
+    pub status: NodeStatus,
+    pub last_heartbeat: Instant,
+    pub client: Arc<dyn EcmClient>,
+}
+
+impl EcmNode {
+    /// An ECM serves an ask when every routing label the ECM carries is in the
+    /// ask with the same value, and an ask for a tenant only goes to that
+    /// tenant's ECMs.
+    pub(crate) fn matches(&self, ask: &LabelSet) -> bool {
+        let own_ok = self.labels.iter().filter(|(k, _)| *k != EM_INSTANCE).all(|(k, v)| ask.get(k) == Some(v));
+        let tenant_ok = match ask.get(TENANT) {
+            Some(t) => self.labels.get(TENANT) == Some(t),
+            None => true,
+        };
+        own_ok && tenant_ok
+    }
+}
+
+/// An ECM as listed by the operator API.
+#[derive(Debug, Clone, Serialize)]
+pub struct EcmInfo {
+    pub instance: String,
+    pub labels: LabelSet,
+    pub status: NodeStatus,
+    pub resource: LabelResource,
+    pub engines: usize,
+}

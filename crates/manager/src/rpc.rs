@@ -1,0 +1,70 @@
+//! The manager's RPC endpoint for engines.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use hangar_protocol::rpc::{EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
+use hangar_protocol::NodeStatus;
+
+use crate::{Manager, lock};
+
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new().route(MANAGER_RPC_PATH, post(handle)).with_state(manager)
+}
+
+async fn handle(State(m): State<Arc<Manager>>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Json<ManagerReply>, (StatusCode, String)> {
+    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
+    if !ok {
+        return Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into()));
+    }
+    let msg: EngineToManager = serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
+    Ok(Json(ManagerReply { known: m.on_engine_message(msg) }))
+}
+
+impl Manager {
+    /// Apply one engine message; false when the ticket is unknown.
+    pub fn on_engine_message(&self, msg: EngineToManager) -> bool {
+        let ticket = msg.ticket_id().to_string();
+        match msg {
+            EngineToManager::Ready { instance, pid, rpc_version, .. } => {
+                if rpc_version != RPC_VERSION {
+                    self.finish(&ticket, NodeStatus::Failed, format!("engine speaks RPC version {rpc_version}, manager {RPC_VERSION}"), true);
+                    return false;
+                }
+                let mut engines = lock(&self.engines);
+                let Some(n) = engines.get_mut(&ticket) else { return false };
+                n.instance = Some(instance);
+                n.pid = Some(pid);
+                n.last_heartbeat = Instant::now();
+                let ready = n.set_status(NodeStatus::Unlock, None);
+                drop(engines);
+                if ready {
+                    self.rm.confirm(&ticket);
+                }
+                ready
+            }
+            EngineToManager::Heartbeat { status, metrics, .. } => {
+                let mut engines = lock(&self.engines);
+                let Some(n) = engines.get_mut(&ticket) else { return false };
+                n.last_heartbeat = Instant::now();
+                n.metrics = metrics;
+                if n.status != NodeStatus::Starting && !status.is_completed() {
+                    n.set_status(status, None);
+                }
+                true
+            }
+            EngineToManager::StartFailed { reason, .. } => {
+                self.finish(&ticket, NodeStatus::Failed, reason, false);
+                true
+            }
+            EngineToManager::Exiting { status, reason, .. } => {
+                self.finish(&ticket, status, reason, false);
+                true
+            }
+        }
+    }
+}
