@@ -1,1 +1,96 @@
-//! hangar-entrance
+//! The Entrance: the Linkis-compatible client API, durable jobs, per-group
+//! queues, and the job runner that asks the LinkisManager for an engine,
+//! sends the task, consumes the engine's task events and stores them.
+
+mod api;
+pub mod auth;
+mod config;
+mod files;
+mod job;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hangar_manager::Manager;
+use hangar_protocol::rpc::TaskEvent;
+use hangar_store::Store;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+pub use api::router;
+pub use config::{EntranceConfig, TokenConfig};
+
+/// A job that lives in this process (queued or running).
+#[derive(Clone)]
+pub(crate) struct JobHandle {
+    pub events: mpsc::UnboundedSender<TaskEvent>,
+    pub kill: watch::Sender<bool>,
+    pub progress_info: Arc<Mutex<serde_json::Value>>,
+}
+
+/// A consumer group: running slots and a count of waiting jobs.
+pub(crate) struct Group {
+    pub slots: Arc<Semaphore>,
+    pub queued: usize,
+}
+
+pub struct Entrance {
+    pub(crate) cfg: EntranceConfig,
+    pub(crate) store: Store,
+    pub(crate) manager: Arc<Manager>,
+    pub(crate) jobs: Mutex<HashMap<i64, JobHandle>>,
+    pub(crate) groups: Mutex<HashMap<String, Group>>,
+    pub(crate) shutting_down: watch::Sender<bool>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Entrance {
+    pub fn new(cfg: EntranceConfig, store: Store, manager: Arc<Manager>) -> Arc<Self> {
+        Arc::new(Self {
+            cfg,
+            store,
+            manager,
+            jobs: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+            shutting_down: watch::channel(false).0,
+        })
+    }
+
+    /// Route engine events to their jobs.
+    pub fn on_task_events(&self, events: Vec<TaskEvent>) {
+        let jobs = lock(&self.jobs);
+        for ev in events {
+            match jobs.get(&ev.task_id()) {
+                Some(h) => {
+                    let _ = h.events.send(ev);
+                }
+                None => tracing::debug!(task = ev.task_id(), "event for a job not running here"),
+            }
+        }
+    }
+
+    /// Jobs left unfinished by an earlier process are ended with a reason.
+    pub async fn recover(&self) -> Result<usize, hangar_protocol::HangarError> {
+        let jobs = self.store.unfinished_jobs().await?;
+        let n = jobs.len();
+        for j in jobs {
+            let reason = "the server restarted while this job was not finished; its engine is gone";
+            job::append_log_line(&j.log_path, hangar_protocol::logline::Level::Error, reason).await;
+            self.store
+                .update_status(j.id, hangar_protocol::JobStatus::Failed, None, Some((hangar_protocol::ErrorCode::EngineLost.number(), reason)), hangar_protocol::now_ms())
+                .await?;
+        }
+        Ok(n)
+    }
+
+    /// Stop taking jobs; running and queued jobs end Failed with the reason.
+    pub async fn shutdown(&self) {
+        self.shutting_down.send_replace(true);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !lock(&self.jobs).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -289,9 +289,11 @@ impl Manager {
         }
 
         let start_deadline = deadline.min(Instant::now() + self.cfg.engine_start_timeout);
-        let waited = tokio::time::timeout_at(start_deadline.into(), rx.wait_for(|v| v.status != NodeStatus::Starting)).await;
+        let waited = tokio::time::timeout_at(start_deadline.into(), rx.wait_for(|v| v.status != NodeStatus::Starting))
+            .await
+            .map(|r| r.map(|v| v.clone()));
         let view = match waited {
-            Ok(Ok(v)) => v.clone(),
+            Ok(Ok(v)) => v,
             Ok(Err(_)) => EngineView { status: NodeStatus::Failed, reason: Some("engine record vanished".into()), instance: None },
             Err(_) => {
                 let reason = format!("engine {ticket_id} did not become ready within {} ms", start_deadline.saturating_duration_since(Instant::now()).as_millis().max(self.cfg.engine_start_timeout.as_millis().min(req.timeout.as_millis())));

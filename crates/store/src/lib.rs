@@ -1,1 +1,356 @@
-//! hangar-store
+//! Durable job records: SQLite (WAL) by default, PostgreSQL by URL.
+//!
+//! One schema and one set of queries serve both backends (positional `$N`
+//! parameters work on both). Status updates are guarded in SQL, so a job that
+//! reached a final state is never moved again, whoever writes late.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use hangar_protocol::{HangarError, JobStatus};
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+// Dynamic SQL here is only ever built from constants of this file.
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<StoreError> for HangarError {
+    fn from(e: StoreError) -> Self {
+        HangarError::internal(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A job as first stored at submit.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub submit_user: String,
+    pub execute_user: String,
+    pub creator: String,
+    pub engine_type: String,
+    pub run_type: String,
+    /// JSON object of labels.
+    pub labels: String,
+    /// JSON of `params`.
+    pub params: String,
+    /// JSON of `source`.
+    pub source: String,
+    pub code: String,
+    pub created_ms: i64,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobRecord {
+    pub id: i64,
+    pub exec_id: String,
+    pub submit_user: String,
+    pub execute_user: String,
+    pub creator: String,
+    pub status: JobStatus,
+    pub progress: f64,
+    pub engine_type: String,
+    pub run_type: String,
+    pub labels: String,
+    pub params: String,
+    pub source: String,
+    pub code: String,
+    pub log_path: String,
+    pub result_location: String,
+    pub err_code: Option<i64>,
+    pub err_desc: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub engine_instance: Option<String>,
+    pub ecm_instance: Option<String>,
+    pub ticket_id: Option<String>,
+    pub is_reuse: Option<bool>,
+    pub metrics: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const COLUMNS: &str = "id, exec_id, submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, log_path, result_location, err_code, err_desc, created_ms, updated_ms, engine_instance, ecm_instance, ticket_id, is_reuse, metrics";
+
+const TERMINAL: &str = "('Succeed','Failed','Cancelled','Timeout')";
+
+impl Store {
+    /// Open `sqlite://<path>` (created if missing) or `postgres://...`, and
+    /// create the schema.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError(format!("unsupported store URL '{url}': use sqlite://PATH or postgres://...")));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        opts = match backend {
+            Backend::Sqlite => opts.max_connections(4).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode=WAL").await?;
+                    conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout=10000").await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => opts.max_connections(8),
+        };
+        let pool = opts.connect(&url).await?;
+        let store = Self { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let id = match self.backend {
+            Backend::Sqlite => "id INTEGER PRIMARY KEY AUTOINCREMENT",
+            Backend::Postgres => "id BIGSERIAL PRIMARY KEY",
+        };
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS hangar_job (
+                {id},
+                exec_id TEXT NOT NULL DEFAULT '',
+                submit_user TEXT NOT NULL,
+                execute_user TEXT NOT NULL,
+                creator TEXT NOT NULL,
+                status TEXT NOT NULL,
+                progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+                engine_type TEXT NOT NULL,
+                run_type TEXT NOT NULL,
+                labels TEXT NOT NULL,
+                params TEXT NOT NULL,
+                source TEXT NOT NULL,
+                code TEXT NOT NULL,
+                log_path TEXT NOT NULL DEFAULT '',
+                result_location TEXT NOT NULL DEFAULT '',
+                err_code BIGINT,
+                err_desc TEXT,
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
+                engine_instance TEXT,
+                ecm_instance TEXT,
+                ticket_id TEXT,
+                is_reuse BIGINT,
+                metrics TEXT NOT NULL DEFAULT '{{}}'
+            )"
+        );
+        sqlx::query(AssertSqlSafe(ddl)).execute(&self.pool).await?;
+        self.pool.execute("CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)").await?;
+        Ok(())
+    }
+
+    /// Store a new job (status Inited) and return its taskID.
+    pub async fn insert_job(&self, j: &NewJob) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms)
+             VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+        )
+        .bind(&j.submit_user)
+        .bind(&j.execute_user)
+        .bind(&j.creator)
+        .bind(&j.engine_type)
+        .bind(&j.run_type)
+        .bind(&j.labels)
+        .bind(&j.params)
+        .bind(&j.source)
+        .bind(&j.code)
+        .bind(j.created_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    pub async fn set_paths(&self, id: i64, exec_id: &str, log_path: &str, result_location: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE hangar_job SET exec_id = $1, log_path = $2, result_location = $3, updated_ms = $4 WHERE id = $5")
+            .bind(exec_id)
+            .bind(log_path)
+            .bind(result_location)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Move a job to `status` unless it already ended. Returns whether it moved.
+    pub async fn update_status(
+        &self,
+        id: i64,
+        status: JobStatus,
+        progress: Option<f64>,
+        error: Option<(i64, &str)>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE hangar_job SET status = $1, progress = COALESCE($2, progress), err_code = COALESCE($3, err_code), err_desc = COALESCE($4, err_desc), updated_ms = $5
+             WHERE id = $6 AND status NOT IN {TERMINAL}"
+        );
+        let r = sqlx::query(AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .bind(progress)
+            .bind(error.map(|e| e.0))
+            .bind(error.map(|e| e.1.to_string()))
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn set_engine(&self, id: i64, engine_instance: &str, ecm_instance: &str, ticket_id: &str, is_reuse: bool, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE hangar_job SET engine_instance = $1, ecm_instance = $2, ticket_id = $3, is_reuse = $4, updated_ms = $5 WHERE id = $6")
+            .bind(engine_instance)
+            .bind(ecm_instance)
+            .bind(ticket_id)
+            .bind(i64::from(is_reuse))
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_progress(&self, id: i64, progress: f64, metrics: &str, now_ms: i64) -> Result<()> {
+        let sql = format!("UPDATE hangar_job SET progress = $1, metrics = $2, updated_ms = $3 WHERE id = $4 AND status NOT IN {TERMINAL}");
+        sqlx::query(AssertSqlSafe(sql)).bind(progress).bind(metrics).bind(now_ms).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn set_metrics(&self, id: i64, metrics: &str) -> Result<()> {
+        sqlx::query("UPDATE hangar_job SET metrics = $1 WHERE id = $2").bind(metrics).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn get_job(&self, id: i64) -> Result<Option<JobRecord>> {
+        let sql = format!("SELECT {COLUMNS} FROM hangar_job WHERE id = $1");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| job_from_row(&r)).transpose()
+    }
+
+    /// Jobs not in a final state (for recovery after a restart).
+    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
+        let sql = format!("SELECT {COLUMNS} FROM hangar_job WHERE status NOT IN {TERMINAL} ORDER BY id");
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
+    let status: String = r.try_get("status")?;
+    Ok(JobRecord {
+        id: r.try_get("id")?,
+        exec_id: r.try_get("exec_id")?,
+        submit_user: r.try_get("submit_user")?,
+        execute_user: r.try_get("execute_user")?,
+        creator: r.try_get("creator")?,
+        status: JobStatus::from_str(&status).map_err(|e| StoreError(e.message))?,
+        progress: r.try_get("progress")?,
+        engine_type: r.try_get("engine_type")?,
+        run_type: r.try_get("run_type")?,
+        labels: r.try_get("labels")?,
+        params: r.try_get("params")?,
+        source: r.try_get("source")?,
+        code: r.try_get("code")?,
+        log_path: r.try_get("log_path")?,
+        result_location: r.try_get("result_location")?,
+        err_code: r.try_get("err_code")?,
+        err_desc: r.try_get("err_desc")?,
+        created_ms: r.try_get("created_ms")?,
+        updated_ms: r.try_get("updated_ms")?,
+        engine_instance: r.try_get("engine_instance")?,
+        ecm_instance: r.try_get("ecm_instance")?,
+        ticket_id: r.try_get("ticket_id")?,
+        is_reuse: r.try_get::<Option<i64>, _>("is_reuse")?.map(|v| v != 0),
+        metrics: r.try_get("metrics")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> NewJob {
+        NewJob {
+            submit_user: "alice".into(),
+            execute_user: "alice".into(),
+            creator: "IDE".into(),
+            engine_type: "shell-1".into(),
+            run_type: "shell".into(),
+            labels: "{}".into(),
+            params: "{}".into(),
+            source: "{}".into(),
+            code: "echo 'hi'; -- \"quoted\" ünïcode".into(),
+            created_ms: 1,
+        }
+    }
+
+    /// Runs against SQLite always and against PostgreSQL when
+    /// `HANGAR_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
+    async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let mut v = vec![(Store::open(&url).await.expect("sqlite"), Some(dir))];
+        if let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") {
+            let s = Store::open(&pg).await.expect("postgres");
+            v.push((s, None));
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn job_lifecycle_and_final_states_stick() {
+        for (s, _dir) in stores().await {
+            let id = s.insert_job(&job()).await.expect("insert");
+            assert!(id > 0);
+            let j = s.get_job(id).await.expect("get").expect("some");
+            assert_eq!(j.status, JobStatus::Inited);
+            assert_eq!(j.code, job().code);
+            assert!(s.update_status(id, JobStatus::Running, Some(0.1), None, 2).await.expect("u"));
+            s.set_engine(id, "127.0.0.1:1", "ecm", "t", true, 3).await.expect("engine");
+            assert!(s.update_status(id, JobStatus::Failed, None, Some((30004, "engine died")), 4).await.expect("u"));
+            assert!(!s.update_status(id, JobStatus::Succeed, Some(1.0), None, 5).await.expect("u"), "final is final");
+            let j = s.get_job(id).await.expect("get").expect("some");
+            assert_eq!(j.status, JobStatus::Failed);
+            assert_eq!(j.err_desc.as_deref(), Some("engine died"));
+            assert_eq!(j.is_reuse, Some(true));
+            assert_eq!(j.updated_ms, 4);
+            assert!(s.get_job(id + 1000).await.expect("get").is_none());
+            assert!(s.unfinished_jobs().await.expect("u").iter().all(|j| j.id != id));
+        }
+    }
+}

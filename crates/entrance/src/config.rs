@@ -1,0 +1,35 @@
+//! The Entrance's settings (section `[entrance]` and `[auth]` of the server configuration).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct EntranceConfig {
+    /// `host:port` this Entrance is known by (embedded in execIDs).
+    pub instance: String,
+    /// Base URL engines send task events to.
+    pub callback_url: String,
+    /// Job logs live under `<logs_dir>/<yyyy-MM-dd>/<creator>/<user>/<taskId>.log`.
+    pub logs_dir: PathBuf,
+    /// Result sets live under `<results_dir>/<user>/<yyyy-MM-dd>/<creator>/<taskId>/`.
+    pub results_dir: PathBuf,
+    /// Max running jobs per `creator_user_engineType` group.
+    pub max_running_per_group: usize,
+    /// Max jobs waiting in one group before submits are refused.
+    pub max_queued_per_group: usize,
+    /// Max time to get an engine.
+    pub ask_timeout: Duration,
+    /// Largest accepted code, in bytes.
+    pub max_code_bytes: usize,
+    /// Accepted tokens: `Token-Code` value and the users it may act as (`*` = any).
+    pub tokens: Vec<TokenConfig>,
+    pub admins: Vec<String>,
+    /// Default creator when `userCreator` is absent (Linkis: IDE).
+    pub default_creator: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenConfig {
+    pub token: String,
+    pub users: Vec<String>,
+}

@@ -1,0 +1,479 @@
+//! Submit and the job runner.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangar_manager::{AskRequest, EngineGrant};
+use hangar_protocol::label::{CODE_TYPE, USER_CREATOR};
+use hangar_protocol::logline::{self, Level};
+use hangar_protocol::rpc::{EngineRequest, TaskEvent, TaskExecuteRequest};
+use hangar_protocol::{ErrorCode, HangarError, JobStatus, LabelSet, exec_id, now_ms};
+use hangar_store::NewJob;
+use serde_json::{Map, Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::Caller;
+use crate::{Entrance, Group, JobHandle, lock};
+
+/// A validated submission, ready to run.
+struct Prepared {
+    task_id: i64,
+    exec_id: String,
+    user: String,
+    labels: LabelSet,
+    run_type: String,
+    code: String,
+    startup: BTreeMap<String, String>,
+    runtime: BTreeMap<String, String>,
+    log_path: PathBuf,
+    result_dir: PathBuf,
+    group: String,
+}
+
+fn str_map(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>, HangarError> {
+    let mut out = BTreeMap::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let s = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(_) | Value::Bool(_) => v.to_string(),
+                    Value::Null => String::new(),
+                    _ => return Err(HangarError::invalid(format!("{what}.{k} must be a string, number or boolean"))),
+                };
+                out.insert(k.clone(), s);
+            }
+        }
+        Some(_) => return Err(HangarError::invalid(format!("{what} must be a JSON object"))),
+    }
+    Ok(out)
+}
+
+impl Entrance {
+    /// Validate, persist and queue a job. Returns `(execID, taskID)`.
+    pub(crate) async fn submit(self: &Arc<Self>, caller: &Caller, body: &Value) -> Result<(String, i64), HangarError> {
+        if *self.shutting_down.borrow() {
+            return Err(HangarError::new(ErrorCode::ShuttingDown, "the server is shutting down and takes no new jobs"));
+        }
+        let obj = body.as_object().ok_or_else(|| HangarError::invalid("request body must be a JSON object"))?;
+        // `executionContent` (submit) or the legacy 0.x `executionCode` + `runType` (execute).
+        let (code, run_type) = match obj.get("executionContent") {
+            Some(Value::Object(c)) => (c.get("code"), c.get("runType")),
+            Some(_) => return Err(HangarError::invalid("executionContent must be a JSON object")),
+            None => (obj.get("executionCode"), obj.get("runType")),
+        };
+        let code = match code {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => return Err(HangarError::invalid("executionContent.code is required")),
+            Some(_) => return Err(HangarError::invalid("executionContent.code must be a string")),
+        };
+        if code.trim().is_empty() {
+            return Err(HangarError::invalid("executionContent.code is blank"));
+        }
+        if code.len() > self.cfg.max_code_bytes {
+            return Err(HangarError::invalid(format!("code is {} bytes, more than the limit of {} bytes", code.len(), self.cfg.max_code_bytes)));
+        }
+        let labels_json = match obj.get("labels") {
+            Some(Value::Object(m)) if !m.is_empty() => m,
+            Some(Value::Object(_)) | None | Some(Value::Null) => return Err(HangarError::invalid("labels is null: send at least {\"engineType\": \"shell-1\"}")),
+            Some(_) => return Err(HangarError::invalid("labels must be a JSON object")),
+        };
+        let mut labels = LabelSet::from_json(labels_json)?;
+        labels.engine_type()?;
+        let execute_user = match obj.get("executeUser").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(u) if u != caller.user && !caller.admin => {
+                return Err(HangarError::new(ErrorCode::PermissionDenied, format!("user '{}' may not execute as '{u}'", caller.user)));
+            }
+            Some(u) if !crate::auth::valid_user_name(u) => return Err(HangarError::invalid(format!("executeUser '{u}' is not a valid user name"))),
+            Some(u) => u.to_string(),
+            None => caller.user.clone(),
+        };
+        match run_type {
+            Some(Value::String(rt)) if !rt.trim().is_empty() => {
+                if !labels.contains(CODE_TYPE) {
+                    labels.insert(CODE_TYPE, rt.trim().to_string())?;
+                }
+            }
+            Some(Value::String(_)) | None | Some(Value::Null) => {}
+            Some(_) => return Err(HangarError::invalid("executionContent.runType must be a string")),
+        }
+        let run_type = labels.get(CODE_TYPE).map(str::to_string).ok_or_else(|| HangarError::invalid("executionContent.runType (or label codeType) is required, e.g. \"shell\""))?;
+        if !labels.contains(USER_CREATOR) {
+            labels.insert(USER_CREATOR, format!("{execute_user}-{}", self.cfg.default_creator))?;
+        }
+        let uc = labels.user_creator()?;
+        if uc.user != execute_user && !caller.admin {
+            return Err(HangarError::new(ErrorCode::PermissionDenied, format!("label userCreator names user '{}' but the job runs as '{execute_user}'", uc.user)));
+        }
+        self.manager.validate(&labels)?;
+        let et = labels.engine_type()?;
+        let plugin = hangar_engineconn_plugin_run_types(&self.manager, &et.engine);
+        if !plugin.iter().any(|r| *r == run_type) {
+            return Err(HangarError::invalid(format!("engine type {et} does not run codeType '{run_type}'; it runs {}", plugin.join(", "))));
+        }
+        let params = obj.get("params").cloned().unwrap_or_else(|| json!({}));
+        let conf = params.get("configuration");
+        let startup = str_map(conf.and_then(|c| c.get("startup")), "params.configuration.startup")?;
+        let runtime = str_map(conf.and_then(|c| c.get("runtime")), "params.configuration.runtime")?;
+        let source = obj.get("source").cloned().unwrap_or_else(|| json!({}));
+
+        let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
+        {
+            let mut groups = lock(&self.groups);
+            let g = groups.entry(group.clone()).or_insert_with(|| Group { slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))), queued: 0 });
+            if g.queued >= self.cfg.max_queued_per_group {
+                return Err(HangarError::new(ErrorCode::Overloaded, format!("the queue of group {group} is full ({} jobs waiting); try again later", g.queued)));
+            }
+            g.queued += 1;
+        }
+        let inserted = self.persist(&caller.user, &execute_user, &uc.creator, &et.to_string(), &run_type, &labels, &params, &source, &code).await;
+        let (task_id, exec, log_path, result_dir) = match inserted {
+            Ok(v) => v,
+            Err(e) => {
+                self.dequeue(&group);
+                return Err(e);
+            }
+        };
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let progress_info = Arc::new(Mutex::new(json!([])));
+        lock(&self.jobs).insert(task_id, JobHandle { events: events_tx, kill: kill_tx, progress_info: progress_info.clone() });
+        let prepared = Prepared { task_id, exec_id: exec.clone(), user: execute_user, labels, run_type, code, startup, runtime, log_path, result_dir, group };
+        let this = self.clone();
+        tokio::spawn(async move { this.run(prepared, events_rx, kill_rx, progress_info).await });
+        Ok((exec, task_id))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn persist(
+        &self,
+        submit_user: &str,
+        execute_user: &str,
+        creator: &str,
+        engine_type: &str,
+        run_type: &str,
+        labels: &LabelSet,
+        params: &Value,
+        source: &Value,
+        code: &str,
+    ) -> Result<(i64, String, PathBuf, PathBuf), HangarError> {
+        let created = now_ms();
+        let new = NewJob {
+            submit_user: submit_user.into(),
+            execute_user: execute_user.into(),
+            creator: creator.into(),
+            engine_type: engine_type.into(),
+            run_type: run_type.into(),
+            labels: serde_json::to_string(labels).unwrap_or_default(),
+            params: params.to_string(),
+            source: source.to_string(),
+            code: code.into(),
+            created_ms: created,
+        };
+        let task_id = self.store.insert_job(&new).await?;
+        let engine = engine_type.split('-').next().unwrap_or(engine_type);
+        let exec = exec_id::build(&self.cfg.instance, creator, execute_user, engine, task_id);
+        let day = chrono::Local::now().format("%Y-%m-%d").to_string();
+        let log_path = self.cfg.logs_dir.join(&day).join(creator).join(execute_user).join(format!("{task_id}.log"));
+        let result_dir = self.cfg.results_dir.join(execute_user).join(&day).join(creator).join(task_id.to_string());
+        self.store
+            .set_paths(task_id, &exec, &log_path.display().to_string(), &format!("file://{}", result_dir.display()), now_ms())
+            .await?;
+        Ok((task_id, exec, log_path, result_dir))
+    }
+
+    fn dequeue(&self, group: &str) {
+        if let Some(g) = lock(&self.groups).get_mut(group) {
+            g.queued = g.queued.saturating_sub(1);
+        }
+    }
+
+    async fn run(self: Arc<Self>, job: Prepared, events: mpsc::UnboundedReceiver<TaskEvent>, kill: watch::Receiver<bool>, progress_info: Arc<Mutex<Value>>) {
+        let task_id = job.task_id;
+        let mut log = JobLog::open(&job.log_path).await;
+        let mut metrics = Map::new();
+        metrics.insert("submitTime".into(), json!(now_ms()));
+        let outcome = self.run_inner(&job, &mut log, &mut metrics, events, kill, progress_info).await;
+        let (status, error) = match outcome {
+            Ok(s) => s,
+            Err(e) => (JobStatus::Failed, Some(e)),
+        };
+        metrics.insert("completeTime".into(), json!(now_ms()));
+        match &error {
+            Some(e) if status != JobStatus::Succeed => log.line(Level::Error, &format!("job {} ended {status}: {}", job.exec_id, e.message)).await,
+            _ => log.line(Level::Info, &format!("job {} ended {status}", job.exec_id)).await,
+        }
+        log.flush().await;
+        let progress = if status == JobStatus::Succeed { Some(1.0) } else { None };
+        let err = error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| (e.code.number(), e.message.as_str()));
+        let _ = self.store.set_metrics(task_id, &Value::Object(metrics).to_string()).await;
+        if let Err(e) = self.store.update_status(task_id, status, progress, err, now_ms()).await {
+            tracing::error!(task_id, error = %e, "cannot store the final job status");
+        }
+        lock(&self.jobs).remove(&task_id);
+        tracing::info!(task_id, %status, "job finished");
+    }
+
+    async fn run_inner(
+        &self,
+        job: &Prepared,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        mut events: mpsc::UnboundedReceiver<TaskEvent>,
+        mut kill: watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let task_id = job.task_id;
+        log.line(Level::Info, &format!("Your job is accepted, jobID is {} and taskID is {task_id}. Please wait it to be scheduled", job.exec_id)).await;
+        let slots = lock(&self.groups).get(&job.group).map(|g| g.slots.clone());
+        let mut shutdown = self.shutting_down.subscribe();
+        let cancelled = |why: &str| Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, why.to_string()))));
+        let permit = match slots {
+            Some(s) => tokio::select! {
+                p = s.acquire_owned() => p.ok(),
+                _ = fired(&mut kill) => { self.dequeue(&job.group); return cancelled("killed by user before it was scheduled"); }
+                _ = fired(&mut shutdown) => { self.dequeue(&job.group); return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down before the job was scheduled")); }
+            },
+            None => None,
+        };
+        self.dequeue(&job.group);
+        let _permit = permit;
+        self.store.update_status(task_id, JobStatus::Scheduled, None, None, now_ms()).await?;
+        metrics.insert("scheduleTime".into(), json!(now_ms()));
+        log.line(Level::Info, &format!("job is scheduled; asking the LinkisManager for an engine with labels {:?}", job.labels.to_linkis_list())).await;
+
+        let ask = AskRequest { user: job.user.clone(), labels: job.labels.clone(), properties: job.startup.clone(), timeout: self.cfg.ask_timeout };
+        let asked_at = Instant::now();
+        let grant = tokio::select! {
+            g = self.ask_with_retry(&ask) => g?,
+            _ = fired(&mut kill) => return cancelled("killed by user while waiting for an engine"),
+            _ = fired(&mut shutdown) => return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job waited for an engine")),
+        };
+        let result = self.run_on_engine(job, log, metrics, &grant, asked_at, &mut events, &mut kill, &mut shutdown, progress_info).await;
+        self.manager.unlock(&grant).await;
+        result
+    }
+
+    async fn ask_with_retry(&self, ask: &AskRequest) -> Result<EngineGrant, HangarError> {
+        let deadline = Instant::now() + ask.timeout;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = AskRequest { timeout: left, ..ask.clone() };
+            match self.manager.ask(&attempt).await {
+                Ok(g) => return Ok(g),
+                Err(e) if e.code.retryable() && Instant::now() + backoff < deadline => {
+                    tracing::debug!(error = %e, "engine ask failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_on_engine(
+        &self,
+        job: &Prepared,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        grant: &EngineGrant,
+        asked_at: Instant,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        kill: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let task_id = job.task_id;
+        log.line(
+            Level::Info,
+            &format!(
+                "{} engine {} (ticket {}) on ECM {} in {} ms",
+                if grant.reused { "reusing" } else { "created" },
+                grant.instance,
+                grant.ticket_id,
+                grant.ecm_instance,
+                asked_at.elapsed().as_millis()
+            ),
+        )
+        .await;
+        for (k, v) in [
+            ("engineInstance", json!(grant.instance)),
+            ("ticketId", json!(grant.ticket_id)),
+            ("ecmInstance", json!(grant.ecm_instance)),
+            ("isReuse", json!(grant.reused)),
+            ("engineLogPath", json!(grant.log_dir)),
+            ("requestECTime", json!(asked_at.elapsed().as_millis() as u64)),
+        ] {
+            metrics.insert(k.into(), v);
+        }
+        self.store.set_engine(task_id, &grant.instance, &grant.ecm_instance, &grant.ticket_id, grant.reused, now_ms()).await?;
+        let Some(mut engine) = self.manager.watch_engine(&grant.ticket_id) else {
+            return Err(HangarError::new(ErrorCode::EngineLost, format!("engine {} ended before the task was sent", grant.instance)));
+        };
+        self.store.update_status(task_id, JobStatus::Running, Some(0.0), None, now_ms()).await?;
+        metrics.insert("runningTime".into(), json!(now_ms()));
+        let req = TaskExecuteRequest {
+            task_id,
+            exec_id: job.exec_id.clone(),
+            code: job.code.clone(),
+            lock: grant.lock.clone(),
+            run_type: job.run_type.clone(),
+            user: job.user.clone(),
+            properties: job.runtime.clone(),
+            result_dir: job.result_dir.display().to_string(),
+            callback_url: self.cfg.callback_url.clone(),
+        };
+        self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await?;
+
+        let mut kill_deadline: Option<tokio::time::Instant> = None;
+        let mut last_progress_write = Instant::now() - Duration::from_secs(1);
+        loop {
+            let kill_timer = async {
+                match kill_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => {
+                    let Some(ev) = ev else { return Err(HangarError::internal("job event channel closed")) };
+                    match ev {
+                        TaskEvent::Log { lines, .. } => log.raw(&lines).await,
+                        TaskEvent::RunningInfo(info) => {
+                            *lock(&progress_info) = serde_json::to_value(&info.progress_info).unwrap_or_else(|_| json!([]));
+                            metrics.insert("engineMetrics".into(), serde_json::to_value(&info.metrics).unwrap_or_default());
+                            metrics.insert("resource".into(), info.resource.to_linkis_json());
+                            if last_progress_write.elapsed() >= Duration::from_millis(500) {
+                                last_progress_write = Instant::now();
+                                let m = Value::Object(metrics.clone()).to_string();
+                                self.store.set_progress(task_id, info.progress as f64, &m, now_ms()).await?;
+                            }
+                        }
+                        TaskEvent::ResultSet { alias, rows, .. } => {
+                            log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
+                        }
+                        TaskEvent::Status { status, error, .. } => {
+                            if status.is_completed() {
+                                let err = error.map(|m| HangarError::new(if status == JobStatus::Cancelled { ErrorCode::InvalidRequest } else { ErrorCode::Internal }, m));
+                                return Ok((status, err));
+                            }
+                        }
+                    }
+                }
+                changed = engine.changed() => {
+                    let view: hangar_manager::EngineView = { let v = engine.borrow(); v.clone() };
+                    if changed.is_err() || view.status.is_completed() {
+                        // Drain what the engine already sent: it may hold the final status.
+                        while let Ok(ev) = events.try_recv() {
+                            match ev {
+                                TaskEvent::Log { lines, .. } => log.raw(&lines).await,
+                                TaskEvent::Status { status, error, .. } if status.is_completed() => {
+                                    return Ok((status, error.map(|m| HangarError::new(ErrorCode::Internal, m))));
+                                }
+                                _ => {}
+                            }
+                        }
+                        let reason = view.reason.unwrap_or_else(|| format!("it is {}", view.status));
+                        return Err(HangarError::new(ErrorCode::EngineLost, format!("engine {} (ticket {}) exited while running the task: {reason}", grant.instance, grant.ticket_id)));
+                    }
+                }
+                _ = fired(kill), if kill_deadline.is_none() => {
+                    log.line(Level::Warn, "kill requested by user").await;
+                    kill_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+                    if let Err(e) = self.manager.engine_client().call(&grant.instance, &EngineRequest::Kill { task_id }).await {
+                        tracing::debug!(error = %e, "kill request to engine failed");
+                    }
+                }
+                _ = kill_timer => {
+                    return Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, "killed by user (engine did not confirm in 3 s)"))));
+                }
+                _ = fired(shutdown) => {
+                    let _ = self.manager.engine_client().call(&grant.instance, &EngineRequest::Kill { task_id }).await;
+                    return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job ran"));
+                }
+            }
+        }
+    }
+
+    /// Ask a job to stop. False when it is not running in this process.
+    pub(crate) fn kill(&self, task_id: i64) -> bool {
+        match lock(&self.jobs).get(&task_id) {
+            Some(h) => {
+                h.kill.send_replace(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn progress_info(&self, task_id: i64) -> Value {
+        lock(&self.jobs).get(&task_id).map(|h| lock(&h.progress_info).clone()).unwrap_or_else(|| json!([]))
+    }
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+async fn fired(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+fn hangar_engineconn_plugin_run_types(m: &hangar_manager::Manager, engine: &str) -> Vec<&'static str> {
+    m.plugins().iter().find(|p| p.engine_type() == engine).map(|p| p.run_types().to_vec()).unwrap_or_default()
+}
+
+/// The job's log file; writes never fail the job (a warning is traced instead).
+pub(crate) struct JobLog {
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+}
+
+impl JobLog {
+    async fn open(path: &Path) -> Self {
+        if let Some(dir) = path.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
+        match file {
+            Ok(f) => Self { file: Some(tokio::io::BufWriter::new(f)) },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open job log");
+                Self { file: None }
+            }
+        }
+    }
+
+    async fn raw(&mut self, lines: &[String]) {
+        if let Some(f) = &mut self.file {
+            for l in lines {
+                let _ = f.write_all(l.as_bytes()).await;
+                let _ = f.write_all(b"\n").await;
+            }
+            let _ = f.flush().await;
+        }
+    }
+
+    async fn line(&mut self, level: Level, msg: &str) {
+        self.raw(&[logline::format(level, msg)]).await;
+    }
+
+    async fn flush(&mut self) {
+        if let Some(f) = &mut self.file {
+            let _ = f.flush().await;
+            let _ = f.get_mut().sync_data().await;
+        }
+    }
+}
+
+/// Append one line to a job log outside a runner (recovery).
+pub(crate) async fn append_log_line(path: &str, level: Level, msg: &str) {
+    if path.is_empty() {
+        return;
+    }
+    let mut log = JobLog::open(Path::new(path)).await;
+    log.line(level, msg).await;
+    log.flush().await;
+}
