@@ -1,1 +1,268 @@
-//! hangar-cli
+//! The `hangar` client: a typed client of the Linkis-compatible REST API and
+//! the user commands built on it (`run`, `status`, `log`, `result`, `kill`).
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hangar_protocol::Envelope;
+use serde_json::{Value, json};
+
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9001";
+/// The token a fresh server accepts for local use (see README).
+pub const DEFAULT_TOKEN: &str = "HANGAR-LOCAL-AUTH";
+const PREFIX: &str = "/api/rest_j/v1";
+
+/// Connection settings shared by every client command.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub server: String,
+    pub user: String,
+    pub token: String,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    conn: Connection,
+}
+
+impl Client {
+    pub fn new(conn: Connection) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().tcp_nodelay(true).timeout(Duration::from_secs(30)).build()?;
+        Ok(Self { http, conn })
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+        let resp = req
+            .header("Token-User", &self.conn.user)
+            .header("Token-Code", &self.conn.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server))?;
+        let status = resp.status();
+        let text = resp.text().await.context("cannot read the server's answer")?;
+        let env: Envelope = serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer ({status}): {text}"))?;
+        env.into_result().map_err(|e| anyhow::anyhow!("{what}: {}", e.message))
+    }
+
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let url = format!("{}{PREFIX}{path}", self.conn.server.trim_end_matches('/'));
+        self.call(self.http.get(url).query(query), path).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{PREFIX}{path}", self.conn.server.trim_end_matches('/'));
+        self.call(self.http.post(url).json(body), path).await
+    }
+
+    /// Submit code; returns `(execID, taskID)`.
+    pub async fn submit(&self, job: &JobSpec) -> anyhow::Result<(String, i64)> {
+        let mut labels = serde_json::Map::new();
+        labels.insert("engineType".into(), json!(job.engine_type));
+        labels.insert("userCreator".into(), json!(format!("{}-{}", self.conn.user, job.creator)));
+        for (k, v) in &job.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        let run_type = job.run_type.clone().unwrap_or_else(|| default_run_type(&job.engine_type));
+        let body = json!({
+            "executionContent": {"code": job.code, "runType": run_type},
+            "params": {"variable": {}, "configuration": {"startup": job.startup, "runtime": job.runtime}},
+            "source": {"scriptPath": "hangar-cli"},
+            "labels": labels,
+        });
+        let data = self.post("/entrance/submit", &body).await?;
+        let exec = data.get("execID").and_then(Value::as_str).context("submit answer has no execID")?.to_string();
+        let task = data.get("taskID").and_then(Value::as_i64).context("submit answer has no taskID")?;
+        Ok((exec, task))
+    }
+
+    /// The jobhistory `task` view of a taskID.
+    pub async fn job(&self, task_id: i64) -> anyhow::Result<Value> {
+        let data = self.get(&format!("/jobhistory/{task_id}/get"), &[]).await?;
+        data.get("task").cloned().context("jobhistory answer has no task")
+    }
+
+    /// Accept an execID or a taskID; return both.
+    pub async fn resolve(&self, id: &str) -> anyhow::Result<(String, i64)> {
+        if id.starts_with("exec_id") {
+            let parsed = hangar_protocol::exec_id::parse(id).map_err(|e| anyhow::anyhow!(e.message))?;
+            return Ok((id.to_string(), parsed.task_id));
+        }
+        let task_id: i64 = id.parse().with_context(|| format!("'{id}' is neither an execID nor a numeric taskID"))?;
+        let job = self.job(task_id).await?;
+        let exec = job.get("strongerExecId").and_then(Value::as_str).context("job has no execID")?.to_string();
+        Ok((exec, task_id))
+    }
+
+    pub async fn status(&self, exec_id: &str) -> anyhow::Result<String> {
+        let data = self.get(&format!("/entrance/{}/status", enc(exec_id)), &[]).await?;
+        Ok(data.get("status").and_then(Value::as_str).unwrap_or("").to_string())
+    }
+
+    /// Log lines from `from`; returns the lines (ALL level) and the next offset.
+    pub async fn log(&self, exec_id: &str, from: u64) -> anyhow::Result<(String, u64)> {
+        let q = [("fromLine", from.to_string()), ("size", "-1".to_string())];
+        let data = self.get(&format!("/entrance/{}/log", enc(exec_id)), &q).await?;
+        let all = data.pointer("/log/3").and_then(Value::as_str).unwrap_or("").to_string();
+        let next = data.get("fromLine").and_then(Value::as_u64).unwrap_or(from);
+        Ok((all, next))
+    }
+
+    pub async fn kill(&self, exec_id: &str) -> anyhow::Result<()> {
+        self.get(&format!("/entrance/{}/kill", enc(exec_id)), &[]).await.map(|_| ())
+    }
+
+    /// Every result set of a job, each as (type, column names, rows).
+    pub async fn results(&self, task_id: i64) -> anyhow::Result<Vec<ResultSet>> {
+        let job = self.job(task_id).await?;
+        let location = job.get("resultLocation").and_then(Value::as_str).unwrap_or("");
+        if location.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tree = match self.get("/filesystem/getDirFileTrees", &[("path", location.to_string())]).await {
+            Ok(t) => t,
+            // No result folder: the job wrote no result set.
+            Err(e) if e.to_string().contains("does not exist") => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let children = tree.pointer("/dirFileTrees/children").and_then(Value::as_array).cloned().unwrap_or_default();
+        for child in children {
+            let Some(path) = child.get("path").and_then(Value::as_str) else { continue };
+            let mut rs = ResultSet::default();
+            let mut page = 1;
+            loop {
+                let q = [("path", path.to_string()), ("page", page.to_string()), ("pageSize", "5000".into())];
+                let data = self.get("/filesystem/openFile", &q).await?;
+                rs.rs_type = data.get("type").and_then(Value::as_str).unwrap_or("1").to_string();
+                if let Some(cols) = data.get("metadata").and_then(Value::as_array) {
+                    rs.columns = cols.iter().map(|c| c.get("columnName").and_then(Value::as_str).unwrap_or("").to_string()).collect();
+                }
+                for row in data.get("fileContent").and_then(Value::as_array).cloned().unwrap_or_default() {
+                    rs.rows.push(row.as_array().map(|r| r.iter().map(|c| c.as_str().unwrap_or("").to_string()).collect()).unwrap_or_default());
+                }
+                let total_page = data.get("totalPage").and_then(Value::as_u64).unwrap_or(1);
+                if page as u64 >= total_page {
+                    break;
+                }
+                page += 1;
+            }
+            out.push(rs);
+        }
+        Ok(out)
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23")
+}
+
+/// What `hangar run` submits.
+#[derive(Debug, Clone, Default)]
+pub struct JobSpec {
+    pub engine_type: String,
+    pub code: String,
+    pub run_type: Option<String>,
+    pub creator: String,
+    pub labels: Vec<(String, String)>,
+    pub startup: serde_json::Map<String, Value>,
+    pub runtime: serde_json::Map<String, Value>,
+}
+
+/// Run type for an engine type when none is given.
+pub fn default_run_type(engine_type: &str) -> String {
+    match engine_type.split('-').next().unwrap_or("") {
+        "python" => "python".into(),
+        "jdbc" => "jdbc".into(),
+        "shell" => "shell".into(),
+        _ => "sql".into(),
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ResultSet {
+    pub rs_type: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+/// Print result sets: TEXT lines as they are, TABLE rows tab-separated under a header.
+pub fn print_results(out: &mut impl Write, sets: &[ResultSet]) -> std::io::Result<()> {
+    for (i, rs) in sets.iter().enumerate() {
+        if sets.len() > 1 {
+            writeln!(out, "==== result set {} ====", i + 1)?;
+        }
+        if rs.rs_type == "2" {
+            writeln!(out, "{}", rs.columns.join("\t"))?;
+        }
+        for row in &rs.rows {
+            writeln!(out, "{}", row.join("\t"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `hangar run`: submit, stream the log to stderr, print the results to
+/// stdout; the exit code is 0 only when the job Succeeded.
+pub async fn run(client: &Client, spec: &JobSpec, detach: bool) -> anyhow::Result<i32> {
+    if spec.code.trim().is_empty() {
+        bail!("the code is empty: pass --code, --file or pipe it on standard input");
+    }
+    let (exec, task_id) = client.submit(spec).await?;
+    eprintln!("submitted job {task_id} ({exec})");
+    if detach {
+        println!("{task_id}");
+        return Ok(0);
+    }
+    let status = follow(client, &exec).await?;
+    finish(client, task_id, &status).await
+}
+
+/// Stream a job's log until it ends; returns its final status.
+pub async fn follow(client: &Client, exec: &str) -> anyhow::Result<String> {
+    let mut from = 0;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let status = client.status(exec).await?;
+        let (text, next) = client.log(exec, from).await?;
+        from = next;
+        if !text.is_empty() {
+            eprint!("{text}");
+        }
+        if matches!(status.as_str(), "Succeed" | "Failed" | "Cancelled" | "Timeout") {
+            let (text, _) = client.log(exec, from).await?;
+            eprint!("{text}");
+            return Ok(status);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn finish(client: &Client, task_id: i64, status: &str) -> anyhow::Result<i32> {
+    if status == "Succeed" {
+        let sets = client.results(task_id).await?;
+        print_results(&mut std::io::stdout().lock(), &sets)?;
+        return Ok(0);
+    }
+    let job = client.job(task_id).await?;
+    let desc = job.get("errDesc").and_then(Value::as_str).unwrap_or("no reason recorded");
+    eprintln!("job {task_id} {status}: {desc}");
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_print_as_text_and_tables() {
+        let sets = vec![
+            ResultSet { rs_type: "1".into(), columns: vec![], rows: vec![vec!["hi".into()]] },
+            ResultSet { rs_type: "2".into(), columns: vec!["a".into(), "b".into()], rows: vec![vec!["1".into(), "x".into()]] },
+        ];
+        let mut out = Vec::new();
+        print_results(&mut out, &sets).expect("print");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "==== result set 1 ====\nhi\n==== result set 2 ====\na\tb\n1\tx\n");
+    }
+}

@@ -1,1 +1,268 @@
-fn main() {}
+//! The `hangar` binary: thin dispatch to the component crates.
+//!
+//! * `hangar serve` runs Entrance + LinkisManager + ECM in one process;
+//! * `hangar engineconn ...` is the engine process an ECM launches;
+//! * `hangar run|status|log|result|kill` are the client commands.
+
+mod config;
+mod serve;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hangar_cli::{Client, Connection, JobSpec};
+use hangar_engineconn_plugin::EngineConnPlugin;
+
+/// Every engine plugin this build knows; one line per plugin.
+fn plugins() -> Vec<Arc<dyn EngineConnPlugin>> {
+    vec![Arc::new(hangar_plugin_shell::ShellPlugin)]
+}
+
+#[derive(Parser)]
+#[command(name = "hangar", version, about = "Engine governance compatible with Apache Linkis clients")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start Entrance + LinkisManager + EngineConnManager on one port.
+    Serve(ServeArgs),
+    /// Submit code, stream its log, print its result (exit 0 on success).
+    Run(RunArgs),
+    /// Print a job's status (by taskID or execID).
+    Status(IdArgs),
+    /// Print a job's log.
+    Log(IdArgs),
+    /// Print a job's result sets.
+    Result(IdArgs),
+    /// Kill a job.
+    Kill(IdArgs),
+    /// The engine process an EngineConnManager launches (not for direct use).
+    #[command(hide = true)]
+    Engineconn(EngineConnArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (keys: docs/configuration.md).
+    #[arg(long, env = "HANGAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Port of the REST API (overrides server.port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind (overrides server.bind).
+    #[arg(long)]
+    bind: Option<String>,
+    /// Data folder: store, engine work dirs, logs, results (overrides server.data_dir).
+    #[arg(long)]
+    data_dir: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct ConnArgs {
+    /// Hangar server URL.
+    #[arg(long, env = "HANGAR_SERVER", default_value = hangar_cli::DEFAULT_SERVER, global = true)]
+    server: String,
+    /// User to act as (Token-User).
+    #[arg(long, env = "HANGAR_USER", global = true)]
+    user: Option<String>,
+    /// Token (Token-Code).
+    #[arg(long, env = "HANGAR_TOKEN", default_value = hangar_cli::DEFAULT_TOKEN, hide_env_values = true, global = true)]
+    token: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Engine type, e.g. shell-1.
+    #[arg(long, short = 'e', default_value = "shell-1")]
+    engine: String,
+    /// Code to run; `-` or no --code/--file reads standard input.
+    #[arg(long, short = 'c', conflicts_with = "file")]
+    code: Option<String>,
+    /// File holding the code.
+    #[arg(long, short = 'f')]
+    file: Option<PathBuf>,
+    /// Run type (codeType); defaults from the engine type.
+    #[arg(long)]
+    run_type: Option<String>,
+    /// Creator part of userCreator.
+    #[arg(long, default_value = "IDE")]
+    creator: String,
+    /// Extra label, key=value (repeatable).
+    #[arg(long = "label", short = 'l')]
+    labels: Vec<String>,
+    /// Startup parameter, key=value (repeatable).
+    #[arg(long = "startup")]
+    startup: Vec<String>,
+    /// Runtime parameter, key=value (repeatable).
+    #[arg(long = "runtime")]
+    runtime: Vec<String>,
+    /// Submit and print the taskID without waiting.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Args)]
+struct IdArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// taskID or execID.
+    id: String,
+}
+
+#[derive(Args)]
+struct EngineConnArgs {
+    #[arg(long)]
+    ticket_id: String,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    manager_url: String,
+    #[arg(long)]
+    work_dir: PathBuf,
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long = "conf")]
+    conf: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(a) => cmd_serve(a).map(|()| 0),
+        Command::Engineconn(a) => cmd_engineconn(a).map(|()| 0),
+        Command::Run(a) => client_runtime().and_then(|rt| rt.block_on(cmd_run(a))),
+        Command::Status(a) => client_runtime().and_then(|rt| rt.block_on(cmd_status(a))),
+        Command::Log(a) => client_runtime().and_then(|rt| rt.block_on(cmd_log(a))),
+        Command::Result(a) => client_runtime().and_then(|rt| rt.block_on(cmd_result(a))),
+        Command::Kill(a) => client_runtime().and_then(|rt| rt.block_on(cmd_kill(a))),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut cfg = config::Config::load(a.config.as_deref(), &|k| std::env::var(k).ok())?;
+    if let Some(p) = a.port {
+        cfg.server.port = p;
+    }
+    if let Some(b) = a.bind {
+        cfg.server.bind = b;
+    }
+    if let Some(d) = a.data_dir {
+        cfg.server.data_dir = d;
+    }
+    init_tracing(&cfg.server.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve::serve(cfg, plugins()))
+}
+
+fn cmd_engineconn(a: EngineConnArgs) -> anyhow::Result<()> {
+    init_tracing("info");
+    let rpc_token = std::env::var(hangar_engineconn::RPC_TOKEN_ENV).context("HANGAR_RPC_TOKEN is not set: engines are started by an EngineConnManager")?;
+    let args = hangar_engineconn::EngineConnArgs {
+        ticket_id: a.ticket_id,
+        user: a.user,
+        manager_url: a.manager_url,
+        labels: a.labels,
+        conf: a.conf,
+        work_dir: a.work_dir,
+        rpc_token,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(hangar_engineconn::run(args, plugins()))
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn client(c: &ConnArgs) -> anyhow::Result<Client> {
+    let user = c.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty()).unwrap_or_else(|| "hangar".into());
+    Client::new(Connection { server: c.server.clone(), user, token: c.token.clone() })
+}
+
+fn pairs(v: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    v.iter()
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--{what} '{kv}' must be key=value")))
+        .collect()
+}
+
+fn json_map(v: Vec<(String, String)>) -> serde_json::Map<String, serde_json::Value> {
+    v.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect()
+}
+
+async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
+    let code = match (&a.code, &a.file) {
+        (Some(c), _) if c != "-" => c.clone(),
+        (_, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        _ => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read code from standard input")?;
+            s
+        }
+    };
+    let spec = JobSpec {
+        engine_type: a.engine,
+        code,
+        run_type: a.run_type,
+        creator: a.creator,
+        labels: pairs(&a.labels, "label")?,
+        startup: json_map(pairs(&a.startup, "startup")?),
+        runtime: json_map(pairs(&a.runtime, "runtime")?),
+    };
+    hangar_cli::run(&client(&a.conn)?, &spec, a.detach).await
+}
+
+async fn cmd_status(a: IdArgs) -> anyhow::Result<i32> {
+    let c = client(&a.conn)?;
+    let (exec, _) = c.resolve(&a.id).await?;
+    println!("{}", c.status(&exec).await?);
+    Ok(0)
+}
+
+async fn cmd_log(a: IdArgs) -> anyhow::Result<i32> {
+    let c = client(&a.conn)?;
+    let (exec, _) = c.resolve(&a.id).await?;
+    let (text, _) = c.log(&exec, 0).await?;
+    print!("{text}");
+    Ok(0)
+}
+
+async fn cmd_result(a: IdArgs) -> anyhow::Result<i32> {
+    let c = client(&a.conn)?;
+    let (_, task_id) = c.resolve(&a.id).await?;
+    hangar_cli::print_results(&mut std::io::stdout().lock(), &c.results(task_id).await?)?;
+    Ok(0)
+}
+
+async fn cmd_kill(a: IdArgs) -> anyhow::Result<i32> {
+    let c = client(&a.conn)?;
+    let (exec, _) = c.resolve(&a.id).await?;
+    c.kill(&exec).await?;
+    eprintln!("kill requested for {exec}");
+    Ok(0)
+}

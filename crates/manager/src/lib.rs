@@ -146,6 +146,13 @@ impl Manager {
         tracing::info!(%instance, %max, "ECM registered");
     }
 
+    /// An ECM reported it is alive.
+    pub fn ecm_heartbeat(&self, instance: &str) {
+        if let Some(e) = lock(&self.ecms).iter_mut().find(|e| e.instance == instance) {
+            e.last_heartbeat = Instant::now();
+        }
+    }
+
     /// Validate an ask without acting on it.
     pub fn validate(&self, labels: &LabelSet) -> Result<(), HangarError> {
         labels.user_creator()?;

@@ -1,0 +1,222 @@
+//! Server configuration: built-in defaults, then a TOML file, then
+//! environment variables `HANGAR_<SECTION>_<KEY>` (e.g. `HANGAR_SERVER_PORT`),
+//! then command-line flags. Every key is documented in `docs/configuration.md`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: Server,
+    pub auth: Auth,
+    pub entrance: Entrance,
+    pub manager: Manager,
+    pub ecm: Ecm,
+    pub engineconn: EngineConn,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub bind: String,
+    pub port: u16,
+    pub data_dir: String,
+    /// Empty: `sqlite://<data_dir>/hangar.db`.
+    pub store_url: String,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub token: String,
+    pub token_users: Vec<String>,
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entrance {
+    pub max_running_per_group: usize,
+    pub max_queued_per_group: usize,
+    pub ask_timeout_ms: u64,
+    pub max_code_bytes: usize,
+    pub default_creator: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manager {
+    pub user_max_memory: String,
+    pub user_max_cores: u32,
+    pub user_max_instances: u32,
+    pub engine_start_timeout_ms: u64,
+    pub engine_heartbeat_interval_ms: u64,
+    pub reservation_timeout_ms: u64,
+    pub engine_lock_timeout_ms: u64,
+    pub max_concurrent_creations: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ecm {
+    /// Empty: the host's memory minus `protected_memory`.
+    pub memory: String,
+    pub protected_memory: String,
+    pub cores: u32,
+    pub instances: u32,
+    pub kill_grace_ms: u64,
+    /// `key=value` labels of this ECM; asks must carry the same to land here.
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConn {
+    pub max_free_time_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub orphan_timeout_ms: u64,
+    pub lock_idle_release_ms: u64,
+    pub running_info_interval_ms: u64,
+    pub log_push_interval_ms: u64,
+    pub log_push_lines: u64,
+    pub max_result_rows: u64,
+    pub max_tasks: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: Server {
+                bind: "127.0.0.1".into(),
+                port: 9001,
+                data_dir: "./hangar-data".into(),
+                store_url: String::new(),
+                log_level: "info".into(),
+            },
+            auth: Auth { token: hangar_cli::DEFAULT_TOKEN.into(), token_users: vec!["*".into()], admins: vec![] },
+            entrance: Entrance {
+                max_running_per_group: 10,
+                max_queued_per_group: 1000,
+                ask_timeout_ms: 300_000,
+                max_code_bytes: 4 << 20,
+                default_creator: "IDE".into(),
+            },
+            manager: Manager {
+                user_max_memory: "20g".into(),
+                user_max_cores: 10,
+                user_max_instances: 10,
+                engine_start_timeout_ms: 60_000,
+                engine_heartbeat_interval_ms: 3_000,
+                reservation_timeout_ms: 120_000,
+                engine_lock_timeout_ms: 300_000,
+                max_concurrent_creations: 2,
+            },
+            ecm: Ecm { memory: String::new(), protected_memory: "1g".into(), cores: 100, instances: 50, kill_grace_ms: 5_000, labels: vec![] },
+            engineconn: EngineConn {
+                max_free_time_ms: 300_000,
+                heartbeat_interval_ms: 3_000,
+                orphan_timeout_ms: 60_000,
+                lock_idle_release_ms: 180_000,
+                running_info_interval_ms: 1_000,
+                log_push_interval_ms: 200,
+                log_push_lines: 300,
+                max_result_rows: 5_000,
+                max_tasks: 0,
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Defaults < file < environment.
+    pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let mut tree = toml::Value::try_from(Config::default()).context("default configuration")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+            let file_tree: toml::Value = toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            merge(&mut tree, file_tree);
+        }
+        apply_env(&mut tree, "HANGAR", env)?;
+        if let Some(t) = env("HANGAR_TOKEN")
+            && let Some(auth) = tree.get_mut("auth").and_then(toml::Value::as_table_mut)
+        {
+            auth.insert("token".into(), toml::Value::String(t));
+        }
+        let cfg: Config = tree.try_into().context("invalid configuration")?;
+        Ok(cfg)
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Override every leaf `a.b` from `PREFIX_A_B`, parsed as the leaf's type.
+fn apply_env(tree: &mut toml::Value, prefix: &str, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let toml::Value::Table(t) = tree else { return Ok(()) };
+    for (k, v) in t.iter_mut() {
+        let name = format!("{prefix}_{}", k.to_ascii_uppercase());
+        if v.is_table() {
+            apply_env(v, &name, env)?;
+            continue;
+        }
+        let Some(raw) = env(&name) else { continue };
+        *v = match v {
+            toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().with_context(|| format!("{name} must be a whole number, got '{raw}'"))?),
+            toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().with_context(|| format!("{name} must be true or false, got '{raw}'"))?),
+            toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().with_context(|| format!("{name} must be a number, got '{raw}'"))?),
+            toml::Value::Array(_) => toml::Value::Array(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
+            _ => toml::Value::String(raw),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("h.toml");
+        std::fs::write(&f, "[server]\nport = 9100\nbind = \"0.0.0.0\"\n[auth]\nadmins = [\"ops\"]\n").expect("w");
+        let env: HashMap<&str, &str> = [("HANGAR_SERVER_PORT", "9200"), ("HANGAR_TOKEN", "sekret"), ("HANGAR_AUTH_ADMINS", "a, b"), ("HANGAR_ENGINECONN_MAX_TASKS", "5")].into();
+        let cfg = Config::load(Some(&f), &|k| env.get(k).map(|v| v.to_string())).expect("load");
+        assert_eq!(cfg.server.port, 9200);
+        assert_eq!(cfg.server.bind, "0.0.0.0");
+        assert_eq!(cfg.auth.token, "sekret");
+        assert_eq!(cfg.auth.admins, vec!["a", "b"]);
+        assert_eq!(cfg.engineconn.max_tasks, 5);
+        assert_eq!(cfg.manager.user_max_instances, 10);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let env: HashMap<&str, &str> = [("HANGAR_SERVER_PORT", "nine")].into();
+        let err = Config::load(None, &|k| env.get(k).map(|v| v.to_string())).expect_err("bad");
+        assert!(format!("{err:#}").contains("HANGAR_SERVER_PORT"));
+        let dir = tempfile::tempdir().expect("tmp");
+        let f = dir.path().join("h.toml");
+        std::fs::write(&f, "[server]\nprot = 1\n").expect("w");
+        let err = Config::load(Some(&f), &|_| None).expect_err("unknown key");
+        assert!(format!("{err:#}").contains("prot"), "{err:#}");
+    }
+}
