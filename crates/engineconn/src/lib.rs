@@ -104,13 +104,15 @@ async fn start(
         pid: std::process::id(),
         rpc_version: RPC_VERSION,
     };
+    // Ready means lockable: become Unlock before telling the manager, which
+    // locks the engine as soon as it hears.
+    engine.set_status(NodeStatus::Unlock);
     let reply = tokio::time::timeout(Duration::from_secs(30), outbound.to_manager(&ready))
         .await
         .context("the manager did not answer the ready report in 30 s")??;
     if !reply.known {
         anyhow::bail!("the manager does not know ticket {}", args.ticket_id);
     }
-    engine.set_status(NodeStatus::Unlock);
     tracing::info!(ticket = %args.ticket_id, "hook: after ready; engine is Unlock");
     Ok(engine)
 }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +25,9 @@ const PREFIX: &str = "/api/rest_j/v1";
 type Params = Query<HashMap<String, String>>;
 
 pub fn router(entrance: Arc<Entrance>) -> Router {
+    // Bodies may exceed the code limit by the JSON around the code; beyond
+    // that they are refused with a clear message rather than buffered.
+    let body_limit = entrance.cfg.max_code_bytes.saturating_mul(2).saturating_add(1 << 20);
     Router::new()
         .route(&format!("{PREFIX}/entrance/submit"), post(submit))
         .route(&format!("{PREFIX}/entrance/execute"), post(submit))
@@ -38,6 +42,7 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
         .route(&format!("{PREFIX}/filesystem/openLog"), get(open_log))
         .route(ENTRANCE_RPC_PATH, post(task_events))
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(entrance)
 }
 
@@ -93,9 +98,10 @@ impl Entrance {
     }
 }
 
-async fn submit(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn submit(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
+        let body = body.map_err(|r| HangarError::invalid(format!("request body refused: {} (code may be at most {} bytes)", r.body_text(), e.cfg.max_code_bytes)))?;
         let body = parse_json(&body)?;
         let (exec, task_id) = e.submit(&caller, &body).await?;
         Ok(json!({"execID": exec, "taskID": task_id}))

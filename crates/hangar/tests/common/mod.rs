@@ -1,0 +1,236 @@
+//! Test harness: the real `hangar serve` binary on a free port with a temp
+//! data dir, and a small client of its REST API.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "test-token";
+
+pub struct Server {
+    pub child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    _tmp: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// Settings most tests want: fast heartbeats so failures show quickly.
+pub const FAST: &str = r#"
+[manager]
+engine_heartbeat_interval_ms = 200
+engine_start_timeout_ms = 20000
+[engineconn]
+heartbeat_interval_ms = 200
+running_info_interval_ms = 100
+log_push_interval_ms = 20
+orphan_timeout_ms = 2000
+[ecm]
+kill_grace_ms = 1000
+"#;
+
+impl Server {
+    pub async fn start(extra_toml: &str) -> Server {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data_dir = tmp.path().join("data");
+        let cfg = tmp.path().join("hangar.toml");
+        let toml = format!("[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"info\"\n[auth]\ntoken = \"{TOKEN}\"\nadmins = [\"admin\"]\n{extra_toml}", data_dir.display());
+        std::fs::write(&cfg, toml).expect("config");
+        Self::start_with(tmp, data_dir, cfg).await
+    }
+
+    async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf) -> Server {
+        let log = tmp.path().join(format!("server-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos()));
+        let child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env_remove("HANGAR_TOKEN")
+            .env_remove("HANGAR_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn hangar serve");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let base = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("Hangar listening on ").nth(1) {
+                break rest.split_whitespace().next().expect("url").to_string();
+            }
+            assert!(Instant::now() < deadline, "server did not start:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        Server { child: Some(child), base, data_dir, log, _tmp: tmp, http }
+    }
+
+    /// Start a second server on the same data dir and config (after a crash).
+    pub async fn restart(mut self) -> Server {
+        self.kill9();
+        let cfg = self._tmp.path().join("hangar.toml");
+        let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tmp"));
+        let data_dir = self.data_dir.clone();
+        Self::start_with(tmp, data_dir, cfg).await
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, user: &str, body: Option<&str>) -> Value {
+        self.call_with(method, path, Some((user, TOKEN)), body).await
+    }
+
+    pub async fn call_with(&self, method: &str, path: &str, auth: Option<(&str, &str)>, body: Option<&str>) -> Value {
+        let url = format!("{}/api/rest_j/v1{path}", self.base);
+        let mut req = match method {
+            "GET" => self.http.get(&url),
+            _ => self.http.post(&url).header("Content-Type", "application/json"),
+        };
+        if let Some((u, t)) = auth {
+            req = req.header("Token-User", u).header("Token-Code", t);
+        }
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let text = resp.text().await.expect("body");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        assert!(v.get("status").is_some_and(Value::is_i64), "status must be an integer: {v}");
+        v
+    }
+
+    pub async fn submit(&self, user: &str, code: &str, labels: Value) -> (String, i64) {
+        let body = json!({"executionContent": {"code": code, "runType": "shell"}, "labels": labels});
+        let v = self.call("POST", "/entrance/submit", user, Some(&body.to_string())).await;
+        assert_eq!(v["status"], 0, "submit failed: {v}");
+        (v["data"]["execID"].as_str().expect("execID").to_string(), v["data"]["taskID"].as_i64().expect("taskID"))
+    }
+
+    pub async fn shell(&self, user: &str, code: &str) -> (String, i64) {
+        self.submit(user, code, json!({"engineType": "shell-1", "userCreator": format!("{user}-IDE")})).await
+    }
+
+    pub async fn status(&self, user: &str, exec: &str) -> String {
+        let v = self.call("GET", &format!("/entrance/{exec}/status"), user, None).await;
+        assert_eq!(v["status"], 0, "status failed: {v}");
+        v["data"]["status"].as_str().expect("status").to_string()
+    }
+
+    pub async fn wait_status(&self, user: &str, exec: &str, want: &[&str], within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status(user, exec).await;
+            if want.contains(&s.as_str()) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "job {exec} is {s}, wanted {want:?}\nserver log:\n{}", self.server_log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn wait_done(&self, user: &str, exec: &str) -> String {
+        self.wait_status(user, exec, &["Succeed", "Failed", "Cancelled", "Timeout"], Duration::from_secs(30)).await
+    }
+
+    pub async fn job(&self, user: &str, task_id: i64) -> Value {
+        let v = self.call("GET", &format!("/jobhistory/{task_id}/get"), user, None).await;
+        assert_eq!(v["status"], 0, "jobhistory failed: {v}");
+        v["data"]["task"].clone()
+    }
+
+    /// All rows of every result set of a job.
+    pub async fn results(&self, user: &str, task_id: i64) -> Vec<Value> {
+        let job = self.job(user, task_id).await;
+        let loc = job["resultLocation"].as_str().expect("resultLocation").to_string();
+        let tree = self.call("GET", &format!("/filesystem/getDirFileTrees?path={}", enc(&loc)), user, None).await;
+        assert_eq!(tree["status"], 0, "tree: {tree}");
+        let mut out = Vec::new();
+        for child in tree["data"]["dirFileTrees"]["children"].as_array().expect("children") {
+            let p = child["path"].as_str().expect("path");
+            let f = self.call("GET", &format!("/filesystem/openFile?path={}", enc(p)), user, None).await;
+            assert_eq!(f["status"], 0, "openFile: {f}");
+            out.push(f["data"].clone());
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        // Never leave engines behind, even when a test failed midway.
+        kill_engines_under(&self.data_dir);
+    }
+}
+
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Pids of live processes whose environment points into `data_dir` (every
+/// engine and its children carry TMPDIR=<data_dir>/engineconn/...).
+pub fn engine_pids(data_dir: &Path) -> Vec<u32> {
+    let needle = format!("TMPDIR={}", data_dir.join("engineconn").display());
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rfind(')').map(|i| s[i + 2..i + 3].to_string())).is_some_and(|st| st != "Z");
+        if alive && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn kill_engines_under(data_dir: &Path) {
+    for pid in engine_pids(data_dir) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

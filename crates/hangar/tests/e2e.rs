@@ -1,0 +1,219 @@
+//! End-to-end tests through the real `hangar serve` binary and real engine processes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{FAST, Server, engine_pids, enc, wait_until};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_jobs_reuse_the_engine_and_shutdown_leaves_nothing() {
+    let mut s = Server::start(FAST).await;
+    let (e1, t1) = s.shell("alice", "echo one; echo 'two, with comma'").await;
+    assert_eq!(s.wait_done("alice", &e1).await, "Succeed");
+    let rs = s.results("alice", t1).await;
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0]["type"], "1");
+    assert_eq!(rs[0]["fileContent"], json!([["one"], ["two, with comma"]]));
+    assert_eq!(rs[0]["totalLine"], 2);
+
+    let (e2, t2) = s.shell("alice", "echo again").await;
+    assert_eq!(s.wait_done("alice", &e2).await, "Succeed");
+    let (j1, j2) = (s.job("alice", t1).await, s.job("alice", t2).await);
+    assert_eq!(j1["isReuse"], false);
+    assert_eq!(j2["isReuse"], true, "second job must reuse: {j2}");
+    assert_eq!(j1["engineInstance"], j2["engineInstance"]);
+    assert_eq!(j2["status"], "Succeed");
+    assert_eq!(j2["umUser"], "alice");
+    assert!(j2["createdTime"].is_i64() && j2["updatedTime"].is_i64());
+    assert_eq!(j2["strongerExecId"], e2);
+
+    // Another userCreator gets its own engine.
+    let (e3, t3) = s.shell("bob", "echo bob").await;
+    assert_eq!(s.wait_done("bob", &e3).await, "Succeed");
+    let j3 = s.job("bob", t3).await;
+    assert_ne!(j3["engineInstance"], j1["engineInstance"]);
+    assert_eq!(j3["isReuse"], false);
+    // Same user, other creator: other engine too.
+    let (e4, t4) = s.submit("alice", "echo nb", json!({"engineType": "shell-1", "userCreator": "alice-NB"})).await;
+    assert_eq!(s.wait_done("alice", &e4).await, "Succeed");
+    assert_ne!(s.job("alice", t4).await["engineInstance"], j1["engineInstance"]);
+
+    assert_eq!(engine_pids(&s.data_dir).len(), 3, "three engines run");
+    let st = s.stop();
+    assert!(st.success(), "clean exit: {st:?}");
+    assert!(engine_pids(&s.data_dir).is_empty(), "no engine process left after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_in_the_envelope() {
+    let s = Server::start(FAST).await;
+    let post = |body: &'static str| s.call("POST", "/entrance/submit", "alice", Some(body));
+    for (body, want_status, needle) in [
+        ("{not json", 2, "not valid JSON"),
+        ("", 2, "empty"),
+        ("[1,2]", 2, "JSON object"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"}}"#, 2, "labels is null"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{}}"#, 2, "labels is null"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"userCreator":"alice-IDE"}}"#, 2, "engineType is required"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell"}}"#, 2, "<type>-<version>"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","userCreator":"alice"}}"#, 2, "exactly one '-'"),
+        (r#"{"executionContent":{"code":"echo","runType":"sql"},"labels":{"engineType":"spark-2.4.3"}}"#, 2, "unknown engine type 'spark-2.4.3'; available: shell-1"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-9"}}"#, 2, "no version '9'"),
+        (r#"{"executionContent":{"code":"   \n ","runType":"shell"},"labels":{"engineType":"shell-1"}}"#, 2, "blank"),
+        (r#"{"executionContent":{"runType":"shell"},"labels":{"engineType":"shell-1"}}"#, 2, "code is required"),
+        (r#"{"executionContent":{"code":"echo"},"labels":{"engineType":"shell-1"}}"#, 2, "runType"),
+        (r#"{"executionContent":{"code":"echo","runType":"python"},"labels":{"engineType":"shell-1"}}"#, 2, "does not run codeType 'python'"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","userCreator":"bob-IDE"}}"#, 3, "names user 'bob'"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1"},"executeUser":"bob"}"#, 3, "may not execute as 'bob'"),
+        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","emInstance":"x"}}"#, 2, "set by the manager"),
+    ] {
+        let v = post(body).await;
+        assert_eq!(v["status"], want_status, "{body} -> {v}");
+        let msg = v["message"].as_str().expect("message");
+        assert!(msg.contains(needle), "{body}: message '{msg}' lacks '{needle}'");
+        assert_eq!(v["method"], "/api/entrance/submit");
+    }
+    // Huge code.
+    let huge = json!({"executionContent": {"code": "x".repeat(5 << 20), "runType": "shell"}, "labels": {"engineType": "shell-1"}}).to_string();
+    let v = s.call("POST", "/entrance/submit", "alice", Some(&huge)).await;
+    assert_eq!(v["status"], 2, "{}", v["message"]);
+    assert!(v["message"].as_str().expect("m").contains("more than the limit"));
+
+    // Unknown ids.
+    for path in [
+        "/entrance/exec_id018014linkis-cg-entrance127.0.0.1:9001IDE_alice_shell_999/status",
+        "/entrance/nonsense/status",
+        "/entrance/nonsense/log",
+        "/jobhistory/999/get",
+        "/jobhistory/abc/get",
+        "/no/such/api",
+    ] {
+        let v = s.call("GET", path, "alice", None).await;
+        assert_eq!(v["status"], 1, "{path} -> {v}");
+        assert!(!v["message"].as_str().expect("m").is_empty());
+    }
+
+    // Auth: no token, bad token, wrong user name.
+    for auth in [None, Some(("alice", "wrong")), Some(("../x", common::TOKEN))] {
+        let v = s.call_with("GET", "/jobhistory/1/get", auth, None).await;
+        assert_eq!(v["status"], -1, "{auth:?} -> {v}");
+    }
+
+    // Another user's job, log and result folder are refused; traversal too.
+    let (exec, task) = s.shell("alice", "echo secret").await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
+    for path in [format!("/entrance/{exec}/status"), format!("/entrance/{exec}/log"), format!("/jobhistory/{task}/get"), format!("/entrance/{exec}/kill")] {
+        let v = s.call("GET", &path, "mallory", None).await;
+        assert_eq!(v["status"], 3, "{path} -> {v}");
+    }
+    let loc = s.job("alice", task).await["resultLocation"].as_str().expect("loc").to_string();
+    let results_root = s.data_dir.join("results");
+    for p in [
+        loc.clone(),
+        format!("{}/mallory/../alice", results_root.display()),
+        "/etc/passwd".to_string(),
+        format!("file://{}/../hangar.db", results_root.display()),
+    ] {
+        let v = s.call("GET", &format!("/filesystem/getDirFileTrees?path={}", enc(&p)), "mallory", None).await;
+        assert!(v["status"] == 3 || v["status"] == 1, "{p} -> {v}");
+        let v = s.call("GET", &format!("/filesystem/openFile?path={}/_0.dolphin", enc(&p)), "mallory", None).await;
+        assert_ne!(v["status"], 0, "{p} -> {v}");
+    }
+    // The admin may read it.
+    let v = s.call("GET", &format!("/filesystem/getDirFileTrees?path={}", enc(&loc)), "admin", None).await;
+    assert_eq!(v["status"], 0, "{v}");
+    // Nothing stored was damaged by all that.
+    assert_eq!(s.job("alice", task).await["status"], "Succeed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_long_task_cancels_it_fast_and_the_engine_serves_the_next() {
+    let s = Server::start(FAST).await;
+    let (exec, task) = s.shell("alice", "echo start; sleep 60 & wait").await;
+    s.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
+    let engine = s.job("alice", task).await["engineInstance"].clone();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let v = s.call("GET", &format!("/entrance/{exec}/kill"), "alice", None).await;
+    assert_eq!(v["status"], 0, "{v}");
+    assert!(v["message"].as_str().expect("m").contains("Successfully killed"));
+    assert_eq!(s.wait_done("alice", &exec).await, "Cancelled");
+    assert!(t0.elapsed() < Duration::from_secs(1), "kill took {:?}", t0.elapsed());
+    // No sleep left behind.
+    wait_until("task processes gone", Duration::from_secs(3), || {
+        engine_pids(&s.data_dir).iter().all(|p| !std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().starts_with("sleep"))
+    })
+    .await;
+    let (e2, t2) = s.shell("alice", "echo after").await;
+    assert_eq!(s.wait_done("alice", &e2).await, "Succeed");
+    assert_eq!(s.job("alice", t2).await["engineInstance"], engine, "same engine serves the next job");
+    // The log was kept and is split by level.
+    let v = s.call("GET", &format!("/entrance/{exec}/log?fromLine=0&size=-1"), "alice", None).await;
+    let all = v["data"]["log"][3].as_str().expect("all");
+    assert!(all.contains("kill requested"), "{all}");
+    assert!(v["data"]["log"][1].as_str().expect("warn").contains("kill requested"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_engine_fails_its_job_with_the_engine_named_and_is_replaced() {
+    let s = Server::start(FAST).await;
+    let (exec, task) = s.shell("alice", "sleep 30").await;
+    s.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
+    let job = s.job("alice", task).await;
+    let instance = job["engineInstance"].as_str().expect("instance").to_string();
+    let log_dir = job["metrics"]["engineLogPath"].as_str().expect("engineLogPath").to_string();
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(&log_dir).parent().expect("wd").join("engine.json")).expect("engine.json")).expect("json");
+    let pid = record["pid"].as_u64().expect("pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    let t0 = Instant::now();
+    assert_eq!(s.wait_done("alice", &exec).await, "Failed");
+    assert!(t0.elapsed() < Duration::from_secs(3), "noticed in {:?}", t0.elapsed());
+    let job = s.job("alice", task).await;
+    let desc = job["errDesc"].as_str().expect("errDesc");
+    assert!(desc.contains(&instance), "errDesc names the engine: {desc}");
+    assert!(desc.contains("signal 9"), "errDesc says how it died: {desc}");
+    let (e2, t2) = s.shell("alice", "echo fresh").await;
+    assert_eq!(s.wait_done("alice", &e2).await, "Succeed");
+    assert_ne!(s.job("alice", t2).await["engineInstance"].as_str(), Some(instance.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_manager_is_gone_exits_by_itself() {
+    let mut s = Server::start(FAST).await;
+    let (exec, _) = s.shell("alice", "echo hi").await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
+    let engines = engine_pids(&s.data_dir);
+    assert_eq!(engines.len(), 1);
+    s.kill9();
+    // orphan_timeout_ms = 2000 in FAST.
+    wait_until("the orphaned engine to exit", Duration::from_secs(8), || engine_pids(&s.data_dir).is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_engine_exits_and_gives_its_resources_back() {
+    let s = Server::start(&FAST.replace("[engineconn]\n", "[engineconn]\nmax_free_time_ms = 500\n")).await;
+    let (exec, _) = s.shell("alice", "true").await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
+    wait_until("the idle engine to exit", Duration::from_secs(8), || engine_pids(&s.data_dir).is_empty()).await;
+    let (e2, t2) = s.shell("alice", "echo new").await;
+    assert_eq!(s.wait_done("alice", &e2).await, "Succeed");
+    assert_eq!(s.job("alice", t2).await["isReuse"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_ends_unfinished_jobs_and_keeps_finished_ones() {
+    let s = Server::start(FAST).await;
+    let (done, done_task) = s.shell("alice", "echo kept").await;
+    assert_eq!(s.wait_done("alice", &done).await, "Succeed");
+    let (long, long_task) = s.shell("alice", "sleep 60").await;
+    s.wait_status("alice", &long, &["Running"], Duration::from_secs(20)).await;
+    let s = s.restart().await;
+    let job = s.job("alice", long_task).await;
+    assert_eq!(job["status"], "Failed", "{job}");
+    assert!(job["errDesc"].as_str().expect("d").contains("restarted"));
+    assert_eq!(s.job("alice", done_task).await["status"], "Succeed");
+    let rs = s.results("alice", done_task).await;
+    assert_eq!(rs[0]["fileContent"], json!([["kept"]]));
+}
