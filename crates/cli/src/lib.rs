@@ -38,10 +38,13 @@ impl Client {
             .header("Token-Code", &self.conn.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server))?;
+            .with_context(|| {
+                format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server)
+            })?;
         let status = resp.status();
         let text = resp.text().await.context("cannot read the server's answer")?;
-        let env: Envelope = serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer ({status}): {text}"))?;
+        let env: Envelope =
+            serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer ({status}): {text}"))?;
         env.into_result().map_err(|e| anyhow::anyhow!("{what}: {}", e.message))
     }
 
@@ -136,10 +139,17 @@ impl Client {
                 let data = self.get("/filesystem/openFile", &q).await?;
                 rs.rs_type = data.get("type").and_then(Value::as_str).unwrap_or("1").to_string();
                 if let Some(cols) = data.get("metadata").and_then(Value::as_array) {
-                    rs.columns = cols.iter().map(|c| c.get("columnName").and_then(Value::as_str).unwrap_or("").to_string()).collect();
+                    rs.columns = cols
+                        .iter()
+                        .map(|c| c.get("columnName").and_then(Value::as_str).unwrap_or("").to_string())
+                        .collect();
                 }
                 for row in data.get("fileContent").and_then(Value::as_array).cloned().unwrap_or_default() {
-                    rs.rows.push(row.as_array().map(|r| r.iter().map(|c| c.as_str().unwrap_or("").to_string()).collect()).unwrap_or_default());
+                    rs.rows.push(
+                        row.as_array()
+                            .map(|r| r.iter().map(|c| c.as_str().unwrap_or("").to_string()).collect())
+                            .unwrap_or_default(),
+                    );
                 }
                 let total_page = data.get("totalPage").and_then(Value::as_u64).unwrap_or(1);
                 if page as u64 >= total_page {
@@ -259,10 +269,17 @@ mod tests {
     fn results_print_as_text_and_tables() {
         let sets = vec![
             ResultSet { rs_type: "1".into(), columns: vec![], rows: vec![vec!["hi".into()]] },
-            ResultSet { rs_type: "2".into(), columns: vec!["a".into(), "b".into()], rows: vec![vec!["1".into(), "x".into()]] },
+            ResultSet {
+                rs_type: "2".into(),
+                columns: vec!["a".into(), "b".into()],
+                rows: vec![vec!["1".into(), "x".into()]],
+            },
         ];
         let mut out = Vec::new();
         print_results(&mut out, &sets).expect("print");
-        assert_eq!(String::from_utf8(out).expect("utf8"), "==== result set 1 ====\nhi\n==== result set 2 ====\na\tb\n1\tx\n");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "==== result set 1 ====\nhi\n==== result set 2 ====\na\tb\n1\tx\n"
+        );
     }
 }

@@ -40,7 +40,9 @@ pub(crate) fn kill_by_ticket(key: &str, ticket: &str) -> usize {
             continue;
         }
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) && kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+        if environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+            && kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok()
+        {
             killed += 1;
         }
     }

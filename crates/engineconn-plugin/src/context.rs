@@ -17,8 +17,16 @@ use tokio::sync::{Notify, mpsc};
 pub enum ExecutorEvent {
     /// One formatted log line.
     Log(String),
-    Progress { progress: f32, info: Vec<JobProgressInfo> },
-    ResultSet { path: String, alias: u32, rs_type: u32, rows: u64 },
+    Progress {
+        progress: f32,
+        info: Vec<JobProgressInfo>,
+    },
+    ResultSet {
+        path: String,
+        alias: u32,
+        rs_type: u32,
+        rows: u64,
+    },
 }
 
 /// A one-shot cancel signal shared by the runtime and the running executor.

@@ -82,10 +82,7 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
         let mut labels = LabelSet::default();
         let version = self.versions().first().copied().unwrap_or("1");
         // A plugin's own type and version are valid labels by construction.
-        let _ = labels.insert(
-            hangar_protocol::label::ENGINE_TYPE,
-            format!("{}-{}", self.engine_type(), version),
-        );
+        let _ = labels.insert(hangar_protocol::label::ENGINE_TYPE, format!("{}-{}", self.engine_type(), version));
         labels
     }
 
@@ -96,10 +93,7 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError>;
 
     /// EngineConnFactory: create the engine's session inside the engine process.
-    async fn create_engine_conn(
-        &self,
-        ctx: &EngineCreationContext,
-    ) -> Result<Arc<dyn EngineConnSession>, HangarError>;
+    async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError>;
 }
 
 /// The engine's session with its underlying engine (a shell, an interpreter,
@@ -130,10 +124,8 @@ pub fn find_plugin<'a>(
 ) -> Result<&'a Arc<dyn EngineConnPlugin>, HangarError> {
     let et = labels.engine_type()?;
     let plugin = plugins.iter().find(|p| p.engine_type() == et.engine).ok_or_else(|| {
-        let known: Vec<String> = plugins
-            .iter()
-            .flat_map(|p| p.versions().iter().map(move |v| format!("{}-{v}", p.engine_type())))
-            .collect();
+        let known: Vec<String> =
+            plugins.iter().flat_map(|p| p.versions().iter().map(move |v| format!("{}-{v}", p.engine_type()))).collect();
         HangarError::new(
             hangar_protocol::ErrorCode::UnknownEngineType,
             format!("unknown engine type '{et}'; available: {}", known.join(", ")),

@@ -70,8 +70,7 @@ async fn start(
     plugins: &[Arc<dyn EngineConnPlugin>],
     outbound: &outbound::Outbound,
 ) -> anyhow::Result<Arc<state::Engine>> {
-    let labels = LabelSet::from_pairs(args.labels.iter().map(String::as_str))
-        .context("bad --label argument")?;
+    let labels = LabelSet::from_pairs(args.labels.iter().map(String::as_str)).context("bad --label argument")?;
     let mut options = BTreeMap::new();
     for kv in &args.conf {
         let (k, v) = kv.split_once('=').with_context(|| format!("--conf '{kv}' must be key=value"))?;

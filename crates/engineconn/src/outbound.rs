@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hangar_protocol::rpc::{
-    ENTRANCE_RPC_PATH, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, TaskEvent,
-    TaskEventBatch,
+    ENTRANCE_RPC_PATH, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, TaskEvent, TaskEventBatch,
 };
 use tokio::sync::{mpsc, oneshot};
 

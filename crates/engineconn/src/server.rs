@@ -18,9 +18,7 @@ struct Ctx {
 }
 
 pub(crate) fn spawn(listener: tokio::net::TcpListener, engine: Arc<Engine>, token: String) {
-    let app = Router::new()
-        .route(ENGINE_RPC_PATH, post(handle))
-        .with_state(Ctx { engine, token: token.into() });
+    let app = Router::new().route(ENGINE_RPC_PATH, post(handle)).with_state(Ctx { engine, token: token.into() });
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -31,11 +29,12 @@ pub(crate) fn spawn(listener: tokio::net::TcpListener, engine: Arc<Engine>, toke
     });
 }
 
-async fn handle(State(ctx): State<Ctx>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, Json<EngineReply>) {
-    let authorized = headers
-        .get(RPC_TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == &*ctx.token);
+async fn handle(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<EngineReply>) {
+    let authorized = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == &*ctx.token);
     if !authorized {
         let reply = EngineReply::Error { code: ErrorCode::Unauthenticated, message: "bad internal RPC token".into() };
         return (StatusCode::UNAUTHORIZED, Json(reply));

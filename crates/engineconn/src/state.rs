@@ -56,11 +56,8 @@ impl Engine {
             num("hangar.resource.cores") as u32,
             num("hangar.resource.instances") as u32,
         );
-        let metrics = EngineMetrics {
-            engine_instance: instance.clone(),
-            ticket_id: ctx.ticket_id.clone(),
-            ..Default::default()
-        };
+        let metrics =
+            EngineMetrics { engine_instance: instance.clone(), ticket_id: ctx.ticket_id.clone(), ..Default::default() };
         let (status_tx, _) = watch::channel(NodeStatus::Starting);
         Arc::new(Self {
             ctx,
@@ -157,8 +154,7 @@ impl Engine {
             return EngineReply::Unlocked { unlocked: false };
         }
         self.release_lock_locked(&mut g);
-        let retire = self.ctx.labels.execute_once()
-            || (self.opts.max_tasks > 0 && g.tasks_done >= self.opts.max_tasks);
+        let retire = self.ctx.labels.execute_once() || (self.opts.max_tasks > 0 && g.tasks_done >= self.opts.max_tasks);
         let status = g.status;
         drop(g);
         self.status_tx.send_replace(status);
@@ -333,7 +329,11 @@ impl Engine {
         self.out.flush().await;
         let final_status = if reason.starts_with("orphaned") { NodeStatus::Failed } else { NodeStatus::Success };
         self.set_status(final_status);
-        let msg = EngineToManager::Exiting { ticket_id: self.ctx.ticket_id.clone(), status: final_status, reason: reason.clone() };
+        let msg = EngineToManager::Exiting {
+            ticket_id: self.ctx.ticket_id.clone(),
+            status: final_status,
+            reason: reason.clone(),
+        };
         let _ = tokio::time::timeout(Duration::from_secs(2), self.out.to_manager(&msg)).await;
         reason
     }

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hangar_engineconn_plugin::{CancelSignal, ExecutionContext, Executor, ExecutorEvent};
+use hangar_protocol::JobStatus;
 use hangar_protocol::logline::{self, Level};
 use hangar_protocol::rpc::{JobProgressInfo, TaskEvent, TaskExecuteRequest, TaskRunningInfo};
-use hangar_protocol::JobStatus;
 use tokio::sync::mpsc;
 
 use crate::state::Engine;
@@ -43,10 +43,10 @@ pub(crate) async fn run(
     .await;
     let (result, error_line) = match outcome {
         Ok((r, ctx)) => {
-            if let Err(e) = &r {
-                if !cancel.is_cancelled() {
-                    ctx.error(e);
-                }
+            if let Err(e) = &r
+                && !cancel.is_cancelled()
+            {
+                ctx.error(e);
             }
             drop(ctx);
             (r, None)
@@ -81,12 +81,7 @@ fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec
 
 /// Forward executor events until the executor's context is dropped; returns
 /// the last progress.
-async fn forward(
-    engine: Arc<Engine>,
-    cb: String,
-    task_id: i64,
-    mut rx: mpsc::UnboundedReceiver<ExecutorEvent>,
-) -> f32 {
+async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::UnboundedReceiver<ExecutorEvent>) -> f32 {
     let mut lines: Vec<String> = Vec::new();
     // Linkis floors progress at 0.1 while a task runs.
     let mut progress: f32 = 0.1;

@@ -81,9 +81,16 @@ impl Entrance {
 
     /// Load a job by taskID and check the caller may see it.
     async fn owned_job(&self, caller: &Caller, task_id: i64) -> Result<JobRecord, HangarError> {
-        let job = self.store.get_job(task_id).await?.ok_or_else(|| HangarError::not_found(format!("no job with taskID {task_id}")))?;
+        let job = self
+            .store
+            .get_job(task_id)
+            .await?
+            .ok_or_else(|| HangarError::not_found(format!("no job with taskID {task_id}")))?;
         if !caller.admin && job.execute_user != caller.user && job.submit_user != caller.user {
-            return Err(HangarError::new(ErrorCode::PermissionDenied, format!("job {task_id} belongs to another user")));
+            return Err(HangarError::new(
+                ErrorCode::PermissionDenied,
+                format!("job {task_id} belongs to another user"),
+            ));
         }
         Ok(job)
     }
@@ -98,10 +105,21 @@ impl Entrance {
     }
 }
 
-async fn submit(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn submit(
+    State(e): State<Arc<Entrance>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
-        let body = body.map_err(|r| HangarError::invalid(format!("request body refused: {} (code may be at most {} bytes)", r.body_text(), e.cfg.max_code_bytes)))?;
+        let body = body.map_err(|r| {
+            HangarError::invalid(format!(
+                "request body refused: {} (code may be at most {} bytes)",
+                r.body_text(),
+                e.cfg.max_code_bytes
+            ))
+        })?;
         let body = parse_json(&body)?;
         let (exec, task_id) = e.submit(&caller, &body).await?;
         Ok(json!({"execID": exec, "taskID": task_id}))
@@ -130,7 +148,12 @@ async fn progress(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, 
     reply(&uri, result)
 }
 
-async fn progress_with_resource(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn progress_with_resource(
+    State(e): State<Arc<Entrance>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
         let job = e.job_by_exec_id(&caller, &id).await?;
@@ -154,7 +177,13 @@ fn log_slice(text: &str, from_line: usize, size: usize) -> (Vec<&str>, usize) {
     (lines, next)
 }
 
-async fn log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>, Query(q): Params) -> Response {
+async fn log(
+    State(e): State<Arc<Entrance>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
         let job = e.job_by_exec_id(&caller, &id).await?;
@@ -187,21 +216,32 @@ async fn kill(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path
         if !e.kill(job.id) {
             // Not running in this process: end the record so it cannot stay Running.
             e.store
-                .update_status(job.id, hangar_protocol::JobStatus::Cancelled, None, Some((ErrorCode::InvalidRequest.number(), "Forced Kill task")), hangar_protocol::now_ms())
+                .update_status(
+                    job.id,
+                    hangar_protocol::JobStatus::Cancelled,
+                    None,
+                    Some((ErrorCode::InvalidRequest.number(), "Forced Kill task")),
+                    hangar_protocol::now_ms(),
+                )
                 .await?;
         }
         Ok(json!({"execID": id}))
     }
     .await;
     match result {
-        Ok(data) => Json(Envelope::ok_msg(method_of(&uri), "Successfully killed the job(成功kill了job)", data)).into_response(),
+        Ok(data) => {
+            Json(Envelope::ok_msg(method_of(&uri), "Successfully killed the job(成功kill了job)", data)).into_response()
+        }
         Err(err) => reply(&uri, Err(err)),
     }
 }
 
 fn task_vo(job: &JobRecord) -> Value {
     let labels: Value = serde_json::from_str(&job.labels).unwrap_or_else(|_| json!({}));
-    let label_list: Vec<String> = labels.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or(""))).collect()).unwrap_or_default();
+    let label_list: Vec<String> = labels
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or(""))).collect())
+        .unwrap_or_default();
     let metrics: Value = serde_json::from_str(&job.metrics).unwrap_or_else(|_| json!({}));
     let running = !job.status.is_completed();
     let end = if running { hangar_protocol::now_ms() } else { job.updated_ms };
@@ -252,7 +292,10 @@ async fn job_history(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
 }
 
 fn required<'a>(q: &'a HashMap<String, String>, key: &str) -> Result<&'a str, HangarError> {
-    q.get(key).map(String::as_str).filter(|s| !s.is_empty()).ok_or_else(|| HangarError::invalid(format!("query parameter {key} is required")))
+    q.get(key)
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| HangarError::invalid(format!("query parameter {key} is required")))
 }
 
 async fn dir_file_trees(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
@@ -271,7 +314,9 @@ async fn open_file(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap,
         let path = files::result_path(&e.cfg.results_dir, &caller, required(&q, "path")?)?;
         let num = |k: &str, d: usize| -> Result<usize, HangarError> {
             match q.get(k) {
-                Some(v) => v.parse().map_err(|_| HangarError::invalid(format!("{k} must be a positive number, got '{v}'"))),
+                Some(v) => {
+                    v.parse().map_err(|_| HangarError::invalid(format!("{k} must be a positive number, got '{v}'")))
+                }
                 None => Ok(d),
             }
         };
@@ -292,7 +337,9 @@ async fn open_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, 
     let result = async {
         let caller = e.caller(&headers)?;
         let path = files::log_path(&e.cfg.logs_dir, &caller, required(&q, "path")?)?;
-        let text = tokio::fs::read_to_string(&path).await.map_err(|err| HangarError::internal(format!("cannot read log: {err}")))?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|err| HangarError::internal(format!("cannot read log: {err}")))?;
         Ok(json!({"log": logline::split_levels(text.lines())}))
     }
     .await;

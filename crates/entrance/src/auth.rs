@@ -14,15 +14,22 @@ pub struct Caller {
 
 pub fn authenticate(cfg: &EntranceConfig, headers: &HeaderMap) -> Result<Caller, HangarError> {
     let header = |names: &[&str]| {
-        names.iter().find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()))
+        names
+            .iter()
+            .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()))
     };
     let fail = |why: &str| HangarError::new(ErrorCode::Unauthenticated, format!("Token Authentication Failed: {why}"));
-    let code = header(&["Token-Code", "token-code"]).ok_or_else(|| fail("no Token-Code header; send Token-Code and Token-User"))?;
+    let code = header(&["Token-Code", "token-code"])
+        .ok_or_else(|| fail("no Token-Code header; send Token-Code and Token-User"))?;
     let user = header(&["Token-User", "token-user"]).ok_or_else(|| fail("no Token-User header"))?;
     if !valid_user_name(user) {
         return Err(fail("Token-User is not a valid user name"));
     }
-    let token = cfg.tokens.iter().find(|t| constant_time_eq(t.token.as_bytes(), code.as_bytes())).ok_or_else(|| fail("unknown token"))?;
+    let token = cfg
+        .tokens
+        .iter()
+        .find(|t| constant_time_eq(t.token.as_bytes(), code.as_bytes()))
+        .ok_or_else(|| fail("unknown token"))?;
     if !token.users.iter().any(|u| u == "*" || u == user) {
         return Err(fail(&format!("this token may not act as user '{user}'")));
     }
@@ -31,7 +38,10 @@ pub fn authenticate(cfg: &EntranceConfig, headers: &HeaderMap) -> Result<Caller,
 
 /// Users become path segments and label parts: keep them plain.
 pub fn valid_user_name(u: &str) -> bool {
-    !u.is_empty() && u.len() <= 64 && !u.starts_with('.') && u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@'))
+    !u.is_empty()
+        && u.len() <= 64
+        && !u.starts_with('.')
+        && u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@'))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

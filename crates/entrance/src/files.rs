@@ -109,7 +109,8 @@ pub(crate) fn dir_tree(dir: &Path) -> Result<Value, HangarError> {
 
 /// One page of a result-set file in Linkis's `openFile` shape.
 pub(crate) fn open_result(path: &Path, page: usize, page_size: usize, null_value: &str) -> Result<Value, HangarError> {
-    let bytes = std::fs::read(path).map_err(|e| HangarError::internal(format!("cannot read {}: {e}", path.display())))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| HangarError::internal(format!("cannot read {}: {e}", path.display())))?;
     let rs = dolphin::decode(&bytes)?;
     let total = rs.rows.len();
     let page_size = page_size.clamp(1, 100_000);
@@ -123,7 +124,12 @@ pub(crate) fn open_result(path: &Path, page: usize, page_size: usize, null_value
         .map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| null_value.to_string())).collect())
         .collect();
     let metadata = if rs.rs_type == dolphin::TABLE {
-        json!(rs.columns.iter().map(|c| json!({"columnName": c.name, "comment": c.comment, "dataType": c.data_type})).collect::<Vec<_>>())
+        json!(
+            rs.columns
+                .iter()
+                .map(|c| json!({"columnName": c.name, "comment": c.comment, "dataType": c.data_type}))
+                .collect::<Vec<_>>()
+        )
     } else {
         json!("NULL")
     };

@@ -75,20 +75,31 @@ impl Entrance {
             return Err(HangarError::invalid("executionContent.code is blank"));
         }
         if code.len() > self.cfg.max_code_bytes {
-            return Err(HangarError::invalid(format!("code is {} bytes, more than the limit of {} bytes", code.len(), self.cfg.max_code_bytes)));
+            return Err(HangarError::invalid(format!(
+                "code is {} bytes, more than the limit of {} bytes",
+                code.len(),
+                self.cfg.max_code_bytes
+            )));
         }
         let labels_json = match obj.get("labels") {
             Some(Value::Object(m)) if !m.is_empty() => m,
-            Some(Value::Object(_)) | None | Some(Value::Null) => return Err(HangarError::invalid("labels is null: send at least {\"engineType\": \"shell-1\"}")),
+            Some(Value::Object(_)) | None | Some(Value::Null) => {
+                return Err(HangarError::invalid("labels is null: send at least {\"engineType\": \"shell-1\"}"));
+            }
             Some(_) => return Err(HangarError::invalid("labels must be a JSON object")),
         };
         let mut labels = LabelSet::from_json(labels_json)?;
         labels.engine_type()?;
         let execute_user = match obj.get("executeUser").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(u) if u != caller.user && !caller.admin => {
-                return Err(HangarError::new(ErrorCode::PermissionDenied, format!("user '{}' may not execute as '{u}'", caller.user)));
+                return Err(HangarError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("user '{}' may not execute as '{u}'", caller.user),
+                ));
             }
-            Some(u) if !crate::auth::valid_user_name(u) => return Err(HangarError::invalid(format!("executeUser '{u}' is not a valid user name"))),
+            Some(u) if !crate::auth::valid_user_name(u) => {
+                return Err(HangarError::invalid(format!("executeUser '{u}' is not a valid user name")));
+            }
             Some(u) => u.to_string(),
             None => caller.user.clone(),
         };
@@ -101,19 +112,27 @@ impl Entrance {
             Some(Value::String(_)) | None | Some(Value::Null) => {}
             Some(_) => return Err(HangarError::invalid("executionContent.runType must be a string")),
         }
-        let run_type = labels.get(CODE_TYPE).map(str::to_string).ok_or_else(|| HangarError::invalid("executionContent.runType (or label codeType) is required, e.g. \"shell\""))?;
+        let run_type = labels.get(CODE_TYPE).map(str::to_string).ok_or_else(|| {
+            HangarError::invalid("executionContent.runType (or label codeType) is required, e.g. \"shell\"")
+        })?;
         if !labels.contains(USER_CREATOR) {
             labels.insert(USER_CREATOR, format!("{execute_user}-{}", self.cfg.default_creator))?;
         }
         let uc = labels.user_creator()?;
         if uc.user != execute_user && !caller.admin {
-            return Err(HangarError::new(ErrorCode::PermissionDenied, format!("label userCreator names user '{}' but the job runs as '{execute_user}'", uc.user)));
+            return Err(HangarError::new(
+                ErrorCode::PermissionDenied,
+                format!("label userCreator names user '{}' but the job runs as '{execute_user}'", uc.user),
+            ));
         }
         self.manager.validate(&labels)?;
         let et = labels.engine_type()?;
         let plugin = hangar_engineconn_plugin_run_types(&self.manager, &et.engine);
         if !plugin.iter().any(|r| *r == run_type) {
-            return Err(HangarError::invalid(format!("engine type {et} does not run codeType '{run_type}'; it runs {}", plugin.join(", "))));
+            return Err(HangarError::invalid(format!(
+                "engine type {et} does not run codeType '{run_type}'; it runs {}",
+                plugin.join(", ")
+            )));
         }
         let params = obj.get("params").cloned().unwrap_or_else(|| json!({}));
         let conf = params.get("configuration");
@@ -124,13 +143,31 @@ impl Entrance {
         let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
         {
             let mut groups = lock(&self.groups);
-            let g = groups.entry(group.clone()).or_insert_with(|| Group { slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))), queued: 0 });
+            let g = groups.entry(group.clone()).or_insert_with(|| Group {
+                slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))),
+                queued: 0,
+            });
             if g.queued >= self.cfg.max_queued_per_group {
-                return Err(HangarError::new(ErrorCode::Overloaded, format!("the queue of group {group} is full ({} jobs waiting); try again later", g.queued)));
+                return Err(HangarError::new(
+                    ErrorCode::Overloaded,
+                    format!("the queue of group {group} is full ({} jobs waiting); try again later", g.queued),
+                ));
             }
             g.queued += 1;
         }
-        let inserted = self.persist(&caller.user, &execute_user, &uc.creator, &et.to_string(), &run_type, &labels, &params, &source, &code).await;
+        let inserted = self
+            .persist(
+                &caller.user,
+                &execute_user,
+                &uc.creator,
+                &et.to_string(),
+                &run_type,
+                &labels,
+                &params,
+                &source,
+                &code,
+            )
+            .await;
         let (task_id, exec, log_path, result_dir) = match inserted {
             Ok(v) => v,
             Err(e) => {
@@ -141,8 +178,21 @@ impl Entrance {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = watch::channel(false);
         let progress_info = Arc::new(Mutex::new(json!([])));
-        lock(&self.jobs).insert(task_id, JobHandle { events: events_tx, kill: kill_tx, progress_info: progress_info.clone() });
-        let prepared = Prepared { task_id, exec_id: exec.clone(), user: execute_user, labels, run_type, code, startup, runtime, log_path, result_dir, group };
+        lock(&self.jobs)
+            .insert(task_id, JobHandle { events: events_tx, kill: kill_tx, progress_info: progress_info.clone() });
+        let prepared = Prepared {
+            task_id,
+            exec_id: exec.clone(),
+            user: execute_user,
+            labels,
+            run_type,
+            code,
+            startup,
+            runtime,
+            log_path,
+            result_dir,
+            group,
+        };
         let this = self.clone();
         tokio::spawn(async move { this.run(prepared, events_rx, kill_rx, progress_info).await });
         Ok((exec, task_id))
@@ -181,7 +231,13 @@ impl Entrance {
         let log_path = self.cfg.logs_dir.join(&day).join(creator).join(execute_user).join(format!("{task_id}.log"));
         let result_dir = self.cfg.results_dir.join(execute_user).join(&day).join(creator).join(task_id.to_string());
         self.store
-            .set_paths(task_id, &exec, &log_path.display().to_string(), &format!("file://{}", result_dir.display()), now_ms())
+            .set_paths(
+                task_id,
+                &exec,
+                &log_path.display().to_string(),
+                &format!("file://{}", result_dir.display()),
+                now_ms(),
+            )
             .await?;
         Ok((task_id, exec, log_path, result_dir))
     }
@@ -192,7 +248,13 @@ impl Entrance {
         }
     }
 
-    async fn run(self: Arc<Self>, job: Prepared, events: mpsc::UnboundedReceiver<TaskEvent>, kill: watch::Receiver<bool>, progress_info: Arc<Mutex<Value>>) {
+    async fn run(
+        self: Arc<Self>,
+        job: Prepared,
+        events: mpsc::UnboundedReceiver<TaskEvent>,
+        kill: watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) {
         let task_id = job.task_id;
         let mut log = JobLog::open(&job.log_path).await;
         let mut metrics = Map::new();
@@ -204,12 +266,15 @@ impl Entrance {
         };
         metrics.insert("completeTime".into(), json!(now_ms()));
         match &error {
-            Some(e) if status != JobStatus::Succeed => log.line(Level::Error, &format!("job {} ended {status}: {}", job.exec_id, e.message)).await,
+            Some(e) if status != JobStatus::Succeed => {
+                log.line(Level::Error, &format!("job {} ended {status}: {}", job.exec_id, e.message)).await
+            }
             _ => log.line(Level::Info, &format!("job {} ended {status}", job.exec_id)).await,
         }
         log.flush().await;
         let progress = if status == JobStatus::Succeed { Some(1.0) } else { None };
-        let err = error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| (e.code.number(), e.message.as_str()));
+        let err =
+            error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| (e.code.number(), e.message.as_str()));
         let _ = self.store.set_metrics(task_id, &Value::Object(metrics).to_string()).await;
         if let Err(e) = self.store.update_status(task_id, status, progress, err, now_ms()).await {
             tracing::error!(task_id, error = %e, "cannot store the final job status");
@@ -228,10 +293,18 @@ impl Entrance {
         progress_info: Arc<Mutex<Value>>,
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let task_id = job.task_id;
-        log.line(Level::Info, &format!("Your job is accepted, jobID is {} and taskID is {task_id}. Please wait it to be scheduled", job.exec_id)).await;
+        log.line(
+            Level::Info,
+            &format!(
+                "Your job is accepted, jobID is {} and taskID is {task_id}. Please wait it to be scheduled",
+                job.exec_id
+            ),
+        )
+        .await;
         let slots = lock(&self.groups).get(&job.group).map(|g| g.slots.clone());
         let mut shutdown = self.shutting_down.subscribe();
-        let cancelled = |why: &str| Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, why.to_string()))));
+        let cancelled =
+            |why: &str| Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, why.to_string()))));
         let permit = match slots {
             Some(s) => tokio::select! {
                 p = s.acquire_owned() => p.ok(),
@@ -244,16 +317,30 @@ impl Entrance {
         let _permit = permit;
         self.store.update_status(task_id, JobStatus::Scheduled, None, None, now_ms()).await?;
         metrics.insert("scheduleTime".into(), json!(now_ms()));
-        log.line(Level::Info, &format!("job is scheduled; asking the LinkisManager for an engine with labels {:?}", job.labels.to_linkis_list())).await;
+        log.line(
+            Level::Info,
+            &format!(
+                "job is scheduled; asking the LinkisManager for an engine with labels {:?}",
+                job.labels.to_linkis_list()
+            ),
+        )
+        .await;
 
-        let ask = AskRequest { user: job.user.clone(), labels: job.labels.clone(), properties: job.startup.clone(), timeout: self.cfg.ask_timeout };
+        let ask = AskRequest {
+            user: job.user.clone(),
+            labels: job.labels.clone(),
+            properties: job.startup.clone(),
+            timeout: self.cfg.ask_timeout,
+        };
         let asked_at = Instant::now();
         let grant = tokio::select! {
             g = self.ask_with_retry(&ask) => g?,
             _ = fired(&mut kill) => return cancelled("killed by user while waiting for an engine"),
             _ = fired(&mut shutdown) => return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job waited for an engine")),
         };
-        let result = self.run_on_engine(job, log, metrics, &grant, asked_at, &mut events, &mut kill, &mut shutdown, progress_info).await;
+        let result = self
+            .run_on_engine(job, log, metrics, &grant, asked_at, &mut events, &mut kill, &mut shutdown, progress_info)
+            .await;
         self.manager.unlock(&grant).await;
         result
     }
@@ -312,9 +399,14 @@ impl Entrance {
         ] {
             metrics.insert(k.into(), v);
         }
-        self.store.set_engine(task_id, &grant.instance, &grant.ecm_instance, &grant.ticket_id, grant.reused, now_ms()).await?;
+        self.store
+            .set_engine(task_id, &grant.instance, &grant.ecm_instance, &grant.ticket_id, grant.reused, now_ms())
+            .await?;
         let Some(mut engine) = self.manager.watch_engine(&grant.ticket_id) else {
-            return Err(HangarError::new(ErrorCode::EngineLost, format!("engine {} ended before the task was sent", grant.instance)));
+            return Err(HangarError::new(
+                ErrorCode::EngineLost,
+                format!("engine {} ended before the task was sent", grant.instance),
+            ));
         };
         self.store.update_status(task_id, JobStatus::Running, Some(0.0), None, now_ms()).await?;
         metrics.insert("runningTime".into(), json!(now_ms()));

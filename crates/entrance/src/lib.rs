@@ -79,7 +79,13 @@ impl Entrance {
             let reason = "the server restarted while this job was not finished; its engine is gone";
             job::append_log_line(&j.log_path, hangar_protocol::logline::Level::Error, reason).await;
             self.store
-                .update_status(j.id, hangar_protocol::JobStatus::Failed, None, Some((hangar_protocol::ErrorCode::EngineLost.number(), reason)), hangar_protocol::now_ms())
+                .update_status(
+                    j.id,
+                    hangar_protocol::JobStatus::Failed,
+                    None,
+                    Some((hangar_protocol::ErrorCode::EngineLost.number(), reason)),
+                    hangar_protocol::now_ms(),
+                )
                 .await?;
         }
         Ok(n)

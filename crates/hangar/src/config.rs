@@ -115,7 +115,14 @@ impl Default for Config {
                 engine_lock_timeout_ms: 300_000,
                 max_concurrent_creations: 2,
             },
-            ecm: Ecm { memory: String::new(), protected_memory: "1g".into(), cores: 100, instances: 50, kill_grace_ms: 5_000, labels: vec![] },
+            ecm: Ecm {
+                memory: String::new(),
+                protected_memory: "1g".into(),
+                cores: 100,
+                instances: 50,
+                kill_grace_ms: 5_000,
+                labels: vec![],
+            },
             engineconn: EngineConn {
                 max_free_time_ms: 300_000,
                 heartbeat_interval_ms: 3_000,
@@ -136,8 +143,10 @@ impl Config {
     pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
         let mut tree = toml::Value::try_from(Config::default()).context("default configuration")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-            let file_tree: toml::Value = toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+            let file_tree: toml::Value =
+                toml::from_str(&text).with_context(|| format!("config file {} is not valid TOML", path.display()))?;
             merge(&mut tree, file_tree);
         }
         apply_env(&mut tree, "HANGAR", env)?;
@@ -178,10 +187,22 @@ fn apply_env(tree: &mut toml::Value, prefix: &str, env: &dyn Fn(&str) -> Option<
         }
         let Some(raw) = env(&name) else { continue };
         *v = match v {
-            toml::Value::Integer(_) => toml::Value::Integer(raw.trim().parse().with_context(|| format!("{name} must be a whole number, got '{raw}'"))?),
-            toml::Value::Boolean(_) => toml::Value::Boolean(raw.trim().parse().with_context(|| format!("{name} must be true or false, got '{raw}'"))?),
-            toml::Value::Float(_) => toml::Value::Float(raw.trim().parse().with_context(|| format!("{name} must be a number, got '{raw}'"))?),
-            toml::Value::Array(_) => toml::Value::Array(raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
+            toml::Value::Integer(_) => toml::Value::Integer(
+                raw.trim().parse().with_context(|| format!("{name} must be a whole number, got '{raw}'"))?,
+            ),
+            toml::Value::Boolean(_) => toml::Value::Boolean(
+                raw.trim().parse().with_context(|| format!("{name} must be true or false, got '{raw}'"))?,
+            ),
+            toml::Value::Float(_) => {
+                toml::Value::Float(raw.trim().parse().with_context(|| format!("{name} must be a number, got '{raw}'"))?)
+            }
+            toml::Value::Array(_) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.into()))
+                    .collect(),
+            ),
             _ => toml::Value::String(raw),
         };
     }
@@ -198,7 +219,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let f = dir.path().join("h.toml");
         std::fs::write(&f, "[server]\nport = 9100\nbind = \"0.0.0.0\"\n[auth]\nadmins = [\"ops\"]\n").expect("w");
-        let env: HashMap<&str, &str> = [("HANGAR_SERVER_PORT", "9200"), ("HANGAR_TOKEN", "sekret"), ("HANGAR_AUTH_ADMINS", "a, b"), ("HANGAR_ENGINECONN_MAX_TASKS", "5")].into();
+        let env: HashMap<&str, &str> = [
+            ("HANGAR_SERVER_PORT", "9200"),
+            ("HANGAR_TOKEN", "sekret"),
+            ("HANGAR_AUTH_ADMINS", "a, b"),
+            ("HANGAR_ENGINECONN_MAX_TASKS", "5"),
+        ]
+        .into();
         let cfg = Config::load(Some(&f), &|k| env.get(k).map(|v| v.to_string())).expect("load");
         assert_eq!(cfg.server.port, 9200);
         assert_eq!(cfg.server.bind, "0.0.0.0");

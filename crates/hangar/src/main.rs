@@ -155,7 +155,8 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -182,7 +183,8 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
 
 fn cmd_engineconn(a: EngineConnArgs) -> anyhow::Result<()> {
     init_tracing("info");
-    let rpc_token = std::env::var(hangar_engineconn::RPC_TOKEN_ENV).context("HANGAR_RPC_TOKEN is not set: engines are started by an EngineConnManager")?;
+    let rpc_token = std::env::var(hangar_engineconn::RPC_TOKEN_ENV)
+        .context("HANGAR_RPC_TOKEN is not set: engines are started by an EngineConnManager")?;
     let args = hangar_engineconn::EngineConnArgs {
         ticket_id: a.ticket_id,
         user: a.user,
@@ -201,13 +203,22 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn client(c: &ConnArgs) -> anyhow::Result<Client> {
-    let user = c.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty()).unwrap_or_else(|| "hangar".into());
+    let user = c
+        .user
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "hangar".into());
     Client::new(Connection { server: c.server.clone(), user, token: c.token.clone() })
 }
 
 fn pairs(v: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
     v.iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--{what} '{kv}' must be key=value")))
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--{what} '{kv}' must be key=value"))
+        })
         .collect()
 }
 

@@ -27,7 +27,12 @@ struct LocalEcm(Arc<Ecm>);
 
 #[async_trait]
 impl EcmClient for LocalEcm {
-    async fn launch(&self, req: EngineConnBuildRequest, manager_url: &str, conf: &[(String, String)]) -> Result<LaunchedEngine, HangarError> {
+    async fn launch(
+        &self,
+        req: EngineConnBuildRequest,
+        manager_url: &str,
+        conf: &[(String, String)],
+    ) -> Result<LaunchedEngine, HangarError> {
         let l = self.0.launch(req, manager_url, conf).await?;
         Ok(LaunchedEngine { pid: l.pid, log_dir: l.log_dir.display().to_string() })
     }
@@ -44,7 +49,12 @@ fn ms(v: u64) -> Duration {
 fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(8 << 30)
 }
@@ -66,7 +76,11 @@ fn engine_conf(cfg: &Config) -> Vec<(String, String)> {
 
 pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir))?;
-    let store_url = if cfg.server.store_url.is_empty() { format!("sqlite://{}", data_dir.join("hangar.db").display()) } else { cfg.server.store_url.clone() };
+    let store_url = if cfg.server.store_url.is_empty() {
+        format!("sqlite://{}", data_dir.join("hangar.db").display())
+    } else {
+        cfg.server.store_url.clone()
+    };
     let store = Store::open(&store_url).await.with_context(|| format!("cannot open the store at {store_url}"))?;
 
     let listener = tokio::net::TcpListener::bind((cfg.server.bind.as_str(), cfg.server.port))
@@ -77,14 +91,23 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let instance = format!("{reach_host}:{}", addr.port());
     let base_url = format!("http://{instance}");
     if !addr.ip().is_loopback() && cfg.auth.token == hangar_cli::DEFAULT_TOKEN {
-        tracing::warn!("listening on {addr} with the default token: set HANGAR_TOKEN before exposing Hangar beyond this host");
+        tracing::warn!(
+            "listening on {addr} with the default token: set HANGAR_TOKEN before exposing Hangar beyond this host"
+        );
     }
 
     let rpc_token = uuid::Uuid::new_v4().simple().to_string();
     let mcfg = ManagerConfig {
-        user_max: Resource::new(parse_bytes(&cfg.manager.user_max_memory)?, cfg.manager.user_max_cores, cfg.manager.user_max_instances),
+        user_max: Resource::new(
+            parse_bytes(&cfg.manager.user_max_memory)?,
+            cfg.manager.user_max_cores,
+            cfg.manager.user_max_instances,
+        ),
         engine_start_timeout: ms(cfg.manager.engine_start_timeout_ms),
-        engine_heartbeat_interval: ms(cfg.engineconn.heartbeat_interval_ms.max(cfg.manager.engine_heartbeat_interval_ms)),
+        engine_heartbeat_interval: ms(cfg
+            .engineconn
+            .heartbeat_interval_ms
+            .max(cfg.manager.engine_heartbeat_interval_ms)),
         reservation_timeout: ms(cfg.manager.reservation_timeout_ms),
         engine_lock_timeout: ms(cfg.manager.engine_lock_timeout_ms),
         max_concurrent_creations: cfg.manager.max_concurrent_creations,
@@ -95,12 +118,26 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let manager = Manager::new(mcfg, plugins.clone(), rpc_token.clone())?;
 
     let (ecm, ecm_events) = Ecm::new(
-        EcmConfig { instance: instance.clone(), engineconn_root: data_dir.join("engineconn"), kill_grace: ms(cfg.ecm.kill_grace_ms), rpc_token: rpc_token.clone() },
+        EcmConfig {
+            instance: instance.clone(),
+            engineconn_root: data_dir.join("engineconn"),
+            kill_grace: ms(cfg.ecm.kill_grace_ms),
+            rpc_token: rpc_token.clone(),
+        },
         plugins,
     );
-    let ecm_memory = if cfg.ecm.memory.is_empty() { host_memory().saturating_sub(parse_bytes(&cfg.ecm.protected_memory)?) } else { parse_bytes(&cfg.ecm.memory)? };
+    let ecm_memory = if cfg.ecm.memory.is_empty() {
+        host_memory().saturating_sub(parse_bytes(&cfg.ecm.protected_memory)?)
+    } else {
+        parse_bytes(&cfg.ecm.memory)?
+    };
     let ecm_labels = LabelSet::from_pairs(cfg.ecm.labels.iter().map(String::as_str)).context("bad [ecm] labels")?;
-    manager.register_ecm(&instance, ecm_labels, Resource::new(ecm_memory, cfg.ecm.cores, cfg.ecm.instances), Arc::new(LocalEcm(ecm.clone())));
+    manager.register_ecm(
+        &instance,
+        ecm_labels,
+        Resource::new(ecm_memory, cfg.ecm.cores, cfg.ecm.instances),
+        Arc::new(LocalEcm(ecm.clone())),
+    );
     spawn_ecm_loops(manager.clone(), ecm.clone(), ecm_events, instance.clone());
     tokio::spawn(manager.clone().monitor());
 
@@ -159,7 +196,12 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
 }
 
 /// Forward the ECM's reports to the manager, and keep the ECM's heartbeat fresh.
-fn spawn_ecm_loops(manager: Arc<Manager>, ecm: Arc<Ecm>, mut events: mpsc::UnboundedReceiver<EcmEvent>, instance: String) {
+fn spawn_ecm_loops(
+    manager: Arc<Manager>,
+    ecm: Arc<Ecm>,
+    mut events: mpsc::UnboundedReceiver<EcmEvent>,
+    instance: String,
+) {
     let m = manager.clone();
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {

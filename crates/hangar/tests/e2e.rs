@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{FAST, Server, engine_pids, enc, wait_until};
+use common::{FAST, Server, enc, engine_pids, wait_until};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,18 +56,54 @@ async fn bad_input_gets_clear_errors_in_the_envelope() {
         ("[1,2]", 2, "JSON object"),
         (r#"{"executionContent":{"code":"echo","runType":"shell"}}"#, 2, "labels is null"),
         (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{}}"#, 2, "labels is null"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"userCreator":"alice-IDE"}}"#, 2, "engineType is required"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell"}}"#, 2, "<type>-<version>"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","userCreator":"alice"}}"#, 2, "exactly one '-'"),
-        (r#"{"executionContent":{"code":"echo","runType":"sql"},"labels":{"engineType":"spark-2.4.3"}}"#, 2, "unknown engine type 'spark-2.4.3'; available: shell-1"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-9"}}"#, 2, "no version '9'"),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"userCreator":"alice-IDE"}}"#,
+            2,
+            "engineType is required",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell"}}"#,
+            2,
+            "<type>-<version>",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","userCreator":"alice"}}"#,
+            2,
+            "exactly one '-'",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"sql"},"labels":{"engineType":"spark-2.4.3"}}"#,
+            2,
+            "unknown engine type 'spark-2.4.3'; available: shell-1",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-9"}}"#,
+            2,
+            "no version '9'",
+        ),
         (r#"{"executionContent":{"code":"   \n ","runType":"shell"},"labels":{"engineType":"shell-1"}}"#, 2, "blank"),
         (r#"{"executionContent":{"runType":"shell"},"labels":{"engineType":"shell-1"}}"#, 2, "code is required"),
         (r#"{"executionContent":{"code":"echo"},"labels":{"engineType":"shell-1"}}"#, 2, "runType"),
-        (r#"{"executionContent":{"code":"echo","runType":"python"},"labels":{"engineType":"shell-1"}}"#, 2, "does not run codeType 'python'"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","userCreator":"bob-IDE"}}"#, 3, "names user 'bob'"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1"},"executeUser":"bob"}"#, 3, "may not execute as 'bob'"),
-        (r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","emInstance":"x"}}"#, 2, "set by the manager"),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"python"},"labels":{"engineType":"shell-1"}}"#,
+            2,
+            "does not run codeType 'python'",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","userCreator":"bob-IDE"}}"#,
+            3,
+            "names user 'bob'",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1"},"executeUser":"bob"}"#,
+            3,
+            "may not execute as 'bob'",
+        ),
+        (
+            r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","emInstance":"x"}}"#,
+            2,
+            "set by the manager",
+        ),
     ] {
         let v = post(body).await;
         assert_eq!(v["status"], want_status, "{body} -> {v}");
@@ -104,7 +140,12 @@ async fn bad_input_gets_clear_errors_in_the_envelope() {
     // Another user's job, log and result folder are refused; traversal too.
     let (exec, task) = s.shell("alice", "echo secret").await;
     assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
-    for path in [format!("/entrance/{exec}/status"), format!("/entrance/{exec}/log"), format!("/jobhistory/{task}/get"), format!("/entrance/{exec}/kill")] {
+    for path in [
+        format!("/entrance/{exec}/status"),
+        format!("/entrance/{exec}/log"),
+        format!("/jobhistory/{task}/get"),
+        format!("/entrance/{exec}/kill"),
+    ] {
         let v = s.call("GET", &path, "mallory", None).await;
         assert_eq!(v["status"], 3, "{path} -> {v}");
     }
@@ -143,7 +184,9 @@ async fn killing_a_long_task_cancels_it_fast_and_the_engine_serves_the_next() {
     assert!(t0.elapsed() < Duration::from_secs(1), "kill took {:?}", t0.elapsed());
     // No sleep left behind.
     wait_until("task processes gone", Duration::from_secs(3), || {
-        engine_pids(&s.data_dir).iter().all(|p| !std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().starts_with("sleep"))
+        engine_pids(&s.data_dir)
+            .iter()
+            .all(|p| !std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().starts_with("sleep"))
     })
     .await;
     let (e2, t2) = s.shell("alice", "echo after").await;
@@ -164,7 +207,11 @@ async fn a_sigkilled_engine_fails_its_job_with_the_engine_named_and_is_replaced(
     let job = s.job("alice", task).await;
     let instance = job["engineInstance"].as_str().expect("instance").to_string();
     let log_dir = job["metrics"]["engineLogPath"].as_str().expect("engineLogPath").to_string();
-    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(&log_dir).parent().expect("wd").join("engine.json")).expect("engine.json")).expect("json");
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(std::path::Path::new(&log_dir).parent().expect("wd").join("engine.json"))
+            .expect("engine.json"),
+    )
+    .expect("json");
     let pid = record["pid"].as_u64().expect("pid") as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill");
     let t0 = Instant::now();

@@ -25,7 +25,8 @@ impl EngineClient {
     /// Send one request to the engine at `instance` (`host:port`).
     pub async fn call(&self, instance: &str, req: &EngineRequest) -> Result<EngineReply, HangarError> {
         let url = format!("http://{instance}{ENGINE_RPC_PATH}");
-        let lost = |e: String| HangarError::new(ErrorCode::EngineLost, format!("engine {instance} cannot be reached: {e}"));
+        let lost =
+            |e: String| HangarError::new(ErrorCode::EngineLost, format!("engine {instance} cannot be reached: {e}"));
         let resp = self
             .http
             .post(&url)

@@ -44,8 +44,12 @@ pub struct LaunchedEngine {
 /// The manager's handle on one EngineConnManager (in-process or remote).
 #[async_trait]
 pub trait EcmClient: Send + Sync {
-    async fn launch(&self, req: EngineConnBuildRequest, manager_url: &str, engine_conf: &[(String, String)])
-    -> Result<LaunchedEngine, HangarError>;
+    async fn launch(
+        &self,
+        req: EngineConnBuildRequest,
+        manager_url: &str,
+        engine_conf: &[(String, String)],
+    ) -> Result<LaunchedEngine, HangarError>;
     /// Stop the engine's process tree (SIGTERM, grace, SIGKILL).
     async fn kill(&self, ticket_id: &str) -> Result<(), HangarError>;
 }
@@ -99,7 +103,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Manager {
-    pub fn new(cfg: ManagerConfig, plugins: Vec<Arc<dyn EngineConnPlugin>>, rpc_token: String) -> Result<Arc<Self>, HangarError> {
+    pub fn new(
+        cfg: ManagerConfig,
+        plugins: Vec<Arc<dyn EngineConnPlugin>>,
+        rpc_token: String,
+    ) -> Result<Arc<Self>, HangarError> {
         Ok(Arc::new(Self {
             client: EngineClient::new(rpc_token.clone())?,
             cfg,
@@ -142,7 +150,14 @@ impl Manager {
         self.rm.set_max(&Self::ecm_label(instance), max);
         let mut ecms = lock(&self.ecms);
         ecms.retain(|e| e.instance != instance);
-        ecms.push(EcmNode { instance: instance.to_string(), labels, max, status: NodeStatus::Running, last_heartbeat: Instant::now(), client });
+        ecms.push(EcmNode {
+            instance: instance.to_string(),
+            labels,
+            max,
+            status: NodeStatus::Running,
+            last_heartbeat: Instant::now(),
+            client,
+        });
         tracing::info!(%instance, %max, "ECM registered");
     }
 
@@ -173,7 +188,12 @@ impl Manager {
         let gate = self.gate(&req.labels);
         let _permit = tokio::time::timeout_at(deadline.into(), gate.acquire_owned())
             .await
-            .map_err(|_| HangarError::new(ErrorCode::Timeout, "timed out waiting for other engine creations with the same labels"))?
+            .map_err(|_| {
+                HangarError::new(
+                    ErrorCode::Timeout,
+                    "timed out waiting for other engine creations with the same labels",
+                )
+            })?
             .map_err(|_| HangarError::new(ErrorCode::ShuttingDown, "manager is shutting down"))?;
         if !req.labels.execute_once()
             && let Some(g) = self.try_reuse(&req.labels).await
@@ -227,7 +247,10 @@ impl Manager {
         let heartbeat_timeout = self.cfg.heartbeat_timeout() * 2;
         let matching: Vec<&EcmNode> = ecms.iter().filter(|e| e.matches(labels)).collect();
         if matching.is_empty() {
-            return Err(HangarError::new(ErrorCode::NoEcm, format!("no EngineConnManager matches the labels {:?}", labels.to_linkis_list())));
+            return Err(HangarError::new(
+                ErrorCode::NoEcm,
+                format!("no EngineConnManager matches the labels {:?}", labels.to_linkis_list()),
+            ));
         }
         let mut usable: Vec<(&EcmNode, Resource, usize)> = Vec::new();
         let mut reasons = Vec::new();
@@ -254,7 +277,10 @@ impl Manager {
         });
         match usable.first() {
             Some((e, _, _)) => Ok((e.instance.clone(), e.client.clone())),
-            None => Err(HangarError::new(ErrorCode::NotEnoughResource, format!("not enough resource on any EngineConnManager for {need}: {}", reasons.join(" | ")))),
+            None => Err(HangarError::new(
+                ErrorCode::NotEnoughResource,
+                format!("not enough resource on any EngineConnManager for {need}: {}", reasons.join(" | ")),
+            )),
         }
     }
 
@@ -269,7 +295,11 @@ impl Manager {
 
     async fn create_inner(&self, req: &AskRequest, deadline: Instant) -> Result<EngineGrant, HangarError> {
         let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
-        let resource = plugin.create_engine_resource(&EngineResourceRequest { user: &req.user, labels: &req.labels, properties: &req.properties })?;
+        let resource = plugin.create_engine_resource(&EngineResourceRequest {
+            user: &req.user,
+            labels: &req.labels,
+            properties: &req.properties,
+        })?;
         let (ecm_instance, ecm) = self.select_ecm(&req.labels, resource)?;
         let user_label = Self::user_label(&req.labels)?;
         if self.rm.label(&user_label).is_none() {
@@ -278,10 +308,19 @@ impl Manager {
         let ticket_id = uuid::Uuid::new_v4().to_string();
         self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource)?;
         let (tx, mut rx) = watch::channel(EngineView { status: NodeStatus::Starting, reason: None, instance: None });
-        lock(&self.engines).insert(ticket_id.clone(), EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx));
+        lock(&self.engines).insert(
+            ticket_id.clone(),
+            EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx),
+        );
         tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
 
-        let build = EngineConnBuildRequest { ticket_id: ticket_id.clone(), user: req.user.clone(), labels: req.labels.clone(), resource, properties: req.properties.clone() };
+        let build = EngineConnBuildRequest {
+            ticket_id: ticket_id.clone(),
+            user: req.user.clone(),
+            labels: req.labels.clone(),
+            resource,
+            properties: req.properties.clone(),
+        };
         match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {
             Ok(launched) => {
                 if let Some(n) = lock(&self.engines).get_mut(&ticket_id) {
@@ -291,7 +330,10 @@ impl Manager {
             }
             Err(e) => {
                 self.finish(&ticket_id, NodeStatus::Failed, format!("launch failed: {}", e.message), false);
-                return Err(HangarError::new(ErrorCode::EngineStartFailed, format!("engine launch on {ecm_instance} failed: {}", e.message)));
+                return Err(HangarError::new(
+                    ErrorCode::EngineStartFailed,
+                    format!("engine launch on {ecm_instance} failed: {}", e.message),
+                ));
             }
         }
 
@@ -301,16 +343,27 @@ impl Manager {
             .map(|r| r.map(|v| v.clone()));
         let view = match waited {
             Ok(Ok(v)) => v,
-            Ok(Err(_)) => EngineView { status: NodeStatus::Failed, reason: Some("engine record vanished".into()), instance: None },
+            Ok(Err(_)) => {
+                EngineView { status: NodeStatus::Failed, reason: Some("engine record vanished".into()), instance: None }
+            }
             Err(_) => {
-                let reason = format!("engine {ticket_id} did not become ready within {} ms", start_deadline.saturating_duration_since(Instant::now()).as_millis().max(self.cfg.engine_start_timeout.as_millis().min(req.timeout.as_millis())));
+                let reason = format!(
+                    "engine {ticket_id} did not become ready within {} ms",
+                    start_deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .max(self.cfg.engine_start_timeout.as_millis().min(req.timeout.as_millis()))
+                );
                 self.finish(&ticket_id, NodeStatus::Failed, reason.clone(), true);
                 return Err(HangarError::new(ErrorCode::EngineStartFailed, reason));
             }
         };
         let (Some(instance), NodeStatus::Unlock) = (view.instance.clone(), view.status) else {
             let reason = view.reason.unwrap_or_else(|| format!("engine ended as {}", view.status));
-            return Err(HangarError::new(ErrorCode::EngineStartFailed, format!("engine {ticket_id} on {ecm_instance} failed to start: {reason}")));
+            return Err(HangarError::new(
+                ErrorCode::EngineStartFailed,
+                format!("engine {ticket_id} on {ecm_instance} failed to start: {reason}"),
+            ));
         };
         let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
         let lock_reply = self.client.call(&instance, &EngineRequest::Lock { timeout_ms }).await;
@@ -329,7 +382,10 @@ impl Manager {
                 self.note_status(&ticket_id, NodeStatus::Idle);
                 Ok(EngineGrant { ticket_id, instance, ecm_instance, lock, reused: false, log_dir })
             }
-            Ok(other) => Err(HangarError::new(ErrorCode::LockRejected, format!("new engine {instance} refused its lock: {other:?}"))),
+            Ok(other) => Err(HangarError::new(
+                ErrorCode::LockRejected,
+                format!("new engine {instance} refused its lock: {other:?}"),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -361,7 +417,8 @@ impl Manager {
         let released = self.rm.release(ticket_id);
         let Some(mut node) = node else { return };
         tracing::info!(ticket = %ticket_id, %status, %reason, released, "engine finished");
-        let final_status = if status.is_completed() && status != NodeStatus::ShuttingDown { status } else { NodeStatus::Failed };
+        let final_status =
+            if status.is_completed() && status != NodeStatus::ShuttingDown { status } else { NodeStatus::Failed };
         node.set_status(NodeStatus::ShuttingDown, Some(reason.clone()));
         node.set_status(final_status, Some(reason));
         if kill {
@@ -389,9 +446,21 @@ impl Manager {
         let mut doomed = Vec::new();
         for n in lock(&self.engines).values() {
             if n.status == NodeStatus::Starting && now.duration_since(n.created_at) > self.cfg.engine_start_timeout {
-                doomed.push((n.ticket_id.clone(), format!("engine did not become ready within {} ms", self.cfg.engine_start_timeout.as_millis())));
-            } else if n.status != NodeStatus::Starting && now.duration_since(n.last_heartbeat) > self.cfg.heartbeat_timeout() {
-                doomed.push((n.ticket_id.clone(), format!("engine {} lost: no heartbeat for {} ms", n.instance.as_deref().unwrap_or(&n.ticket_id), now.duration_since(n.last_heartbeat).as_millis())));
+                doomed.push((
+                    n.ticket_id.clone(),
+                    format!("engine did not become ready within {} ms", self.cfg.engine_start_timeout.as_millis()),
+                ));
+            } else if n.status != NodeStatus::Starting
+                && now.duration_since(n.last_heartbeat) > self.cfg.heartbeat_timeout()
+            {
+                doomed.push((
+                    n.ticket_id.clone(),
+                    format!(
+                        "engine {} lost: no heartbeat for {} ms",
+                        n.instance.as_deref().unwrap_or(&n.ticket_id),
+                        now.duration_since(n.last_heartbeat).as_millis()
+                    ),
+                ));
             }
         }
         for (ticket, reason) in doomed {
@@ -425,7 +494,7 @@ impl Manager {
 
     pub fn list_engines(&self) -> Vec<EngineInfo> {
         let mut v: Vec<EngineInfo> = lock(&self.engines).values().map(EngineNode::info).collect();
-        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms));
+        v.sort_by_key(|e| e.created_ms);
         v
     }
 
@@ -435,7 +504,13 @@ impl Manager {
             .iter()
             .map(|e| {
                 let lr = self.rm.label(&Self::ecm_label(&e.instance)).unwrap_or_default();
-                EcmInfo { instance: e.instance.clone(), labels: e.labels.clone(), status: e.status, resource: lr, engines: engines.values().filter(|n| n.ecm_instance == e.instance).count() }
+                EcmInfo {
+                    instance: e.instance.clone(),
+                    labels: e.labels.clone(),
+                    status: e.status,
+                    resource: lr,
+                    engines: engines.values().filter(|n| n.ecm_instance == e.instance).count(),
+                }
             })
             .collect()
     }

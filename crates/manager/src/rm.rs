@@ -180,7 +180,10 @@ impl ResourceManager {
         for (name, lr) in &s.labels {
             let (used, locked) = sums.get(name.as_str()).copied().unwrap_or_default();
             if lr.used != used || lr.locked != locked {
-                return Err(format!("label {name}: recorded used {} locked {}, tickets say {used} / {locked}", lr.used, lr.locked));
+                return Err(format!(
+                    "label {name}: recorded used {} locked {}, tickets say {used} / {locked}",
+                    lr.used, lr.locked
+                ));
             }
             if !lr.max.not_less(&(lr.used + lr.locked)) {
                 return Err(format!("label {name} is over its max: {lr:?}"));
@@ -209,7 +212,11 @@ mod tests {
         rm.reserve("t1", &labels, r(4, 1, 1)).expect("fits");
         let err = rm.reserve("t2", &labels, r(4, 1, 1)).expect_err("user has 1 instance");
         assert_eq!(err.code, ErrorCode::NotEnoughResource);
-        assert!(err.message.contains("label user") && err.message.contains("instances: requested 1, left 0"), "{}", err.message);
+        assert!(
+            err.message.contains("label user") && err.message.contains("instances: requested 1, left 0"),
+            "{}",
+            err.message
+        );
         assert_eq!(rm.label("ecm").expect("ecm").locked, r(4, 1, 1), "failed reserve charged nothing");
         assert!(rm.confirm("t1"));
         assert!(!rm.confirm("t1"));
@@ -277,11 +284,9 @@ mod tests {
                 std::thread::spawn(move || {
                     for op in &thread_ops {
                         apply(&rm, op);
-                        if let Err(e) = rm.check_invariants() {
-                            return Err(e);
-                        }
+                        rm.check_invariants()?;
                     }
-                    Ok(())
+                    Ok::<(), String>(())
                 })
             }).collect();
             for h in handles {

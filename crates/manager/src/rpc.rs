@@ -7,8 +7,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use hangar_protocol::rpc::{EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
 use hangar_protocol::NodeStatus;
+use hangar_protocol::rpc::{EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
 
 use crate::{Manager, lock};
 
@@ -16,12 +16,17 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new().route(MANAGER_RPC_PATH, post(handle)).with_state(manager)
 }
 
-async fn handle(State(m): State<Arc<Manager>>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Json<ManagerReply>, (StatusCode, String)> {
+async fn handle(
+    State(m): State<Arc<Manager>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ManagerReply>, (StatusCode, String)> {
     let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
     if !ok {
         return Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into()));
     }
-    let msg: EngineToManager = serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
+    let msg: EngineToManager =
+        serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
     Ok(Json(ManagerReply { known: m.on_engine_message(msg) }))
 }
 
@@ -32,7 +37,12 @@ impl Manager {
         match msg {
             EngineToManager::Ready { instance, pid, rpc_version, .. } => {
                 if rpc_version != RPC_VERSION {
-                    self.finish(&ticket, NodeStatus::Failed, format!("engine speaks RPC version {rpc_version}, manager {RPC_VERSION}"), true);
+                    self.finish(
+                        &ticket,
+                        NodeStatus::Failed,
+                        format!("engine speaks RPC version {rpc_version}, manager {RPC_VERSION}"),
+                        true,
+                    );
                     return false;
                 }
                 let mut engines = lock(&self.engines);

@@ -77,10 +77,7 @@ pub fn table_row(cells: &[Option<&str>]) -> Vec<u8> {
 fn read_len(buf: &[u8], pos: &mut usize) -> Result<usize, HangarError> {
     let s = buf.get(*pos..*pos + 10).ok_or_else(|| corrupt("truncated length"))?;
     *pos += 10;
-    std::str::from_utf8(s)
-        .ok()
-        .and_then(|s| s.parse::<usize>().ok())
-        .ok_or_else(|| corrupt("length is not 10 digits"))
+    std::str::from_utf8(s).ok().and_then(|s| s.parse::<usize>().ok()).ok_or_else(|| corrupt("length is not 10 digits"))
 }
 
 fn corrupt(why: &str) -> HangarError {
@@ -167,7 +164,10 @@ mod tests {
     #[test]
     fn linkis_example_row() {
         let row = table_row(&[Some("peace1"), Some("johnnwang1"), Some("101"), Some("true"), Some("11.51")]);
-        assert_eq!(std::str::from_utf8(&row).expect("utf8"), "000000004900000000116,10,3,4,5,peace1johnnwang1101true11.51");
+        assert_eq!(
+            std::str::from_utf8(&row).expect("utf8"),
+            "000000004900000000116,10,3,4,5,peace1johnnwang1101true11.51"
+        );
     }
 
     #[test]

@@ -46,12 +46,7 @@ pub fn parse(exec_id: &str) -> Result<ExecId, HangarError> {
         return Err(bad());
     }
     let short_id = &body[end..];
-    let task_id = short_id
-        .rsplit('_')
-        .next()
-        .and_then(|t| t.parse::<i64>().ok())
-        .filter(|t| *t > 0)
-        .ok_or_else(bad)?;
+    let task_id = short_id.rsplit('_').next().and_then(|t| t.parse::<i64>().ok()).filter(|t| *t > 0).ok_or_else(bad)?;
     Ok(ExecId {
         app_name: body[..app_len].to_string(),
         instance: body[app_len..end].to_string(),

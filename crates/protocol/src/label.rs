@@ -39,8 +39,7 @@ const CORE_KEYS: &[&str] = &[
 /// Labels the manager or ECM sets itself; a client may not send them.
 const RESERVED_KEYS: &[&str] = &[EM_INSTANCE, ENGINE_INSTANCE];
 
-const ENGINE_CONN_MODES: &[&str] =
-    &["computation", "once", "cluster", "computation_once", "once_cluster"];
+const ENGINE_CONN_MODES: &[&str] = &["computation", "once", "cluster", "computation_once", "once_cluster"];
 
 const MAX_VALUE_LEN: usize = 256;
 
@@ -125,9 +124,7 @@ impl LabelSet {
                 Value::Bool(b) => b.to_string(),
                 Value::Null => String::new(),
                 _ => {
-                    return Err(HangarError::invalid(format!(
-                        "label '{key}' must be a string, got {value}"
-                    )));
+                    return Err(HangarError::invalid(format!("label '{key}' must be a string, got {value}")));
                 }
             };
             if RESERVED_KEYS.contains(&key.as_str()) {
@@ -151,9 +148,9 @@ impl LabelSet {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<Self, HangarError> {
         let mut set = LabelSet::default();
         for pair in pairs {
-            let (k, v) = pair.split_once('=').ok_or_else(|| {
-                HangarError::invalid(format!("label '{pair}' must be key=value"))
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| HangarError::invalid(format!("label '{pair}' must be key=value")))?;
             set.insert(k, v.to_string())?;
         }
         Ok(set)
@@ -183,9 +180,9 @@ impl LabelSet {
     }
 
     pub fn engine_type(&self) -> Result<EngineType, HangarError> {
-        let v = self.get(ENGINE_TYPE).ok_or_else(|| {
-            HangarError::invalid("label engineType is required (e.g. \"engineType\": \"shell-1\")")
-        })?;
+        let v = self
+            .get(ENGINE_TYPE)
+            .ok_or_else(|| HangarError::invalid("label engineType is required (e.g. \"engineType\": \"shell-1\")"))?;
         EngineType::parse(v)
     }
 
@@ -228,9 +225,7 @@ fn validate(key: &str, value: &str) -> Result<(), HangarError> {
         return Err(HangarError::invalid(format!("label key '{key}' is not a valid label name")));
     }
     if value.len() > MAX_VALUE_LEN {
-        return Err(HangarError::invalid(format!(
-            "label '{key}' is longer than {MAX_VALUE_LEN} bytes"
-        )));
+        return Err(HangarError::invalid(format!("label '{key}' is longer than {MAX_VALUE_LEN} bytes")));
     }
     if value.chars().any(|c| c.is_control()) {
         return Err(HangarError::invalid(format!("label '{key}' holds control characters")));
@@ -238,12 +233,12 @@ fn validate(key: &str, value: &str) -> Result<(), HangarError> {
     match key {
         USER_CREATOR => UserCreator::parse(value).map(|_| ()),
         ENGINE_TYPE => EngineType::parse(value).map(|_| ()),
-        CODE_TYPE | TENANT if value.is_empty() || value.contains(char::is_whitespace) => Err(
-            HangarError::invalid(format!("label '{key}' must be a non-empty word, got '{value}'")),
-        ),
-        ENGINE_CONN_MODE if !ENGINE_CONN_MODES.contains(&value) => Err(HangarError::invalid(
-            format!("label engineConnMode must be one of {ENGINE_CONN_MODES:?}, got '{value}'"),
-        )),
+        CODE_TYPE | TENANT if value.is_empty() || value.contains(char::is_whitespace) => {
+            Err(HangarError::invalid(format!("label '{key}' must be a non-empty word, got '{value}'")))
+        }
+        ENGINE_CONN_MODE if !ENGINE_CONN_MODES.contains(&value) => Err(HangarError::invalid(format!(
+            "label engineConnMode must be one of {ENGINE_CONN_MODES:?}, got '{value}'"
+        ))),
         _ => Ok(()),
     }
 }
@@ -259,8 +254,8 @@ mod tests {
 
     #[test]
     fn parses_linkis_forms() {
-        let s = set(json!({"engineType": "python-python3", "userCreator": "alice-IDE", "executeOnce": ""}))
-            .expect("valid");
+        let s =
+            set(json!({"engineType": "python-python3", "userCreator": "alice-IDE", "executeOnce": ""})).expect("valid");
         assert_eq!(s.engine_type().expect("et").engine, "python");
         assert_eq!(s.engine_type().expect("et").version, "python3");
         assert_eq!(s.user_creator().expect("uc").creator, "IDE");
@@ -288,8 +283,7 @@ mod tests {
 
     #[test]
     fn codetype_is_not_core() {
-        let s = set(json!({"engineType": "shell-1", "userCreator": "a-b", "codeType": "shell"}))
-            .expect("valid");
+        let s = set(json!({"engineType": "shell-1", "userCreator": "a-b", "codeType": "shell"})).expect("valid");
         assert!(!s.core().contains_key("codeType"));
     }
 

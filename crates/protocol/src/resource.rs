@@ -45,11 +45,7 @@ impl Resource {
     pub fn shortfall(left: &Resource, need: &Resource) -> Vec<String> {
         let mut out = Vec::new();
         if need.memory > left.memory {
-            out.push(format!(
-                "memory: requested {}, left {}",
-                format_bytes(need.memory),
-                format_bytes(left.memory)
-            ));
+            out.push(format!("memory: requested {}, left {}", format_bytes(need.memory), format_bytes(left.memory)));
         }
         if need.cores > left.cores {
             out.push(format!("cores: requested {}, left {}", need.cores, left.cores));
@@ -95,13 +91,7 @@ impl Sub for Resource {
 
 impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "memory {}, cores {}, instances {}",
-            format_bytes(self.memory),
-            self.cores,
-            self.instances
-        )
+        write!(f, "memory {}, cores {}, instances {}", format_bytes(self.memory), self.cores, self.instances)
     }
 }
 
@@ -116,10 +106,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, HangarError> {
         Some('t') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| HangarError::invalid(format!("'{s}' is not a size such as 512m or 2g")))?;
+    let v: f64 =
+        num.trim().parse().map_err(|_| HangarError::invalid(format!("'{s}' is not a size such as 512m or 2g")))?;
     if !v.is_finite() || v < 0.0 {
         return Err(HangarError::invalid(format!("'{s}' is not a size such as 512m or 2g")));
     }

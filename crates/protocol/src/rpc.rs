@@ -59,12 +59,20 @@ pub struct ManagerReply {
 #[serde(tag = "type")]
 pub enum EngineRequest {
     /// Lock the engine for one client; granted only when Unlock.
-    Lock { timeout_ms: u64 },
-    Unlock { lock: String },
+    Lock {
+        timeout_ms: u64,
+    },
+    Unlock {
+        lock: String,
+    },
     Execute(TaskExecuteRequest),
-    Kill { task_id: i64 },
+    Kill {
+        task_id: i64,
+    },
     Status,
-    Shutdown { reason: String },
+    Shutdown {
+        reason: String,
+    },
 }
 
 /// Replies from an engine.
@@ -107,12 +115,25 @@ pub struct TaskEventBatch {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type")]
 pub enum TaskEvent {
-    Status { task_id: i64, status: JobStatus, error: Option<String> },
-    Log { task_id: i64, lines: Vec<String> },
+    Status {
+        task_id: i64,
+        status: JobStatus,
+        error: Option<String>,
+    },
+    Log {
+        task_id: i64,
+        lines: Vec<String>,
+    },
     /// The combined report of the metrics-reporting seed: progress, resource
     /// and engine metrics in one message.
     RunningInfo(TaskRunningInfo),
-    ResultSet { task_id: i64, path: String, alias: u32, rs_type: u32, rows: u64 },
+    ResultSet {
+        task_id: i64,
+        path: String,
+        alias: u32,
+        rs_type: u32,
+        rows: u64,
+    },
 }
 
 impl TaskEvent {

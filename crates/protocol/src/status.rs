@@ -46,11 +46,7 @@ impl NodeStatus {
     pub fn is_available(self) -> bool {
         matches!(
             self,
-            NodeStatus::Idle
-                | NodeStatus::Busy
-                | NodeStatus::Locked
-                | NodeStatus::Unlock
-                | NodeStatus::Running
+            NodeStatus::Idle | NodeStatus::Busy | NodeStatus::Locked | NodeStatus::Unlock | NodeStatus::Running
         )
     }
 
@@ -125,10 +121,7 @@ impl JobStatus {
     ];
 
     pub fn is_completed(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Succeed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Timeout
-        )
+        matches!(self, JobStatus::Succeed | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Timeout)
     }
 
     pub fn can_transition(self, to: JobStatus) -> bool {

@@ -191,15 +191,24 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
-    pub async fn set_paths(&self, id: i64, exec_id: &str, log_path: &str, result_location: &str, now_ms: i64) -> Result<()> {
-        sqlx::query("UPDATE hangar_job SET exec_id = $1, log_path = $2, result_location = $3, updated_ms = $4 WHERE id = $5")
-            .bind(exec_id)
-            .bind(log_path)
-            .bind(result_location)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn set_paths(
+        &self,
+        id: i64,
+        exec_id: &str,
+        log_path: &str,
+        result_location: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE hangar_job SET exec_id = $1, log_path = $2, result_location = $3, updated_ms = $4 WHERE id = $5",
+        )
+        .bind(exec_id)
+        .bind(log_path)
+        .bind(result_location)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -228,7 +237,15 @@ impl Store {
         Ok(r.rows_affected() > 0)
     }
 
-    pub async fn set_engine(&self, id: i64, engine_instance: &str, ecm_instance: &str, ticket_id: &str, is_reuse: bool, now_ms: i64) -> Result<()> {
+    pub async fn set_engine(
+        &self,
+        id: i64,
+        engine_instance: &str,
+        ecm_instance: &str,
+        ticket_id: &str,
+        is_reuse: bool,
+        now_ms: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE hangar_job SET engine_instance = $1, ecm_instance = $2, ticket_id = $3, is_reuse = $4, updated_ms = $5 WHERE id = $6")
             .bind(engine_instance)
             .bind(ecm_instance)
@@ -242,13 +259,19 @@ impl Store {
     }
 
     pub async fn set_progress(&self, id: i64, progress: f64, metrics: &str, now_ms: i64) -> Result<()> {
-        let sql = format!("UPDATE hangar_job SET progress = $1, metrics = $2, updated_ms = $3 WHERE id = $4 AND status NOT IN {TERMINAL}");
+        let sql = format!(
+            "UPDATE hangar_job SET progress = $1, metrics = $2, updated_ms = $3 WHERE id = $4 AND status NOT IN {TERMINAL}"
+        );
         sqlx::query(AssertSqlSafe(sql)).bind(progress).bind(metrics).bind(now_ms).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn set_metrics(&self, id: i64, metrics: &str) -> Result<()> {
-        sqlx::query("UPDATE hangar_job SET metrics = $1 WHERE id = $2").bind(metrics).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE hangar_job SET metrics = $1 WHERE id = $2")
+            .bind(metrics)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -39,13 +39,19 @@ impl Server {
         let tmp = tempfile::tempdir().expect("tmp");
         let data_dir = tmp.path().join("data");
         let cfg = tmp.path().join("hangar.toml");
-        let toml = format!("[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"info\"\n[auth]\ntoken = \"{TOKEN}\"\nadmins = [\"admin\"]\n{extra_toml}", data_dir.display());
+        let toml = format!(
+            "[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"info\"\n[auth]\ntoken = \"{TOKEN}\"\nadmins = [\"admin\"]\n{extra_toml}",
+            data_dir.display()
+        );
         std::fs::write(&cfg, toml).expect("config");
         Self::start_with(tmp, data_dir, cfg).await
     }
 
     async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf) -> Server {
-        let log = tmp.path().join(format!("server-{}.log", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos()));
+        let log = tmp.path().join(format!(
+            "server-{}.log",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos()
+        ));
         let child = Command::new(env!("CARGO_BIN_EXE_hangar"))
             .args(["serve", "--config"])
             .arg(&cfg)
@@ -96,7 +102,8 @@ impl Server {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .expect("sigterm");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = c.try_wait().expect("wait") {
@@ -154,7 +161,11 @@ impl Server {
             if want.contains(&s.as_str()) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "job {exec} is {s}, wanted {want:?}\nserver log:\n{}", self.server_log());
+            assert!(
+                Instant::now() < deadline,
+                "job {exec} is {s}, wanted {want:?}\nserver log:\n{}",
+                self.server_log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -213,7 +224,10 @@ pub fn engine_pids(data_dir: &Path) -> Vec<u32> {
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rfind(')').map(|i| s[i + 2..i + 3].to_string())).is_some_and(|st| st != "Z");
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(')').map(|i| s[i + 2..i + 3].to_string()))
+            .is_some_and(|st| st != "Z");
         if alive && env.split(|b| *b == 0).any(|kv| kv.starts_with(needle.as_bytes())) {
             pids.push(pid);
         }

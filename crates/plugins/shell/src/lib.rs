@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hangar_engineconn_plugin::{
-    EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession,
-    EngineCreationContext, EngineResourceRequest, ExecutionContext, Executor,
+    EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
+    EngineResourceRequest, ExecutionContext, Executor,
 };
 use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::{ErrorCode, HangarError, Resource};
@@ -63,10 +63,7 @@ impl EngineConnPlugin for ShellPlugin {
         })
     }
 
-    async fn create_engine_conn(
-        &self,
-        ctx: &EngineCreationContext,
-    ) -> Result<Arc<dyn EngineConnSession>, HangarError> {
+    async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError> {
         let shell = ["/bin/bash", "/usr/bin/bash", "/bin/sh"]
             .into_iter()
             .map(PathBuf::from)
@@ -82,11 +79,8 @@ pub fn resource_from(
     default_memory: &str,
     default_cores: u32,
 ) -> Result<Resource, HangarError> {
-    let memory = props
-        .get(MEMORY_KEY)
-        .or_else(|| props.get(LINKIS_MEMORY_KEY))
-        .map(String::as_str)
-        .unwrap_or(default_memory);
+    let memory =
+        props.get(MEMORY_KEY).or_else(|| props.get(LINKIS_MEMORY_KEY)).map(String::as_str).unwrap_or(default_memory);
     let memory = parse_bytes(memory)?;
     let cores = match props.get(CORES_KEY) {
         Some(c) => c.trim().parse::<u32>().map_err(|_| {
@@ -220,19 +214,15 @@ mod tests {
     use hangar_protocol::dolphin;
     use tokio::sync::mpsc;
 
-    async fn run(code: &str, cancel_after: Option<Duration>) -> (Result<(), String>, Vec<ExecutorEvent>, tempfile::TempDir) {
+    async fn run(
+        code: &str,
+        cancel_after: Option<Duration>,
+    ) -> (Result<(), String>, Vec<ExecutorEvent>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tmp");
         let (tx, mut rx) = mpsc::unbounded_channel();
         let cancel = CancelSignal::default();
-        let mut ctx = ExecutionContext::new(
-            1,
-            "u".into(),
-            BTreeMap::new(),
-            dir.path().join("res"),
-            100,
-            tx,
-            cancel.clone(),
-        );
+        let mut ctx =
+            ExecutionContext::new(1, "u".into(), BTreeMap::new(), dir.path().join("res"), 100, tx, cancel.clone());
         let exec = ShellExecutor { shell: "/bin/bash".into(), cwd: dir.path().to_path_buf() };
         if let Some(after) = cancel_after {
             tokio::spawn(async move {
@@ -253,7 +243,9 @@ mod tests {
     async fn stdout_is_the_result_stderr_the_log() {
         let (res, events, _dir) = run("echo hi; echo there; echo oops >&2", None).await;
         assert_eq!(res, Ok(()));
-        let Some(ExecutorEvent::ResultSet { path, rows, .. }) = events.iter().find(|e| matches!(e, ExecutorEvent::ResultSet { .. })) else {
+        let Some(ExecutorEvent::ResultSet { path, rows, .. }) =
+            events.iter().find(|e| matches!(e, ExecutorEvent::ResultSet { .. }))
+        else {
             panic!("no result set in {events:?}");
         };
         assert_eq!(*rows, 2);
