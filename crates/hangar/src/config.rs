@@ -246,4 +246,18 @@ mod tests {
         let err = Config::load(Some(&f), &|_| None).expect_err("unknown key");
         assert!(format!("{err:#}").contains("prot"), "{err:#}");
     }
+
+    /// Every key is documented, and the example file parses.
+    #[test]
+    fn every_key_is_documented_and_the_example_loads() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let tree = toml::Value::try_from(Config::default()).expect("tree");
+        for (section, table) in tree.as_table().expect("table") {
+            for key in table.as_table().expect("section").keys() {
+                assert!(docs.contains(&format!("`{section}.{key}`")), "docs/configuration.md lacks {section}.{key}");
+            }
+        }
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../hangar.example.toml");
+        Config::load(Some(Path::new(example)), &|_| None).expect("example config loads");
+    }
 }
