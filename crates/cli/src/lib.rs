@@ -283,3 +283,133 @@ mod tests {
         );
     }
 }
+
+/// Print rows as an aligned table under a header.
+pub fn print_table(out: &mut impl Write, header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(header.iter().map(|h| h.to_string()).collect()))?;
+    for r in rows {
+        writeln!(out, "{}", line(r.clone()))?;
+    }
+    Ok(())
+}
+
+fn s(v: &Value, ptr: &str) -> String {
+    match v.pointer(ptr) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn res(v: &Value, ptr: &str) -> String {
+    format!(
+        "{} / {} cores / {} inst",
+        s(v, &format!("{ptr}/memory")),
+        s(v, &format!("{ptr}/cpu")),
+        s(v, &format!("{ptr}/instance"))
+    )
+}
+
+/// Operator views as tables.
+pub async fn ops(client: &Client, what: OpsView, out: &mut impl Write) -> anyhow::Result<()> {
+    match what {
+        OpsView::Ecms => {
+            let d = client.get("/linkisManager/listAllEMs", &[]).await?;
+            let rows: Vec<Vec<String>> = d["EMs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(e, "/instance"),
+                        s(e, "/nodeStatus"),
+                        s(e, "/engineCount"),
+                        res(e, "/usedResource"),
+                        res(e, "/lockedResource"),
+                        res(e, "/maxResource"),
+                    ]
+                })
+                .collect();
+            print_table(out, &["INSTANCE", "STATUS", "ENGINES", "USED", "LOCKED", "MAX"], &rows)?;
+        }
+        OpsView::Engines { all } => {
+            let path = if all { "/linkisManager/listAllEngines" } else { "/linkisManager/listUserEngines" };
+            let d = client.get(path, &[]).await?;
+            let rows: Vec<Vec<String>> = d["engines"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(e, "/instance"),
+                        s(e, "/engineType"),
+                        s(e, "/owner"),
+                        s(e, "/nodeStatus"),
+                        s(e, "/emInstance"),
+                        s(e, "/pid"),
+                        s(e, "/ticketId"),
+                    ]
+                })
+                .collect();
+            print_table(out, &["INSTANCE", "TYPE", "OWNER", "STATUS", "ECM", "PID", "TICKET"], &rows)?;
+        }
+        OpsView::Resources => {
+            let d = client.get("/linkisManager/rm/userresources", &[]).await?;
+            let rows: Vec<Vec<String>> = d["userResources"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    vec![
+                        s(r, "/userCreator"),
+                        s(r, "/engineTypeWithVersion"),
+                        res(r, "/usedResource"),
+                        res(r, "/lockedResource"),
+                        res(r, "/maxResource"),
+                    ]
+                })
+                .collect();
+            print_table(out, &["USER-CREATOR", "ENGINE", "USED", "LOCKED", "MAX"], &rows)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `hangar ecms|engines|resources` shows.
+#[derive(Debug, Clone, Copy)]
+pub enum OpsView {
+    Ecms,
+    Engines { all: bool },
+    Resources,
+}
+
+/// Kill an engine by instance (`host:port`) or ticket.
+pub async fn kill_engine(client: &Client, id: &str) -> anyhow::Result<()> {
+    let body = if id.contains(':') {
+        json!({"applicationName": "linkis-cg-engineconn", "instance": id})
+    } else {
+        json!({"ticketId": id})
+    };
+    client.post("/linkisManager/killEngineConn", &body).await.map(|_| ())
+}

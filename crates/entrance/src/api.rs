@@ -20,15 +20,15 @@ use crate::Entrance;
 use crate::auth::{Caller, authenticate};
 use crate::files;
 
-const PREFIX: &str = "/api/rest_j/v1";
+pub(crate) const PREFIX: &str = "/api/rest_j/v1";
 
-type Params = Query<HashMap<String, String>>;
+pub(crate) type Params = Query<HashMap<String, String>>;
 
 pub fn router(entrance: Arc<Entrance>) -> Router {
     // Bodies may exceed the code limit by the JSON around the code; beyond
     // that they are refused with a clear message rather than buffered.
     let body_limit = entrance.cfg.max_code_bytes.saturating_mul(2).saturating_add(1 << 20);
-    Router::new()
+    crate::ops::routes(Router::new())
         .route(&format!("{PREFIX}/entrance/submit"), post(submit))
         .route(&format!("{PREFIX}/entrance/execute"), post(submit))
         .route(&format!("{PREFIX}/entrance/{{id}}/status"), get(status))
@@ -52,7 +52,7 @@ fn method_of(uri: &Uri) -> String {
     format!("/api{}", p.strip_prefix(PREFIX).unwrap_or(p))
 }
 
-fn reply(uri: &Uri, result: Result<Value, HangarError>) -> Response {
+pub(crate) fn reply(uri: &Uri, result: Result<Value, HangarError>) -> Response {
     let method = method_of(uri);
     match result {
         Ok(data) => Json(Envelope::ok(method, data)).into_response(),
@@ -67,7 +67,7 @@ async fn not_found(uri: Uri) -> Response {
     reply(&uri, Err(HangarError::not_found(format!("no such API: {}", uri.path()))))
 }
 
-fn parse_json(body: &Bytes) -> Result<Value, HangarError> {
+pub(crate) fn parse_json(body: &Bytes) -> Result<Value, HangarError> {
     if body.is_empty() {
         return Err(HangarError::invalid("request body is empty; send a JSON object"));
     }
@@ -75,7 +75,7 @@ fn parse_json(body: &Bytes) -> Result<Value, HangarError> {
 }
 
 impl Entrance {
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, HangarError> {
+    pub(crate) fn caller(&self, headers: &HeaderMap) -> Result<Caller, HangarError> {
         authenticate(&self.cfg, headers)
     }
 

@@ -7,6 +7,7 @@ pub mod auth;
 mod config;
 mod files;
 mod job;
+mod ops;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,6 +57,13 @@ impl Entrance {
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
         })
+    }
+
+    /// Jobs in this process, and how many of them wait in a queue.
+    pub fn job_counts(&self) -> (usize, usize) {
+        let live = lock(&self.jobs).len();
+        let queued = lock(&self.groups).values().map(|g| g.queued).sum();
+        (live, queued)
     }
 
     /// Route engine events to their jobs.

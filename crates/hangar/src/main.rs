@@ -43,6 +43,14 @@ enum Command {
     Result(IdArgs),
     /// Kill a job.
     Kill(IdArgs),
+    /// List the EngineConnManagers (admin).
+    Ecms(ConnOnly),
+    /// List your engines (`--all`: every engine, admin).
+    Engines(EnginesArgs),
+    /// Resources by userCreator and engine type.
+    Resources(ConnOnly),
+    /// Stop an engine by instance (host:port) or ticket.
+    KillEngine(IdArgs),
     /// The engine process an EngineConnManager launches (not for direct use).
     #[command(hide = true)]
     Engineconn(EngineConnArgs),
@@ -119,6 +127,21 @@ struct IdArgs {
 }
 
 #[derive(Args)]
+struct ConnOnly {
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Args)]
+struct EnginesArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Every user's engines (admin).
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args)]
 struct EngineConnArgs {
     #[arg(long)]
     ticket_id: String,
@@ -144,6 +167,20 @@ fn main() -> ExitCode {
         Command::Log(a) => client_runtime().and_then(|rt| rt.block_on(cmd_log(a))),
         Command::Result(a) => client_runtime().and_then(|rt| rt.block_on(cmd_result(a))),
         Command::Kill(a) => client_runtime().and_then(|rt| rt.block_on(cmd_kill(a))),
+        Command::Ecms(a) => client_runtime().and_then(|rt| rt.block_on(cmd_ops(&a.conn, hangar_cli::OpsView::Ecms))),
+        Command::Engines(a) => {
+            client_runtime().and_then(|rt| rt.block_on(cmd_ops(&a.conn, hangar_cli::OpsView::Engines { all: a.all })))
+        }
+        Command::Resources(a) => {
+            client_runtime().and_then(|rt| rt.block_on(cmd_ops(&a.conn, hangar_cli::OpsView::Resources)))
+        }
+        Command::KillEngine(a) => client_runtime().and_then(|rt| {
+            rt.block_on(async {
+                hangar_cli::kill_engine(&client(&a.conn)?, &a.id).await?;
+                eprintln!("engine {} stopped", a.id);
+                Ok(0)
+            })
+        }),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),
@@ -275,5 +312,10 @@ async fn cmd_kill(a: IdArgs) -> anyhow::Result<i32> {
     let (exec, _) = c.resolve(&a.id).await?;
     c.kill(&exec).await?;
     eprintln!("kill requested for {exec}");
+    Ok(0)
+}
+
+async fn cmd_ops(conn: &ConnArgs, view: hangar_cli::OpsView) -> anyhow::Result<i32> {
+    hangar_cli::ops(&client(conn)?, view, &mut std::io::stdout().lock()).await?;
     Ok(0)
 }

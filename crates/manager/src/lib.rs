@@ -85,8 +85,32 @@ pub struct ManagerStats {
     pub engines_lost: AtomicU64,
 }
 
+/// Engine start times (launch to ready), Prometheus-style buckets in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct StartHistogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+const START_BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+impl StartHistogram {
+    fn observe(&mut self, secs: f64) {
+        if self.buckets.is_empty() {
+            self.buckets = START_BUCKETS.iter().map(|b| (*b, 0)).collect();
+        }
+        if let Some(b) = self.buckets.iter_mut().find(|(le, _)| secs <= *le) {
+            b.1 += 1;
+        }
+        self.sum_seconds += secs;
+        self.count += 1;
+    }
+}
+
 pub struct Manager {
     cfg: ManagerConfig,
+    start_times: Mutex<StartHistogram>,
     plugins: Vec<Arc<dyn EngineConnPlugin>>,
     rm: rm::ResourceManager,
     engines: Mutex<HashMap<String, EngineNode>>,
@@ -110,6 +134,7 @@ impl Manager {
     ) -> Result<Arc<Self>, HangarError> {
         Ok(Arc::new(Self {
             client: EngineClient::new(rpc_token.clone())?,
+            start_times: Mutex::new(StartHistogram::default()),
             cfg,
             plugins,
             rm: rm::ResourceManager::new(),
@@ -321,6 +346,7 @@ impl Manager {
             resource,
             properties: req.properties.clone(),
         };
+        let launched_at = Instant::now();
         match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {
             Ok(launched) => {
                 if let Some(n) = lock(&self.engines).get_mut(&ticket_id) {
@@ -365,6 +391,7 @@ impl Manager {
                 format!("engine {ticket_id} on {ecm_instance} failed to start: {reason}"),
             ));
         };
+        lock(&self.start_times).observe(launched_at.elapsed().as_secs_f64());
         let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
         let lock_reply = self.client.call(&instance, &EngineRequest::Lock { timeout_ms }).await;
         let log_dir = {
@@ -490,6 +517,15 @@ impl Manager {
         for t in &tickets {
             self.finish(t, NodeStatus::Success, "server shutting down".into(), false);
         }
+    }
+
+    /// Engine start times so far.
+    pub fn start_histogram(&self) -> StartHistogram {
+        let mut h = lock(&self.start_times).clone();
+        if h.buckets.is_empty() {
+            h.buckets = START_BUCKETS.iter().map(|b| (*b, 0)).collect();
+        }
+        h
     }
 
     pub fn list_engines(&self) -> Vec<EngineInfo> {

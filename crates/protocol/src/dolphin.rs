@@ -205,4 +205,50 @@ mod tests {
         f.extend(b"0000000099");
         assert!(decode(&f).is_err());
     }
+
+    use proptest::prelude::*;
+
+    /// Cells with the awkward cases: empty, NULL, commas, newlines, multi-byte text.
+    fn cell() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![Just(None), Just(Some(String::new())), "[a-z,\\n\\r\"' 0-9é中🚀]{0,12}".prop_map(Some),]
+            .prop_filter("the literal NULL marker cannot round-trip", |c| c.as_deref() != Some(NULL_CELL))
+    }
+
+    proptest! {
+        #[test]
+        fn table_round_trips(ncols in 1usize..6, rows in proptest::collection::vec(proptest::collection::vec(cell(), 6), 0..20)) {
+            let cols: Vec<Column> = (0..ncols)
+                .map(|i| Column { name: format!("c,{i}\n"), data_type: ["int", "string", "double"][i % 3].into(), comment: "é".into() })
+                .collect();
+            let rows: Vec<Vec<Option<String>>> = rows.into_iter().map(|r| r.into_iter().take(ncols).collect()).collect();
+            let mut f = header(TABLE);
+            f.extend(table_meta(&cols));
+            for r in &rows {
+                let cells: Vec<Option<&str>> = r.iter().map(|c| c.as_deref()).collect();
+                f.extend(table_row(&cells));
+            }
+            let rs = decode(&f).expect("decode");
+            prop_assert_eq!(rs.columns, cols);
+            prop_assert_eq!(rs.rows, rows);
+        }
+
+        #[test]
+        fn text_round_trips(lines in proptest::collection::vec("[^\\n]{0,20}", 0..20)) {
+            let mut f = header(TEXT);
+            f.extend(text_meta());
+            for l in &lines {
+                f.extend(text_line(l));
+            }
+            let rs = decode(&f).expect("decode");
+            let back: Vec<String> = rs.rows.into_iter().map(|r| r.into_iter().next().flatten().unwrap_or_default()).collect();
+            prop_assert_eq!(back, lines);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut f = header(TABLE);
+            f.extend(bytes);
+            let _ = decode(&f);
+        }
+    }
 }

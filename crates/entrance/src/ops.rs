@@ -1,0 +1,268 @@
+//! Operator REST in Linkis's `linkisManager` namespace, and `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hangar_manager::{EcmInfo, EngineInfo};
+use hangar_protocol::{ErrorCode, HangarError, NodeStatus};
+use serde_json::{Value, json};
+
+use crate::Entrance;
+use crate::api::{PREFIX, Params, parse_json, reply};
+
+pub(crate) fn routes(r: Router<Arc<Entrance>>) -> Router<Arc<Entrance>> {
+    r.route(&format!("{PREFIX}/linkisManager/listAllEMs"), get(list_ecms))
+        .route(&format!("{PREFIX}/linkisManager/listUserEngines"), get(list_user_engines))
+        .route(&format!("{PREFIX}/linkisManager/listAllEngines"), get(list_all_engines))
+        .route(&format!("{PREFIX}/linkisManager/listEMEngines"), post(list_ecm_engines))
+        .route(&format!("{PREFIX}/linkisManager/killEngineConn"), post(kill_engine))
+        .route(&format!("{PREFIX}/linkisManager/rm/userresources"), get(user_resources).post(user_resources))
+        .route("/metrics", get(metrics))
+}
+
+fn labels_vo(l: &hangar_protocol::LabelSet) -> Value {
+    json!(l.iter().map(|(k, v)| json!({"labelKey": k, "stringValue": v})).collect::<Vec<_>>())
+}
+
+fn engine_vo(e: &EngineInfo) -> Value {
+    json!({
+        "applicationName": "linkis-cg-engineconn",
+        "instance": e.instance,
+        "ticketId": e.ticket_id,
+        "owner": e.user,
+        "labels": labels_vo(&e.labels),
+        "engineType": e.labels.get("engineType"),
+        "nodeStatus": e.status,
+        "emInstance": e.ecm_instance,
+        "pid": e.pid,
+        "resource": e.resource.to_linkis_json(),
+        "startTime": e.created_ms,
+        "engineLogPath": e.log_dir,
+        "runningTasks": e.running_tasks,
+    })
+}
+
+fn ecm_vo(e: &EcmInfo) -> Value {
+    json!({
+        "applicationName": "linkis-cg-engineconnmanager",
+        "instance": e.instance,
+        "labels": labels_vo(&e.labels),
+        "nodeStatus": e.status,
+        "nodeHealthy": if e.status == NodeStatus::Running { "Healthy" } else { "UnHealthy" },
+        "maxResource": e.resource.max.to_linkis_json(),
+        "usedResource": e.resource.used.to_linkis_json(),
+        "lockedResource": e.resource.locked.to_linkis_json(),
+        "leftResource": e.resource.left().to_linkis_json(),
+        "engineCount": e.engines,
+    })
+}
+
+fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
+    if c.admin {
+        Ok(())
+    } else {
+        Err(HangarError::new(ErrorCode::PermissionDenied, format!("user '{}' is not an admin", c.user)))
+    }
+}
+
+async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let r = e
+        .caller(&headers)
+        .and_then(|c| admin_only(&c))
+        .map(|()| json!({"EMs": e.manager.list_ecms().iter().map(ecm_vo).collect::<Vec<_>>()}));
+    reply(&uri, r)
+}
+
+async fn list_user_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let r = e.caller(&headers).map(|c| {
+        let engines: Vec<Value> = e.manager.list_engines().iter().filter(|x| x.user == c.user).map(engine_vo).collect();
+        json!({"engines": engines})
+    });
+    reply(&uri, r)
+}
+
+async fn list_all_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let r = e
+        .caller(&headers)
+        .and_then(|c| admin_only(&c))
+        .map(|()| json!({"engines": e.manager.list_engines().iter().map(engine_vo).collect::<Vec<_>>()}));
+    reply(&uri, r)
+}
+
+async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let r = async {
+        let c = e.caller(&headers)?;
+        admin_only(&c)?;
+        let body = parse_json(&body)?;
+        let instance = body
+            .pointer("/em/serviceInstance/instance")
+            .or_else(|| body.get("instance"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                HangarError::invalid(
+                    "body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}",
+                )
+            })?;
+        let engines: Vec<Value> =
+            e.manager.list_engines().iter().filter(|x| x.ecm_instance == instance).map(engine_vo).collect();
+        Ok(json!({"engines": engines}))
+    }
+    .await;
+    reply(&uri, r)
+}
+
+async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let r = async {
+        let c = e.caller(&headers)?;
+        let body = parse_json(&body)?;
+        let targets: Vec<Value> = match &body {
+            Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
+        let engines = e.manager.list_engines();
+        let mut killed = Vec::new();
+        for t in targets {
+            let id = t
+                .get("instance")
+                .or_else(|| t.get("ticketId"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| HangarError::invalid("each target needs an instance (host:port) or a ticketId"))?;
+            let engine = engines
+                .iter()
+                .find(|x| x.instance.as_deref() == Some(id) || x.ticket_id == id)
+                .ok_or_else(|| HangarError::not_found(format!("no engine {id}")))?;
+            if !c.admin && engine.user != c.user {
+                return Err(HangarError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("engine {id} belongs to another user"),
+                ));
+            }
+            e.manager.finish(&engine.ticket_id, NodeStatus::Failed, format!("killed by {}", c.user), true);
+            killed.push(id.to_string());
+        }
+        Ok(json!({"killed": killed}))
+    }
+    .await;
+    reply(&uri, r)
+}
+
+async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
+    let r = e.caller(&headers).map(|c| {
+        let want = q.get("user").filter(|_| c.admin).cloned();
+        let rows: Vec<Value> = e
+            .manager
+            .resources()
+            .snapshot()
+            .into_iter()
+            .filter_map(|(label, lr)| {
+                let v = label.strip_prefix("combined_userCreator_engineType:")?;
+                let (uc, et) = v.split_once(',')?;
+                let user = uc.split('-').next().unwrap_or("");
+                let visible = match &want {
+                    Some(u) => user == u,
+                    None => c.admin || user == c.user,
+                };
+                visible.then(|| {
+                    json!({
+                        "userCreator": uc, "engineTypeWithVersion": et, "resourceType": "LoadInstance",
+                        "maxResource": lr.max.to_linkis_json(), "usedResource": lr.used.to_linkis_json(),
+                        "lockedResource": lr.locked.to_linkis_json(), "leftResource": lr.left().to_linkis_json(),
+                    })
+                })
+            })
+            .collect();
+        json!({"userResources": rows})
+    });
+    reply(&uri, r)
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(e): State<Arc<Entrance>>) -> Response {
+    let m = &e.manager;
+    let mut out = String::new();
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    counter(
+        &mut out,
+        "hangar_engine_asks_total",
+        "Engine asks received by the manager.",
+        m.stats.asks.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hangar_engine_reuse_hits_total",
+        "Asks served by reusing an engine.",
+        m.stats.reuse_hits.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hangar_engine_creations_total",
+        "Engine creations started.",
+        m.stats.creations.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hangar_engine_creation_failures_total",
+        "Engine creations that failed.",
+        m.stats.creation_failures.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hangar_engines_lost_total",
+        "Engines stopped for missed heartbeats or start deadlines.",
+        m.stats.engines_lost.load(Ordering::Relaxed),
+    );
+    let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for eng in m.list_engines() {
+        *by.entry((eng.status.to_string(), eng.labels.get("engineType").unwrap_or("").to_string())).or_default() += 1;
+    }
+    let _ = writeln!(out, "# HELP hangar_engines Engines by status and engine type.\n# TYPE hangar_engines gauge");
+    for ((status, et), n) in by {
+        let _ = writeln!(out, "hangar_engines{{status=\"{status}\",engine_type=\"{et}\"}} {n}");
+    }
+    let h = m.start_histogram();
+    let _ = writeln!(
+        out,
+        "# HELP hangar_engine_start_seconds Time from launch to ready.\n# TYPE hangar_engine_start_seconds histogram"
+    );
+    let mut cum = 0;
+    for (le, n) in h.buckets {
+        cum += n;
+        let _ = writeln!(out, "hangar_engine_start_seconds_bucket{{le=\"{le}\"}} {cum}");
+    }
+    let _ = writeln!(
+        out,
+        "hangar_engine_start_seconds_bucket{{le=\"+Inf\"}} {}\nhangar_engine_start_seconds_sum {}\nhangar_engine_start_seconds_count {}",
+        h.count, h.sum_seconds, h.count
+    );
+    let _ = writeln!(
+        out,
+        "# HELP hangar_ecm_resource ECM resources by state (memory in bytes).\n# TYPE hangar_ecm_resource gauge"
+    );
+    for ecm in m.list_ecms() {
+        for (state, r) in [("max", ecm.resource.max), ("used", ecm.resource.used), ("locked", ecm.resource.locked)] {
+            for (kind, v) in [("memory", r.memory), ("cores", r.cores as u64), ("instances", r.instances as u64)] {
+                let _ = writeln!(
+                    out,
+                    "hangar_ecm_resource{{ecm=\"{}\",state=\"{state}\",kind=\"{kind}\"}} {v}",
+                    ecm.instance
+                );
+            }
+        }
+    }
+    let (running, queued) = e.job_counts();
+    let _ = writeln!(
+        out,
+        "# HELP hangar_jobs_live Jobs in this Entrance.\n# TYPE hangar_jobs_live gauge\nhangar_jobs_live{{state=\"queued\"}} {queued}\nhangar_jobs_live{{state=\"in_process\"}} {running}"
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,94 @@
+//! The `hangar` client commands and the operator views, against a real server.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{FAST, Server, TOKEN, engine_pids, wait_until};
+
+fn hangar(s: &Server, user: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_SERVER", &s.base)
+        .env("HANGAR_USER", user)
+        .env("HANGAR_TOKEN", TOKEN)
+        .output()
+        .expect("run hangar")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_and_operator_views() {
+    let s = Server::start(FAST).await;
+    let out = hangar(&s, "alice", &["run", "--engine", "shell-1", "--code", "echo hi; echo note >&2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    let err = text(&out.stderr);
+    assert!(err.contains("submitted job 1") && err.contains("note") && err.contains("ended Succeed"), "{err}");
+
+    let out = hangar(&s, "alice", &["run", "--code", "echo bad >&2; exit 4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("exit code 4"), "{}", text(&out.stderr));
+
+    assert_eq!(text(&hangar(&s, "alice", &["status", "1"]).stdout), "Succeed\n");
+    assert_eq!(text(&hangar(&s, "alice", &["result", "1"]).stdout), "hi\n");
+    assert!(text(&hangar(&s, "alice", &["log", "1"]).stdout).contains("ended Succeed"));
+    let other = hangar(&s, "bob", &["status", "1"]);
+    assert_eq!(other.status.code(), Some(2));
+    assert!(text(&other.stderr).contains("belongs to another user"), "{}", text(&other.stderr));
+
+    // Code from standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["run"])
+        .env("HANGAR_SERVER", &s.base)
+        .env("HANGAR_USER", "alice")
+        .env("HANGAR_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child.stdin.take().expect("stdin").write_all(b"echo from-stdin\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(text(&out.stdout), "from-stdin\n", "{}", text(&out.stderr));
+
+    let engines = text(&hangar(&s, "alice", &["engines"]).stdout);
+    assert!(engines.starts_with("INSTANCE") && engines.contains("shell-1") && engines.contains("alice"), "{engines}");
+    let instance = engines.lines().nth(1).and_then(|l| l.split_whitespace().next()).expect("row").to_string();
+    let res = text(&hangar(&s, "alice", &["resources"]).stdout);
+    assert!(res.contains("alice-IDE") && res.contains("shell-1") && res.contains("256.0 MB"), "{res}");
+    let ecms = hangar(&s, "alice", &["ecms"]);
+    assert_eq!(ecms.status.code(), Some(2), "ecms is for admins");
+    let ecms = text(&hangar(&s, "admin", &["ecms"]).stdout);
+    assert!(ecms.contains("Running") && ecms.lines().count() == 2, "{ecms}");
+
+    let metrics = reqwest::get(format!("{}/metrics", s.base)).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("hangar_engine_asks_total 3"), "{metrics}");
+    assert!(metrics.contains("hangar_engine_reuse_hits_total 2"), "{metrics}");
+    assert!(metrics.contains("hangar_engine_start_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("hangar_engines{status=\"Unlock\",engine_type=\"shell-1\"} 1"), "{metrics}");
+
+    let denied = hangar(&s, "bob", &["kill-engine", &instance]);
+    assert_eq!(denied.status.code(), Some(2));
+    let killed = hangar(&s, "alice", &["kill-engine", &instance]);
+    assert_eq!(killed.status.code(), Some(0), "{}", text(&killed.stderr));
+    wait_until("engine process gone", Duration::from_secs(5), || engine_pids(&s.data_dir).is_empty()).await;
+    assert_eq!(text(&hangar(&s, "alice", &["engines"]).stdout).lines().count(), 1, "only the header is left");
+    let res = text(&hangar(&s, "alice", &["resources"]).stdout);
+    assert!(res.contains("0 B / 0 cores / 0 inst  0 B / 0 cores / 0 inst"), "resources back to zero: {res}");
+}
+
+#[test]
+fn a_client_without_a_server_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["run", "--server", "http://127.0.0.1:9", "--code", "echo"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot reach the Hangar server"), "{}", text(&out.stderr));
+}
