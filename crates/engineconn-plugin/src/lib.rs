@@ -11,6 +11,7 @@
 //! The manager and the ECM call the first three; the EngineConn runtime calls
 //! the last. Nothing here knows about HTTP or the store.
 
+pub mod code;
 mod context;
 
 use std::collections::BTreeMap;
@@ -92,6 +93,11 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
     /// EngineConnLaunchBuilder: the process to start for a build request.
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError>;
 
+    /// Hooks run around the engine's start-up phases, in order.
+    fn hooks(&self) -> Vec<Arc<dyn EngineConnHook>> {
+        Vec::new()
+    }
+
     /// EngineConnFactory: create the engine's session inside the engine process.
     async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError>;
 }
@@ -111,7 +117,14 @@ pub trait Executor: Send + Sync {
         1
     }
 
-    /// Run one task's code. Logs, progress and result sets go through `ctx`.
+    /// Split a task's code into the statements [`Executor::execute`] runs one
+    /// by one (Linkis CodeParser); the runtime reports progress per statement.
+    /// The default runs the code as one statement.
+    fn split(&self, code: &str) -> Vec<String> {
+        vec![code.to_string()]
+    }
+
+    /// Run one statement. Logs, progress and result sets go through `ctx`.
     /// When `ctx.cancelled()` fires the executor must stop the code promptly
     /// and return; the runtime reports the task as Cancelled.
     async fn execute(&self, ctx: &mut ExecutionContext, code: &str) -> Result<(), String>;
@@ -143,4 +156,27 @@ pub fn find_plugin<'a>(
         ));
     }
     Ok(plugin)
+}
+
+/// Work around the start-up phases of an engine (Linkis `EngineConnHook`).
+/// An error in any phase ends the start: the manager gets the reason and the
+/// engine exits.
+#[async_trait]
+pub trait EngineConnHook: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn before_create_engine_conn(&self, _ctx: &EngineCreationContext) -> Result<(), HangarError> {
+        Ok(())
+    }
+    async fn after_create_engine_conn(&self, _ctx: &EngineCreationContext) -> Result<(), HangarError> {
+        Ok(())
+    }
+    async fn before_executor_init(&self, _ctx: &EngineCreationContext) -> Result<(), HangarError> {
+        Ok(())
+    }
+    async fn after_executor_init(&self, _ctx: &EngineCreationContext) -> Result<(), HangarError> {
+        Ok(())
+    }
+    async fn after_ready(&self, _ctx: &EngineCreationContext) -> Result<(), HangarError> {
+        Ok(())
+    }
 }

@@ -84,17 +84,33 @@ async fn start(
         options,
         work_dir: args.work_dir.clone(),
     };
-    tracing::info!(ticket = %ctx.ticket_id, user = %ctx.user, labels = ?ctx.labels, "hook: before engine creation");
     let plugin = find_plugin(plugins, &labels)?.clone();
+    let hooks = plugin.hooks();
+    for h in &hooks {
+        h.before_create_engine_conn(&ctx).await.with_context(|| format!("hook {} before engine creation", h.name()))?;
+    }
     let session = plugin.create_engine_conn(&ctx).await.context("engine session creation failed")?;
-    tracing::info!(ticket = %ctx.ticket_id, "hook: after engine creation");
+    for h in &hooks {
+        h.after_create_engine_conn(&ctx).await.with_context(|| format!("hook {} after engine creation", h.name()))?;
+    }
+    // ExecutorManager: the executor of the engine's own code type is created up front.
+    for h in &hooks {
+        h.before_executor_init(&ctx).await.with_context(|| format!("hook {} before executor init", h.name()))?;
+    }
+    let run_type = labels.get(hangar_protocol::label::CODE_TYPE).or(plugin.run_types().first().copied()).unwrap_or("");
+    let executor = session.executor(run_type).with_context(|| format!("executor for codeType '{run_type}'"))?;
+    let concurrency = opts.concurrency.unwrap_or_else(|| executor.concurrency()).max(1);
+    for h in &hooks {
+        h.after_executor_init(&ctx).await.with_context(|| format!("hook {} after executor init", h.name()))?;
+    }
+    tracing::info!(ticket = %ctx.ticket_id, %run_type, concurrency, "engine session and executor ready");
 
     let listener = tokio::net::TcpListener::bind((opts.bind_host.as_str(), 0))
         .await
         .with_context(|| format!("cannot listen on {}", opts.bind_host))?;
     let addr = listener.local_addr()?;
     let instance = format!("{}:{}", opts.bind_host, addr.port());
-    let engine = state::Engine::new(ctx, instance.clone(), session, opts, outbound.clone());
+    let engine = state::Engine::new(ctx.clone(), instance.clone(), session, concurrency, opts, outbound.clone());
     server::spawn(listener, engine.clone(), args.rpc_token.clone());
 
     let ready = EngineToManager::Ready {
@@ -112,6 +128,9 @@ async fn start(
     if !reply.known {
         anyhow::bail!("the manager does not know ticket {}", args.ticket_id);
     }
-    tracing::info!(ticket = %args.ticket_id, "hook: after ready; engine is Unlock");
+    for h in &hooks {
+        h.after_ready(&ctx).await.with_context(|| format!("hook {} after ready", h.name()))?;
+    }
+    tracing::info!(ticket = %args.ticket_id, "engine is ready (Unlock)");
     Ok(engine)
 }

@@ -25,6 +25,8 @@ pub struct EngineOptions {
     /// Retire after this many tasks (0 = never).
     pub max_tasks: u64,
     pub bind_host: String,
+    /// Tasks run at once; unset = the executor's own concurrency.
+    pub concurrency: Option<usize>,
 }
 
 impl EngineOptions {
@@ -38,6 +40,7 @@ impl EngineOptions {
     pub const MAX_RESULT_ROWS: &'static str = "hangar.engineconn.max_result_rows";
     pub const MAX_TASKS: &'static str = "hangar.engineconn.max_tasks";
     pub const BIND_HOST: &'static str = "hangar.engineconn.bind_host";
+    pub const CONCURRENCY: &'static str = "hangar.engineconn.concurrency";
 
     pub fn from_map(m: &BTreeMap<String, String>) -> anyhow::Result<Self> {
         let num = |key: &str, default: u64| -> anyhow::Result<u64> {
@@ -58,6 +61,10 @@ impl EngineOptions {
             max_result_rows: num(Self::MAX_RESULT_ROWS, 5_000)?,
             max_tasks: num(Self::MAX_TASKS, 0)?,
             bind_host: m.get(Self::BIND_HOST).cloned().unwrap_or_else(|| "127.0.0.1".into()),
+            concurrency: match m.get(Self::CONCURRENCY) {
+                Some(_) => Some(num(Self::CONCURRENCY, 1)?.clamp(1, 1024) as usize),
+                None => None,
+            },
         })
     }
 }

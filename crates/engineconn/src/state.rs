@@ -22,6 +22,10 @@ pub(crate) struct Engine {
     pub(crate) out: Outbound,
     pub(crate) resource: Resource,
     session: Arc<dyn EngineConnSession>,
+    /// Tasks at once; above 1 the engine is a concurrent engine: one shared
+    /// lock for every caller, Unlock until full, Busy when full.
+    concurrency: usize,
+    shared_lock: String,
     inner: Mutex<Inner>,
     status_tx: watch::Sender<NodeStatus>,
     exit: CancelSignal,
@@ -46,6 +50,7 @@ impl Engine {
         ctx: EngineCreationContext,
         instance: String,
         session: Arc<dyn EngineConnSession>,
+        concurrency: usize,
         opts: EngineOptions,
         out: Outbound,
     ) -> Arc<Self> {
@@ -66,6 +71,8 @@ impl Engine {
             out,
             resource,
             session,
+            concurrency,
+            shared_lock: uuid::Uuid::new_v4().simple().to_string(),
             inner: Mutex::new(Inner {
                 status: NodeStatus::Starting,
                 status_since: now,
@@ -134,8 +141,19 @@ impl Engine {
         (g.status, m)
     }
 
+    fn concurrent(&self) -> bool {
+        self.concurrency > 1
+    }
+
     pub(crate) fn lock(&self, _timeout_ms: u64) -> EngineReply {
         let mut g = self.inner();
+        if self.concurrent() {
+            return if g.status == NodeStatus::Unlock {
+                EngineReply::Lock { lock: Some(self.shared_lock.clone()), message: "OK".into() }
+            } else {
+                EngineReply::Lock { lock: None, message: format!("concurrent engine is {}", g.status) }
+            };
+        }
         if g.status != NodeStatus::Unlock || g.lock.is_some() {
             return EngineReply::Lock { lock: None, message: format!("engine is {}, not Unlock", g.status) };
         }
@@ -149,6 +167,9 @@ impl Engine {
     }
 
     pub(crate) fn unlock(&self, lock: &str) -> EngineReply {
+        if self.concurrent() {
+            return EngineReply::Unlocked { unlocked: lock == self.shared_lock };
+        }
         let mut g = self.inner();
         if g.lock.as_deref() != Some(lock) {
             return EngineReply::Unlocked { unlocked: false };
@@ -187,13 +208,18 @@ impl Engine {
         let cancel = CancelSignal::default();
         {
             let mut g = self.inner();
-            if g.lock.as_deref() != Some(req.lock.as_str()) {
+            let lock_ok = if self.concurrent() {
+                req.lock == self.shared_lock
+            } else {
+                g.lock.as_deref() == Some(req.lock.as_str())
+            };
+            if !lock_ok {
                 return err(ErrorCode::LockRejected, format!("invalid lock for engine {}", self.instance));
             }
             if g.status.is_completed() {
                 return err(ErrorCode::EngineLost, format!("engine {} is {}", self.instance, g.status));
             }
-            if g.tasks.len() >= executor.concurrency() {
+            if g.tasks.len() >= self.concurrency {
                 return err(ErrorCode::Overloaded, format!("engine {} is busy", self.instance));
             }
             if g.tasks.contains_key(&req.task_id) {
@@ -202,9 +228,11 @@ impl Engine {
             g.tasks.insert(req.task_id, cancel.clone());
             g.free_since = None;
             g.lock_since = Instant::now();
-            Self::set_status_locked(&mut g, NodeStatus::Busy);
+            let to = if g.tasks.len() >= self.concurrency { NodeStatus::Busy } else { g.status };
+            Self::set_status_locked(&mut g, to);
         }
-        self.status_tx.send_replace(NodeStatus::Busy);
+        let status = self.inner().status;
+        self.status_tx.send_replace(status);
         let task_id = req.task_id;
         tokio::spawn(crate::task::run(self.clone(), req, executor, cancel));
         EngineReply::Submitted { task_id }
@@ -218,7 +246,14 @@ impl Engine {
             JobStatus::Succeed => g.metrics.succeed_tasks += 1,
             _ => g.metrics.failed_tasks += 1,
         }
-        if g.tasks.is_empty() {
+        if self.concurrent() {
+            if g.tasks.is_empty() {
+                g.free_since = Some(Instant::now());
+            }
+            if g.status == NodeStatus::Busy && g.tasks.len() < self.concurrency {
+                Self::set_status_locked(&mut g, NodeStatus::Unlock);
+            }
+        } else if g.tasks.is_empty() {
             g.free_since = Some(Instant::now());
             g.lock_since = Instant::now();
             let to = if g.lock.is_some() { NodeStatus::Idle } else { NodeStatus::Unlock };

@@ -37,7 +37,32 @@ pub(crate) async fn run(
 
     let code = req.code;
     let outcome = tokio::spawn(async move {
-        let r = executor.execute(&mut ctx, &code).await;
+        let statements = executor.split(&code);
+        let total = statements.len().max(1);
+        let mut r = Ok(());
+        for (i, stmt) in statements.iter().enumerate() {
+            if ctx.is_cancelled() {
+                r = Err("killed".to_string());
+                break;
+            }
+            if total > 1 {
+                ctx.info(&format!("running statement {} of {total}", i + 1));
+            }
+            r = executor.execute(&mut ctx, stmt).await;
+            if r.is_err() {
+                break;
+            }
+            ctx.progress(
+                (i + 1) as f32 / total as f32,
+                vec![JobProgressInfo {
+                    id: format!("{task_id}"),
+                    total_tasks: total as u32,
+                    running_tasks: u32::from(i + 1 < total),
+                    failed_tasks: 0,
+                    succeed_tasks: (i + 1) as u32,
+                }],
+            );
+        }
         (r, ctx)
     })
     .await;

@@ -264,3 +264,64 @@ async fn a_restart_ends_unfinished_jobs_and_keeps_finished_ones() {
     let rs = s.results("alice", done_task).await;
     assert_eq!(rs[0]["fileContent"], json!([["kept"]]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_start_failure_reaches_the_client_with_its_reason() {
+    let s = Server::start(FAST).await;
+    let body = json!({
+        "executionContent": {"code": "echo never", "runType": "shell"},
+        "params": {"configuration": {"startup": {"hangar.shell.working_dir": "/no/such/folder"}}},
+        "labels": {"engineType": "shell-1", "userCreator": "alice-IDE"},
+    });
+    let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
+    let (exec, task) =
+        (v["data"]["execID"].as_str().expect("exec").to_string(), v["data"]["taskID"].as_i64().expect("task"));
+    assert_eq!(s.wait_done("alice", &exec).await, "Failed");
+    let desc = s.job("alice", task).await["errDesc"].as_str().expect("errDesc").to_string();
+    assert!(desc.contains("/no/such/folder") && desc.contains("failed to start"), "{desc}");
+    // Its reservation came back: the user's resources are all free again.
+    let r = s.call("GET", "/linkisManager/rm/userresources", "alice", None).await;
+    assert_eq!(r["data"]["userResources"][0]["lockedResource"]["instance"], 0, "{r}");
+    assert_eq!(r["data"]["userResources"][0]["usedResource"]["instance"], 0, "{r}");
+    assert!(engine_pids(&s.data_dir).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_engine_runs_jobs_side_by_side_and_execute_once_engines_retire() {
+    let s = Server::start(FAST).await;
+    let labels = json!({"engineType": "shell-1", "userCreator": "alice-IDE"});
+    let body = |code: &str| {
+        json!({
+            "executionContent": {"code": code, "runType": "shell"},
+            "params": {"configuration": {"startup": {"hangar.engineconn.concurrency": "3"}}},
+            "labels": labels,
+        })
+        .to_string()
+    };
+    // Warm one concurrent engine, then run three one-second jobs on it at once.
+    let v = s.call("POST", "/entrance/submit", "alice", Some(&body("echo warm"))).await;
+    assert_eq!(s.wait_done("alice", v["data"]["execID"].as_str().expect("e")).await, "Succeed");
+    let t0 = Instant::now();
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        let v = s.call("POST", "/entrance/submit", "alice", Some(&body(&format!("sleep 1; echo {i}")))).await;
+        jobs.push((v["data"]["execID"].as_str().expect("e").to_string(), v["data"]["taskID"].as_i64().expect("t")));
+    }
+    let mut instances = std::collections::HashSet::new();
+    for (e, t) in &jobs {
+        assert_eq!(s.wait_done("alice", e).await, "Succeed");
+        instances.insert(s.job("alice", *t).await["engineInstance"].as_str().expect("i").to_string());
+    }
+    assert!(t0.elapsed() < Duration::from_millis(2500), "ran side by side: {:?}", t0.elapsed());
+    assert_eq!(instances.len(), 1, "one engine served all three: {instances:?}");
+
+    // executeOnce: a fresh engine that exits after its task.
+    let before = engine_pids(&s.data_dir).len();
+    let (e, t) = s
+        .submit("alice", "echo once", json!({"engineType": "shell-1", "userCreator": "alice-IDE", "executeOnce": ""}))
+        .await;
+    assert_eq!(s.wait_done("alice", &e).await, "Succeed");
+    assert_eq!(s.job("alice", t).await["isReuse"], false);
+    wait_until("the executeOnce engine to exit", Duration::from_secs(5), || engine_pids(&s.data_dir).len() == before)
+        .await;
+}

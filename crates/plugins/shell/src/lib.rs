@@ -26,6 +26,8 @@ use tokio::process::Command;
 pub const MEMORY_KEY: &str = "hangar.engineconn.memory";
 /// Startup parameter: cores accounted per shell engine (default 1).
 pub const CORES_KEY: &str = "hangar.engineconn.cores";
+/// Startup parameter: the folder tasks run in (default: the engine's work dir).
+pub const WORKING_DIR_KEY: &str = "hangar.shell.working_dir";
 /// Linkis's name for the same memory setting, honoured too.
 pub const LINKIS_MEMORY_KEY: &str = "wds.linkis.engineconn.java.driver.memory";
 
@@ -69,7 +71,19 @@ impl EngineConnPlugin for ShellPlugin {
             .map(PathBuf::from)
             .find(|p| p.is_file())
             .ok_or_else(|| HangarError::internal("neither bash nor sh was found on this host"))?;
-        Ok(Arc::new(ShellSession { executor: Arc::new(ShellExecutor { shell, cwd: ctx.work_dir.clone() }) }))
+        let cwd = match ctx.options.get(WORKING_DIR_KEY) {
+            Some(dir) => {
+                let p = PathBuf::from(dir);
+                if !p.is_dir() {
+                    return Err(HangarError::invalid(format!(
+                        "startup parameter {WORKING_DIR_KEY}: '{dir}' is not an existing folder on this host"
+                    )));
+                }
+                p
+            }
+            None => ctx.work_dir.clone(),
+        };
+        Ok(Arc::new(ShellSession { executor: Arc::new(ShellExecutor { shell, cwd }) }))
     }
 }
 
