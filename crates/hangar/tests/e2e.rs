@@ -325,3 +325,79 @@ async fn a_concurrent_engine_runs_jobs_side_by_side_and_execute_once_engines_ret
     wait_until("the executeOnce engine to exit", Duration::from_secs(5), || engine_pids(&s.data_dir).len() == before)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_file_reads_table_result_sets_with_types_nulls_and_pages() {
+    use hangar_protocol::dolphin::{Column, TABLE, header, table_meta, table_row};
+    let s = Server::start(FAST).await;
+    let (exec, task) = s.shell("alice", "echo x").await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
+    let loc = s.job("alice", task).await["resultLocation"].as_str().expect("loc").to_string();
+    let dir = std::path::PathBuf::from(loc.strip_prefix("file://").expect("file uri"));
+    let cols = vec![
+        Column { name: "id".into(), data_type: "int".into(), comment: "NULL".into() },
+        Column { name: "name".into(), data_type: "string".into(), comment: "who".into() },
+        Column { name: "score".into(), data_type: "double".into(), comment: "NULL".into() },
+    ];
+    let mut f = header(TABLE);
+    f.extend(table_meta(&cols));
+    let rows: Vec<[Option<&str>; 3]> = vec![
+        [Some("1"), Some(""), Some("1.5")],
+        [Some("2"), None, Some("2.0")],
+        [Some("3"), Some("a,b\nc"), None],
+        [Some("4"), Some("中文 ünï 🚀"), Some("-0.1")],
+        [Some("5"), Some("last"), Some("5")],
+    ];
+    for r in &rows {
+        f.extend(table_row(r));
+    }
+    std::fs::write(dir.join("_1.dolphin"), f).expect("write");
+    let path = enc(&format!("file://{}", dir.join("_1.dolphin").display()));
+    let v = s
+        .call(
+            "GET",
+            &format!("/filesystem/openFile?path={path}&page=1&pageSize=3&nullValue=LINKIS_NULL"),
+            "alice",
+            None,
+        )
+        .await;
+    assert_eq!(v["status"], 0, "{v}");
+    let d = &v["data"];
+    assert_eq!(d["type"], "2");
+    assert_eq!(
+        d["metadata"],
+        json!([
+            {"columnName": "id", "comment": "NULL", "dataType": "int"},
+            {"columnName": "name", "comment": "who", "dataType": "string"},
+            {"columnName": "score", "comment": "NULL", "dataType": "double"},
+        ])
+    );
+    assert_eq!(
+        d["fileContent"],
+        json!([["1", "", "1.5"], ["2", "LINKIS_NULL", "2.0"], ["3", "a,b\nc", "LINKIS_NULL"]])
+    );
+    assert_eq!((d["totalLine"].as_i64(), d["totalPage"].as_i64(), d["page"].as_i64()), (Some(5), Some(2), Some(1)));
+    let v = s.call("GET", &format!("/filesystem/openFile?path={path}&page=2&pageSize=3"), "alice", None).await;
+    assert_eq!(v["data"]["fileContent"], json!([["4", "中文 ünï 🚀", "-0.1"], ["5", "last", "5"]]));
+    // The tree lists both result sets, in order.
+    let tree = s.call("GET", &format!("/filesystem/getDirFileTrees?path={}", enc(&loc)), "alice", None).await;
+    let names: Vec<&str> = tree["data"]["dirFileTrees"]["children"]
+        .as_array()
+        .expect("c")
+        .iter()
+        .map(|c| c["name"].as_str().expect("n"))
+        .collect();
+    assert_eq!(names, vec!["_0.dolphin", "_1.dolphin"]);
+    // A corrupt file is an error, not a crash.
+    std::fs::write(dir.join("_2.dolphin"), b"dolphin0000000002garbage").expect("w");
+    let v = s
+        .call(
+            "GET",
+            &format!("/filesystem/openFile?path={}", enc(&format!("{}/_2.dolphin", dir.display()))),
+            "alice",
+            None,
+        )
+        .await;
+    assert_eq!(v["status"], 1, "{v}");
+    assert!(v["message"].as_str().expect("m").contains("corrupt"));
+}

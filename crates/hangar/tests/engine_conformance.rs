@@ -1,0 +1,290 @@
+//! The engine conformance suite: every engine plugin, run as the real
+//! `hangar engineconn` process against a fake manager + Entrance, must pass it.
+//! It also counts the engine's messages: a running task produces combined
+//! running-info reports at the configured rate, and nothing else but logs,
+//! result sets and status changes.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use hangar_protocol::rpc::{
+    ENTRANCE_RPC_PATH, EngineReply, EngineRequest, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER,
+    TaskEvent, TaskEventBatch, TaskExecuteRequest,
+};
+use hangar_protocol::{JobStatus, NodeStatus};
+
+const TOKEN: &str = "conformance-secret";
+
+#[derive(Default)]
+struct Seen {
+    manager: Vec<EngineToManager>,
+    events: Vec<(Instant, TaskEvent)>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+async fn manager_rpc(State(seen): State<Shared>, body: Bytes) -> axum::Json<ManagerReply> {
+    let msg: EngineToManager = serde_json::from_slice(&body).expect("engine message");
+    seen.lock().expect("seen").manager.push(msg);
+    axum::Json(ManagerReply { known: true })
+}
+
+async fn entrance_rpc(State(seen): State<Shared>, body: Bytes) -> &'static str {
+    let batch: TaskEventBatch = serde_json::from_slice(&body).expect("task events");
+    let now = Instant::now();
+    seen.lock().expect("seen").events.extend(batch.events.into_iter().map(|e| (now, e)));
+    "ok"
+}
+
+struct Harness {
+    seen: Shared,
+    base: String,
+    child: Child,
+    instance: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(labels: &[&str]) -> Harness {
+        let seen: Shared = Arc::default();
+        let app = Router::new()
+            .route(MANAGER_RPC_PATH, post(manager_rpc))
+            .route(ENTRANCE_RPC_PATH, post(entrance_rpc))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
+        cmd.args(["engineconn", "--ticket-id", "t-1", "--user", "alice", "--manager-url", &base, "--work-dir"])
+            .arg(dir.path())
+            .args(["--conf", "hangar.engineconn.running_info_interval_ms=100"])
+            .args(["--conf", "hangar.engineconn.heartbeat_interval_ms=200"])
+            .args(["--conf", "hangar.engineconn.log_push_interval_ms=20"])
+            .env("HANGAR_RPC_TOKEN", TOKEN)
+            .env("HANGAR_ENGINE_TICKET", "t-1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"));
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        let child = cmd.spawn().expect("spawn engine");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (instance, pid) = loop {
+            let ready = seen.lock().expect("seen").manager.iter().find_map(|m| match m {
+                EngineToManager::Ready { instance, pid, .. } => Some((instance.clone(), *pid)),
+                _ => None,
+            });
+            if let Some(r) = ready {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Ready: {}",
+                std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(pid, child.id(), "Ready carries the engine's own pid");
+        Harness { seen, base, child, instance, http: reqwest::Client::new(), _dir: dir }
+    }
+
+    async fn call_raw(&self, token: &str, req: &EngineRequest) -> (u16, EngineReply) {
+        let r = self
+            .http
+            .post(format!("http://{}/rpc", self.instance))
+            .header(RPC_TOKEN_HEADER, token)
+            .json(req)
+            .send()
+            .await
+            .expect("engine rpc");
+        let code = r.status().as_u16();
+        (code, r.json().await.expect("reply"))
+    }
+
+    async fn call(&self, req: &EngineRequest) -> EngineReply {
+        self.call_raw(TOKEN, req).await.1
+    }
+
+    async fn status(&self) -> NodeStatus {
+        match self.call(&EngineRequest::Status).await {
+            EngineReply::Status { status, .. } => status,
+            other => panic!("status: {other:?}"),
+        }
+    }
+
+    fn task(&self, task_id: i64, code: &str, lock: &str, run_type: &str, dir: &std::path::Path) -> EngineRequest {
+        EngineRequest::Execute(TaskExecuteRequest {
+            task_id,
+            exec_id: format!("e{task_id}"),
+            code: code.into(),
+            lock: lock.into(),
+            run_type: run_type.into(),
+            user: "alice".into(),
+            properties: Default::default(),
+            result_dir: dir.join(task_id.to_string()).display().to_string(),
+            callback_url: self.base.clone(),
+        })
+    }
+
+    fn events(&self, task_id: i64) -> Vec<(Instant, TaskEvent)> {
+        self.seen.lock().expect("seen").events.iter().filter(|(_, e)| e.task_id() == task_id).cloned().collect()
+    }
+
+    async fn final_status(&self, task_id: i64, within: Duration) -> (JobStatus, Option<String>, Instant) {
+        let deadline = Instant::now() + within;
+        loop {
+            let done = self.events(task_id).into_iter().find_map(|(at, e)| match e {
+                TaskEvent::Status { status, error, .. } if status.is_completed() => Some((status, error, at)),
+                _ => None,
+            });
+            if let Some(d) = done {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "task {task_id} did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an engine type must provide to be checked.
+struct EngineCase {
+    labels: &'static [&'static str],
+    run_type: &'static str,
+    /// Code that succeeds and prints `expected` as its first result row.
+    ok_code: &'static str,
+    expected: &'static str,
+    /// Code that fails.
+    bad_code: &'static str,
+    /// Code that runs for many seconds until killed.
+    long_code: &'static str,
+}
+
+async fn assert_engine_conformance(case: EngineCase) {
+    let h = Harness::start(case.labels).await;
+    let results = tempfile::tempdir().expect("results");
+    assert_eq!(h.status().await, NodeStatus::Unlock, "ready engines are Unlock");
+
+    // Internal auth.
+    let (code, _) = h.call_raw("wrong", &EngineRequest::Status).await;
+    assert_eq!(code, 401);
+
+    // The lock: granted once, required and checked on every task.
+    let EngineReply::Lock { lock: Some(lock), .. } = h.call(&EngineRequest::Lock { timeout_ms: 60_000 }).await else {
+        panic!("an Unlock engine grants its lock")
+    };
+    assert!(matches!(h.call(&EngineRequest::Lock { timeout_ms: 1 }).await, EngineReply::Lock { lock: None, .. }));
+    assert_eq!(h.status().await, NodeStatus::Idle);
+    let wrong = h.call(&h.task(1, case.ok_code, "not-the-lock", case.run_type, results.path())).await;
+    assert!(matches!(wrong, EngineReply::Error { code: hangar_protocol::ErrorCode::LockRejected, .. }), "{wrong:?}");
+    let blank = h.call(&h.task(1, "  ", &lock, case.run_type, results.path())).await;
+    assert!(matches!(blank, EngineReply::Error { .. }), "{blank:?}");
+
+    // A task that succeeds: ordered events, the final status last.
+    assert_eq!(
+        h.call(&h.task(1, case.ok_code, &lock, case.run_type, results.path())).await,
+        EngineReply::Submitted { task_id: 1 }
+    );
+    let (st, _, _) = h.final_status(1, Duration::from_secs(20)).await;
+    assert_eq!(st, JobStatus::Succeed);
+    let ev: Vec<TaskEvent> = h.events(1).into_iter().map(|(_, e)| e).collect();
+    assert!(matches!(ev.first(), Some(TaskEvent::Status { status: JobStatus::Running, .. })), "{ev:?}");
+    assert!(matches!(ev.last(), Some(TaskEvent::Status { status: JobStatus::Succeed, .. })), "{ev:?}");
+    let rs_path = ev
+        .iter()
+        .find_map(|e| match e {
+            TaskEvent::ResultSet { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .expect("a result set");
+    let rs = hangar_protocol::dolphin::decode(&std::fs::read(rs_path).expect("result file")).expect("dolphin");
+    assert_eq!(rs.rows.first().and_then(|r| r.first().cloned().flatten()).as_deref(), Some(case.expected));
+    assert!(
+        ev.iter().any(|e| matches!(e, TaskEvent::RunningInfo(i) if i.progress >= 1.0 && i.metrics.ticket_id == "t-1"))
+    );
+
+    // A task that fails reports Failed with a reason; the engine stays usable.
+    h.call(&h.task(2, case.bad_code, &lock, case.run_type, results.path())).await;
+    let (st, err, _) = h.final_status(2, Duration::from_secs(20)).await;
+    assert_eq!(st, JobStatus::Failed);
+    assert!(err.is_some_and(|e| !e.is_empty()));
+
+    // A long task: combined running-info reports at the configured rate
+    // (100 ms), then a kill ends it Cancelled within a second.
+    h.call(&h.task(3, case.long_code, &lock, case.run_type, results.path())).await;
+    assert_eq!(h.status().await, NodeStatus::Busy);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let infos: Vec<Instant> =
+        h.events(3).into_iter().filter(|(_, e)| matches!(e, TaskEvent::RunningInfo(_))).map(|(t, _)| t).collect();
+    assert!((10..=20).contains(&infos.len()), "{} running-info reports in 1.5 s at a 100 ms interval", infos.len());
+    let killed_at = Instant::now();
+    assert_eq!(h.call(&EngineRequest::Kill { task_id: 3 }).await, EngineReply::Ack);
+    let (st, _, at) = h.final_status(3, Duration::from_secs(5)).await;
+    assert_eq!(st, JobStatus::Cancelled);
+    assert!(at.duration_since(killed_at) < Duration::from_secs(1), "cancelled in {:?}", at.duration_since(killed_at));
+    // Only four kinds of task messages exist; every one seen is of those kinds.
+    for (_, e) in h.events(3) {
+        assert!(matches!(
+            e,
+            TaskEvent::Status { .. } | TaskEvent::Log { .. } | TaskEvent::RunningInfo(_) | TaskEvent::ResultSet { .. }
+        ));
+    }
+
+    // Still usable after the kill.
+    h.call(&h.task(4, case.ok_code, &lock, case.run_type, results.path())).await;
+    assert_eq!(h.final_status(4, Duration::from_secs(20)).await.0, JobStatus::Succeed);
+
+    // Unlock, then heartbeats report it; shutdown reports Exiting and ends the process.
+    assert_eq!(h.call(&EngineRequest::Unlock { lock: lock.clone() }).await, EngineReply::Unlocked { unlocked: true });
+    assert_eq!(h.status().await, NodeStatus::Unlock);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        h.seen
+            .lock()
+            .expect("seen")
+            .manager
+            .iter()
+            .any(|m| matches!(m, EngineToManager::Heartbeat { status: NodeStatus::Unlock, .. }))
+    );
+    let mut h = h;
+    assert_eq!(h.call(&EngineRequest::Shutdown { reason: "test over".into() }).await, EngineReply::Ack);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(st) = h.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "engine did not exit after Shutdown");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(code.success());
+    assert!(h.seen.lock().expect("seen").manager.iter().any(
+        |m| matches!(m, EngineToManager::Exiting { status: NodeStatus::Success, reason, .. } if reason == "test over")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_engine_conformance() {
+    assert_engine_conformance(EngineCase {
+        labels: &["engineType=shell-1", "userCreator=alice-IDE", "codeType=shell"],
+        run_type: "shell",
+        ok_code: "echo conform",
+        expected: "conform",
+        bad_code: "exit 7",
+        long_code: "sleep 30",
+    })
+    .await;
+}
