@@ -11,6 +11,8 @@
 //! after checking identity by pid + start time, never by name.
 
 mod process;
+mod recover;
+mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use hangar_protocol::{ErrorCode, HangarError};
 use tokio::sync::{mpsc, watch};
 
 pub use process::{pid_alive, proc_start_time};
+pub use server::router;
 
 /// Env var carrying the engine's ticket into every process of the engine.
 pub const TICKET_ENV: &str = "HANGAR_ENGINE_TICKET";
@@ -39,6 +42,13 @@ pub struct EcmConfig {
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     pub rpc_token: String,
+    /// Launches at once; more wait up to `launch_queue_timeout`.
+    pub max_concurrent_launches: usize,
+    pub launch_queue_timeout: Duration,
+    /// After a restart: re-adopt engines still alive (true) or stop them.
+    pub adopt_on_restart: bool,
+    /// Below this much free memory the ECM reports itself protected.
+    pub protected_memory: u64,
 }
 
 /// What the ECM reports to the manager on its own.
@@ -59,6 +69,7 @@ struct ProcessRecord {
     pid: u32,
     start_time: u64,
     killing: bool,
+    work_dir: PathBuf,
     exited: watch::Receiver<bool>,
 }
 
@@ -67,6 +78,8 @@ pub struct Ecm {
     plugins: Vec<Arc<dyn EngineConnPlugin>>,
     engines: Mutex<HashMap<String, ProcessRecord>>,
     events: mpsc::UnboundedSender<EcmEvent>,
+    launches: tokio::sync::Semaphore,
+    launch_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Ecm {
@@ -75,7 +88,16 @@ impl Ecm {
         plugins: Vec<Arc<dyn EngineConnPlugin>>,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<EcmEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Arc::new(Self { cfg, plugins, engines: Mutex::new(HashMap::new()), events: tx }), rx)
+        let launches = tokio::sync::Semaphore::new(cfg.max_concurrent_launches.max(1));
+        let this = Self {
+            cfg,
+            plugins,
+            engines: Mutex::new(HashMap::new()),
+            events: tx,
+            launches,
+            launch_failures: std::sync::atomic::AtomicU64::new(0),
+        };
+        (Arc::new(this), rx)
     }
 
     pub fn instance(&self) -> &str {
@@ -105,6 +127,33 @@ impl Ecm {
 
     /// Launch one engine; returns once its process runs (not once it is ready).
     pub async fn launch(
+        self: &Arc<Self>,
+        req: EngineConnBuildRequest,
+        manager_url: &str,
+        engine_conf: &[(String, String)],
+    ) -> Result<Launched, HangarError> {
+        let _slot = tokio::time::timeout(self.cfg.launch_queue_timeout, self.launches.acquire())
+            .await
+            .map_err(|_| {
+                HangarError::new(
+                    ErrorCode::Overloaded,
+                    format!(
+                        "ECM {} has {} launches under way and none finished within {} ms",
+                        self.cfg.instance,
+                        self.cfg.max_concurrent_launches,
+                        self.cfg.launch_queue_timeout.as_millis()
+                    ),
+                )
+            })?
+            .map_err(|_| HangarError::new(ErrorCode::ShuttingDown, "ECM is shutting down"))?;
+        let r = self.launch_inner(req, manager_url, engine_conf).await;
+        if r.is_err() {
+            self.launch_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn launch_inner(
         self: &Arc<Self>,
         req: EngineConnBuildRequest,
         manager_url: &str,
@@ -174,19 +223,19 @@ impl Ecm {
         let pid = child.id().ok_or_else(|| start_failed("the engine process vanished at once".into()))?;
         let start_time = proc_start_time(pid).unwrap_or(0);
         let (exit_tx, exit_rx) = watch::channel(false);
-        self.engines()
-            .insert(req.ticket_id.clone(), ProcessRecord { pid, start_time, killing: false, exited: exit_rx });
+        self.engines().insert(
+            req.ticket_id.clone(),
+            ProcessRecord { pid, start_time, killing: false, work_dir: work_dir.clone(), exited: exit_rx },
+        );
         let record = serde_json::json!({"ticketId": req.ticket_id, "pid": pid, "startTime": start_time, "user": req.user, "ecm": self.cfg.instance});
         let _ = tokio::fs::write(work_dir.join("engine.json"), record.to_string()).await;
         tracing::info!(ticket = %req.ticket_id, pid, work_dir = %work_dir.display(), "engine process started");
 
         let this = self.clone();
         let ticket = req.ticket_id.clone();
-        let log_dir2 = log_dir.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             let _ = exit_tx.send(true);
-            let killed_by_us = this.engines().remove(&ticket).is_some_and(|r| r.killing);
             let how = match &status {
                 Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(s)) {
                     (Some(c), _) => format!("exit code {c}"),
@@ -195,25 +244,89 @@ impl Ecm {
                 },
                 Err(e) => format!("an error waiting for it: {e}"),
             };
-            let tail = stderr_tail(&log_dir2).await;
             let retry = matches!(status.as_ref().ok().and_then(|s| s.code()), Some(143) | None);
-            let mut description = format!("engine process {pid} ended with {how}");
-            if killed_by_us {
-                description.push_str(" after a kill");
-            }
-            if !tail.is_empty() {
-                description.push_str("; last stderr lines:\n");
-                description.push_str(&tail);
-            }
-            description.push_str(&format!(
-                "\nlogs: {}; {}",
-                log_dir2.display(),
-                if retry { "a retry may succeed" } else { "a retry will likely fail the same way" }
-            ));
-            tracing::info!(%ticket, pid, %how, "engine process exited");
-            let _ = this.events.send(EcmEvent::EngineExited { ticket_id: ticket, description });
+            this.report_exit(&ticket, pid, &how, retry).await;
         });
         Ok(Launched { pid, work_dir, log_dir })
+    }
+
+    /// Forget an ended engine and tell the manager how it ended, with the tail of its stderr.
+    async fn report_exit(&self, ticket: &str, pid: u32, how: &str, retry: bool) {
+        let record = self.engines().remove(ticket);
+        let killed_by_us = record.as_ref().is_some_and(|r| r.killing);
+        let Some(work_dir) = record.map(|r| r.work_dir) else { return };
+        let log_dir = work_dir.join("logs");
+        let _ = tokio::fs::remove_file(work_dir.join("engine.json")).await;
+        let tail = stderr_tail(&log_dir).await;
+        let mut description = format!("engine process {pid} ended with {how}");
+        if killed_by_us {
+            description.push_str(" after a kill");
+        }
+        if !tail.is_empty() {
+            description.push_str("; last stderr lines:\n");
+            description.push_str(&tail);
+        }
+        description.push_str(&format!(
+            "\nlogs: {}; {}",
+            log_dir.display(),
+            if retry { "a retry may succeed" } else { "a retry will likely fail the same way" }
+        ));
+        tracing::info!(%ticket, pid, %how, "engine process exited");
+        let _ = self.events.send(EcmEvent::EngineExited { ticket_id: ticket.to_string(), description });
+    }
+
+    /// Host health for the heartbeat.
+    pub fn health(&self) -> hangar_protocol::rpc::EcmHealth {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |name: &str| {
+            meminfo
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        let load1 = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+            .unwrap_or(0.0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let free_memory = field("MemAvailable:");
+        hangar_protocol::rpc::EcmHealth {
+            total_memory: field("MemTotal:"),
+            free_memory,
+            load1,
+            cores,
+            engines: self.running() as u32,
+            launch_failures: self.launch_failures.load(std::sync::atomic::Ordering::Relaxed),
+            protected: free_memory < self.cfg.protected_memory || load1 / f64::from(cores) > 4.0,
+        }
+    }
+
+    /// Page an engine's stdout or stderr (1-based `from_line`).
+    pub async fn engine_log(
+        &self,
+        ticket_id: &str,
+        log_type: &str,
+        from_line: usize,
+        page_size: usize,
+    ) -> Result<(String, Vec<String>, usize), HangarError> {
+        if !matches!(log_type, "stdout" | "stderr") {
+            return Err(HangarError::invalid(format!("logType must be stdout or stderr, not '{log_type}'")));
+        }
+        let dir = match self.engines().get(ticket_id).map(|r| r.work_dir.clone()) {
+            Some(d) => d,
+            None => recover::find_work_dir(&self.cfg.engineconn_root, ticket_id).ok_or_else(|| {
+                HangarError::not_found(format!("no engine with ticket {ticket_id} on ECM {}", self.cfg.instance))
+            })?,
+        };
+        let path = dir.join("logs").join(log_type);
+        let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+        let from = from_line.max(1);
+        let logs: Vec<String> =
+            text.lines().skip(from - 1).take(page_size.clamp(1, 10_000)).map(str::to_string).collect();
+        let end = from - 1 + logs.len();
+        Ok((path.display().to_string(), logs, end))
     }
 
     /// Stop an engine and everything it started. Unknown tickets are a no-op.
@@ -282,7 +395,7 @@ fn startup_script(env: &BTreeMap<String, String>, args: &[String]) -> String {
     s
 }
 
-async fn stderr_tail(log_dir: &Path) -> String {
+pub(crate) async fn stderr_tail(log_dir: &Path) -> String {
     let Ok(bytes) = tokio::fs::read(log_dir.join("stderr")).await else { return String::new() };
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();

@@ -49,6 +49,13 @@ pub(crate) fn kill_by_ticket(key: &str, ticket: &str) -> usize {
     killed
 }
 
+/// Whether the process's environment holds `key=value`.
+pub(crate) fn environ_has(pid: u32, key: &str, value: &str) -> bool {
+    let needle = format!("{key}={value}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

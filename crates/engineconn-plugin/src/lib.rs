@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use hangar_protocol::{HangarError, LabelSet, Resource};
 
 pub use context::{CancelSignal, ExecutionContext, ExecutorEvent, ResultSetWriter};
+pub use hangar_protocol::rpc::EngineConnBuildRequest;
 
 /// What the manager knows when it asks a plugin for an engine's resource.
 #[derive(Debug, Clone)]
@@ -30,16 +31,6 @@ pub struct EngineResourceRequest<'a> {
     pub labels: &'a LabelSet,
     /// Startup parameters (`params.configuration.startup`).
     pub properties: &'a BTreeMap<String, String>,
-}
-
-/// The manager's order to an ECM to start one engine (Linkis `EngineConnBuildRequest`).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct EngineConnBuildRequest {
-    pub ticket_id: String,
-    pub user: String,
-    pub labels: LabelSet,
-    pub resource: Resource,
-    pub properties: BTreeMap<String, String>,
 }
 
 /// How to start the engine's process (Linkis `EngineConnLaunchRequest`). The

@@ -19,6 +19,8 @@ pub struct EntranceConfig {
     pub max_queued_per_group: usize,
     /// Max time to get an engine.
     pub ask_timeout: Duration,
+    /// Retries of an ask that failed for a retryable reason (busy engine, no resource yet).
+    pub ask_retries: u32,
     /// Largest accepted code, in bytes.
     pub max_code_bytes: usize,
     /// Accepted tokens: `Token-Code` value and the users it may act as (`*` = any).

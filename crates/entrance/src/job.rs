@@ -348,12 +348,16 @@ impl Entrance {
     async fn ask_with_retry(&self, ask: &AskRequest) -> Result<EngineGrant, HangarError> {
         let deadline = Instant::now() + ask.timeout;
         let mut backoff = Duration::from_millis(100);
+        let mut retries = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = AskRequest { timeout: left, ..ask.clone() };
             match self.manager.ask(&attempt).await {
                 Ok(g) => return Ok(g),
-                Err(e) if e.code.retryable() && Instant::now() + backoff < deadline => {
+                Err(e)
+                    if e.code.retryable() && retries < self.cfg.ask_retries && Instant::now() + backoff < deadline =>
+                {
+                    retries += 1;
                     tracing::debug!(error = %e, "engine ask failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -25,6 +25,7 @@ pub(crate) fn routes(r: Router<Arc<Entrance>>) -> Router<Arc<Entrance>> {
         .route(&format!("{PREFIX}/linkisManager/listEMEngines"), post(list_ecm_engines))
         .route(&format!("{PREFIX}/linkisManager/killEngineConn"), post(kill_engine))
         .route(&format!("{PREFIX}/linkisManager/rm/userresources"), get(user_resources).post(user_resources))
+        .route(&format!("{PREFIX}/linkisManager/openEngineLog"), get(open_engine_log))
         .route("/metrics", get(metrics))
 }
 
@@ -181,6 +182,32 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
             .collect();
         json!({"userResources": rows})
     });
+    reply(&uri, r)
+}
+
+/// A page of an engine's stdout/stderr (Linkis `engineConnLog` operator): the
+/// engine's owner or an admin; `fromLine` is 1-based.
+async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
+    let r = async {
+        let c = e.caller(&headers)?;
+        let ticket = q.get("ticketId").ok_or_else(|| HangarError::invalid("query parameter ticketId is required"))?;
+        let owner = e.manager.list_engines().into_iter().find(|x| &x.ticket_id == ticket).map(|x| x.user);
+        match owner {
+            Some(u) if u == c.user || c.admin => {}
+            Some(_) => {
+                return Err(HangarError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("engine {ticket} belongs to another user"),
+                ));
+            }
+            None => admin_only(&c)?,
+        }
+        let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        let log_type = q.get("logType").map(String::as_str).unwrap_or("stdout");
+        let log = e.manager.engine_log(ticket, log_type, num("fromLine", 1), num("pageSize", 100)).await?;
+        Ok(json!({"logPath": log.log_path, "rows": log.logs.len(), "logs": log.logs, "endLine": log.end_line}))
+    }
+    .await;
     reply(&uri, r)
 }
 

@@ -21,6 +21,10 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
+    /// `all`, `entrance,manager` or `ecm`.
+    pub roles: String,
+    /// The manager an `ecm`-only server registers with.
+    pub manager_url: String,
     pub bind: String,
     pub port: u16,
     pub data_dir: String,
@@ -32,6 +36,8 @@ pub struct Server {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    /// Secret shared by the processes of one Hangar (manager, ECMs, engines); empty = random, all-in-one only.
+    pub rpc_token: String,
     pub token: String,
     pub token_users: Vec<String>,
     pub admins: Vec<String>,
@@ -43,6 +49,7 @@ pub struct Entrance {
     pub max_running_per_group: usize,
     pub max_queued_per_group: usize,
     pub ask_timeout_ms: u64,
+    pub ask_retries: u32,
     pub max_code_bytes: usize,
     pub default_creator: String,
 }
@@ -69,6 +76,10 @@ pub struct Ecm {
     pub cores: u32,
     pub instances: u32,
     pub kill_grace_ms: u64,
+    pub max_concurrent_launches: usize,
+    pub launch_queue_timeout_ms: u64,
+    pub adopt_on_restart: bool,
+    pub heartbeat_interval_ms: u64,
     /// `key=value` labels of this ECM; asks must carry the same to land here.
     pub labels: Vec<String>,
 }
@@ -91,17 +102,25 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             server: Server {
+                roles: "all".into(),
+                manager_url: String::new(),
                 bind: "127.0.0.1".into(),
                 port: 9001,
                 data_dir: "./hangar-data".into(),
                 store_url: String::new(),
                 log_level: "info".into(),
             },
-            auth: Auth { token: hangar_cli::DEFAULT_TOKEN.into(), token_users: vec!["*".into()], admins: vec![] },
+            auth: Auth {
+                rpc_token: String::new(),
+                token: hangar_cli::DEFAULT_TOKEN.into(),
+                token_users: vec!["*".into()],
+                admins: vec![],
+            },
             entrance: Entrance {
                 max_running_per_group: 10,
                 max_queued_per_group: 1000,
                 ask_timeout_ms: 300_000,
+                ask_retries: 3,
                 max_code_bytes: 4 << 20,
                 default_creator: "IDE".into(),
             },
@@ -121,6 +140,10 @@ impl Default for Config {
                 cores: 100,
                 instances: 50,
                 kill_grace_ms: 5_000,
+                max_concurrent_launches: 8,
+                launch_queue_timeout_ms: 30_000,
+                adopt_on_restart: true,
+                heartbeat_interval_ms: 1_000,
                 labels: vec![],
             },
             engineconn: EngineConn {

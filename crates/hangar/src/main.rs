@@ -70,6 +70,12 @@ struct ServeArgs {
     /// Data folder: store, engine work dirs, logs, results (overrides server.data_dir).
     #[arg(long)]
     data_dir: Option<String>,
+    /// Roles of this process: all, entrance,manager or ecm (overrides server.roles).
+    #[arg(long)]
+    roles: Option<String>,
+    /// Manager URL an ECM registers with (overrides server.manager_url).
+    #[arg(long)]
+    manager: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -212,6 +218,12 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(d) = a.data_dir {
         cfg.server.data_dir = d;
+    }
+    if let Some(r) = a.roles {
+        cfg.server.roles = r;
+    }
+    if let Some(m) = a.manager {
+        cfg.server.manager_url = m;
     }
     init_tracing(&cfg.server.log_level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -1,21 +1,26 @@
-//! `hangar serve`: Entrance + LinkisManager + one ECM in one process.
+//! `hangar serve`: the roles of one Hangar process.
 //!
-//! The roles call each other in-process; engines are separate processes that
-//! talk to this server over HTTP.
+//! * `all` (default): Entrance + LinkisManager + one ECM in one process; the
+//!   roles call each other directly.
+//! * `entrance,manager`: the control plane; ECMs register over HTTP.
+//! * `ecm`: one EngineConnManager for this host, registered with `server.manager_url`.
+//!
+//! Engines are always separate processes talking HTTP to the manager and the Entrance.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use async_trait::async_trait;
 use hangar_ecm::{Ecm, EcmConfig, EcmEvent};
 use hangar_engineconn::EngineOptions;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin};
 use hangar_entrance::{Entrance, EntranceConfig, TokenConfig};
-use hangar_manager::{EcmClient, LaunchedEngine, Manager, ManagerConfig};
+use hangar_manager::{EcmClient, EngineLog, LaunchedEngine, Manager, ManagerConfig};
 use hangar_protocol::resource::parse_bytes;
+use hangar_protocol::rpc::{EcmToManager, MANAGER_ECM_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
 use hangar_protocol::{HangarError, LabelSet, Resource};
 use hangar_store::Store;
 use tokio::sync::mpsc;
@@ -40,23 +45,39 @@ impl EcmClient for LocalEcm {
     async fn kill(&self, ticket_id: &str) -> Result<(), HangarError> {
         self.0.kill(ticket_id).await
     }
+
+    async fn engine_log(
+        &self,
+        ticket: &str,
+        log_type: &str,
+        from: usize,
+        size: usize,
+    ) -> Result<EngineLog, HangarError> {
+        let (log_path, logs, end_line) = self.0.engine_log(ticket, log_type, from, size).await?;
+        Ok(EngineLog { log_path, logs, end_line })
+    }
 }
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-fn host_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(8 << 30)
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Roles {
+    All,
+    ControlPlane,
+    Ecm,
+}
+
+fn roles(cfg: &Config) -> anyhow::Result<Roles> {
+    let mut r: Vec<&str> = cfg.server.roles.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    r.sort_unstable();
+    Ok(match r.as_slice() {
+        ["all"] | ["ecm", "entrance", "manager"] => Roles::All,
+        ["entrance", "manager"] => Roles::ControlPlane,
+        ["ecm"] => Roles::Ecm,
+        _ => bail!("server.roles '{}' is not supported: use all, entrance,manager or ecm", cfg.server.roles),
+    })
 }
 
 fn engine_conf(cfg: &Config) -> Vec<(String, String)> {
@@ -74,15 +95,47 @@ fn engine_conf(cfg: &Config) -> Vec<(String, String)> {
     ]
 }
 
-pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
-    let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir))?;
-    let store_url = if cfg.server.store_url.is_empty() {
-        format!("sqlite://{}", data_dir.join("hangar.db").display())
+/// The ECM of this process, its capacity and labels.
+fn build_ecm(
+    cfg: &Config,
+    data_dir: &Path,
+    instance: &str,
+    rpc_token: &str,
+    plugins: Vec<Arc<dyn EngineConnPlugin>>,
+) -> anyhow::Result<(Arc<Ecm>, mpsc::UnboundedReceiver<EcmEvent>, LabelSet, Resource)> {
+    let protected = parse_bytes(&cfg.ecm.protected_memory)?;
+    let (ecm, events) = Ecm::new(
+        EcmConfig {
+            instance: instance.to_string(),
+            engineconn_root: data_dir.join("engineconn"),
+            kill_grace: ms(cfg.ecm.kill_grace_ms),
+            rpc_token: rpc_token.to_string(),
+            max_concurrent_launches: cfg.ecm.max_concurrent_launches,
+            launch_queue_timeout: ms(cfg.ecm.launch_queue_timeout_ms),
+            adopt_on_restart: cfg.ecm.adopt_on_restart,
+            protected_memory: protected,
+        },
+        plugins,
+    );
+    let memory = if cfg.ecm.memory.is_empty() {
+        ecm.health().total_memory.saturating_sub(protected)
     } else {
-        cfg.server.store_url.clone()
+        parse_bytes(&cfg.ecm.memory)?
     };
-    let store = Store::open(&store_url).await.with_context(|| format!("cannot open the store at {store_url}"))?;
+    let labels = LabelSet::from_pairs(cfg.ecm.labels.iter().map(String::as_str)).context("bad [ecm] labels")?;
+    Ok((ecm, events, labels, Resource::new(memory, cfg.ecm.cores, cfg.ecm.instances)))
+}
 
+pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
+    let roles = roles(&cfg)?;
+    let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir))?;
+    let rpc_token = match (cfg.auth.rpc_token.is_empty(), roles) {
+        (true, Roles::All) => uuid::Uuid::new_v4().simple().to_string(),
+        (true, _) => {
+            bail!("auth.rpc_token (HANGAR_AUTH_RPC_TOKEN) must be set, the same on every process, when roles are split")
+        }
+        (false, _) => cfg.auth.rpc_token.clone(),
+    };
     let listener = tokio::net::TcpListener::bind((cfg.server.bind.as_str(), cfg.server.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
@@ -95,8 +148,16 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
             "listening on {addr} with the default token: set HANGAR_TOKEN before exposing Hangar beyond this host"
         );
     }
+    if roles == Roles::Ecm {
+        return serve_ecm(cfg, plugins, data_dir, listener, instance, rpc_token).await;
+    }
 
-    let rpc_token = uuid::Uuid::new_v4().simple().to_string();
+    let store_url = if cfg.server.store_url.is_empty() {
+        format!("sqlite://{}", data_dir.join("hangar.db").display())
+    } else {
+        cfg.server.store_url.clone()
+    };
+    let store = Store::open(&store_url).await.with_context(|| format!("cannot open the store at {store_url}"))?;
     let mcfg = ManagerConfig {
         user_max: Resource::new(
             parse_bytes(&cfg.manager.user_max_memory)?,
@@ -108,6 +169,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
             .engineconn
             .heartbeat_interval_ms
             .max(cfg.manager.engine_heartbeat_interval_ms)),
+        ecm_heartbeat_interval: ms(cfg.ecm.heartbeat_interval_ms),
         reservation_timeout: ms(cfg.manager.reservation_timeout_ms),
         engine_lock_timeout: ms(cfg.manager.engine_lock_timeout_ms),
         max_concurrent_creations: cfg.manager.max_concurrent_creations,
@@ -117,28 +179,24 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     };
     let manager = Manager::new(mcfg, plugins.clone(), rpc_token.clone())?;
 
-    let (ecm, ecm_events) = Ecm::new(
-        EcmConfig {
-            instance: instance.clone(),
-            engineconn_root: data_dir.join("engineconn"),
-            kill_grace: ms(cfg.ecm.kill_grace_ms),
-            rpc_token: rpc_token.clone(),
-        },
-        plugins,
-    );
-    let ecm_memory = if cfg.ecm.memory.is_empty() {
-        host_memory().saturating_sub(parse_bytes(&cfg.ecm.protected_memory)?)
+    let local_ecm = if roles == Roles::All {
+        let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &rpc_token, plugins)?;
+        manager.register_ecm(&instance, labels, max, Arc::new(LocalEcm(ecm.clone())));
+        spawn_local_ecm_links(
+            manager.clone(),
+            ecm.clone(),
+            events,
+            instance.clone(),
+            ms(cfg.ecm.heartbeat_interval_ms),
+        );
+        let adopted = ecm.recover().await;
+        if !adopted.is_empty() {
+            tracing::info!(engines = adopted.len(), "engines of an earlier run are watched until they exit");
+        }
+        Some(ecm)
     } else {
-        parse_bytes(&cfg.ecm.memory)?
+        None
     };
-    let ecm_labels = LabelSet::from_pairs(cfg.ecm.labels.iter().map(String::as_str)).context("bad [ecm] labels")?;
-    manager.register_ecm(
-        &instance,
-        ecm_labels,
-        Resource::new(ecm_memory, cfg.ecm.cores, cfg.ecm.instances),
-        Arc::new(LocalEcm(ecm.clone())),
-    );
-    spawn_ecm_loops(manager.clone(), ecm.clone(), ecm_events, instance.clone());
     tokio::spawn(manager.clone().monitor());
 
     let ecfg = EntranceConfig {
@@ -149,6 +207,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         max_running_per_group: cfg.entrance.max_running_per_group,
         max_queued_per_group: cfg.entrance.max_queued_per_group,
         ask_timeout: ms(cfg.entrance.ask_timeout_ms),
+        ask_retries: cfg.entrance.ask_retries,
         max_code_bytes: cfg.entrance.max_code_bytes,
         tokens: vec![TokenConfig { token: cfg.auth.token.clone(), users: cfg.auth.token_users.clone() }],
         admins: cfg.auth.admins.clone(),
@@ -165,59 +224,178 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let app = hangar_entrance::router(entrance.clone())
         .merge(hangar_manager::rpc_router(manager.clone()))
         .route("/health", axum::routing::get(|| async { "ok" }));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
-    tracing::info!(%base_url, data_dir = %data_dir.display(), store = %store_url, "Hangar is serving");
+    let server = spawn_http(listener, app);
+    tracing::info!(%base_url, data_dir = %data_dir.display(), store = %store_url, ?roles, "Hangar is serving");
     eprintln!("Hangar listening on {base_url} (data in {}); stop with Ctrl-C", data_dir.display());
 
     wait_for_signal().await;
     tracing::info!("shutting down: ending jobs, stopping engines");
     entrance.shutdown().await;
     manager.shutdown().await;
-    ecm.kill_all().await;
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
-        Err(_) => tracing::warn!("HTTP server did not stop within 5 s"),
-        _ => {}
+    if let Some(ecm) = local_ecm {
+        ecm.kill_all().await;
     }
+    server.stop().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Forward the ECM's reports to the manager, and keep the ECM's heartbeat fresh.
-fn spawn_ecm_loops(
+/// An ECM alone on its host, registered with a remote manager.
+async fn serve_ecm(
+    cfg: Config,
+    plugins: Vec<Arc<dyn EngineConnPlugin>>,
+    data_dir: PathBuf,
+    listener: tokio::net::TcpListener,
+    instance: String,
+    rpc_token: String,
+) -> anyhow::Result<()> {
+    if cfg.server.manager_url.is_empty() {
+        bail!("server.manager_url (--manager) is required with --roles ecm");
+    }
+    let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &rpc_token, plugins)?;
+    let adopted = ecm.recover().await;
+    let app = hangar_ecm::router(ecm.clone()).route("/health", axum::routing::get(|| async { "ok" }));
+    let server = spawn_http(listener, app);
+    let link = ManagerLink::new(cfg.server.manager_url.clone(), rpc_token)?;
+    let register =
+        EcmToManager::Register { instance: instance.clone(), labels, max, rpc_version: RPC_VERSION, engines: adopted };
+    tokio::spawn(link.clone().run(ecm.clone(), register, events, ms(cfg.ecm.heartbeat_interval_ms)));
+    tracing::info!(%instance, manager = %cfg.server.manager_url, "ECM is serving");
+    eprintln!("Hangar ECM listening on http://{instance} (data in {}); stop with Ctrl-C", data_dir.display());
+    wait_for_signal().await;
+    tracing::info!("ECM shutting down: stopping its engines");
+    ecm.kill_all().await;
+    // Let the exit reports reach the manager.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.stop().await;
+    Ok(())
+}
+
+/// An ECM's link to a remote manager: register, heartbeat, report exits.
+#[derive(Clone)]
+struct ManagerLink {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl ManagerLink {
+    fn new(manager_url: String, token: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().tcp_nodelay(true).timeout(Duration::from_secs(10)).build()?;
+        Ok(Self { http, url: format!("{}{MANAGER_ECM_RPC_PATH}", manager_url.trim_end_matches('/')), token })
+    }
+
+    async fn send(&self, msg: &EcmToManager) -> anyhow::Result<ManagerReply> {
+        let r = self.http.post(&self.url).header(RPC_TOKEN_HEADER, &self.token).json(msg).send().await?;
+        let status = r.status();
+        if !status.is_success() {
+            bail!("manager answered {status}: {}", r.text().await.unwrap_or_default());
+        }
+        Ok(r.json().await?)
+    }
+
+    async fn run(
+        self,
+        ecm: Arc<Ecm>,
+        register: EcmToManager,
+        mut events: mpsc::UnboundedReceiver<EcmEvent>,
+        every: Duration,
+    ) {
+        let instance = register.instance().to_string();
+        let mut registered = false;
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if !registered {
+                        match self.send(&register).await {
+                            Ok(_) => {
+                                registered = true;
+                                tracing::info!("registered with the manager");
+                            }
+                            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot register with the manager; retrying"),
+                        }
+                        continue;
+                    }
+                    let hb = EcmToManager::Heartbeat { instance: instance.clone(), health: ecm.health() };
+                    match self.send(&hb).await {
+                        Ok(r) if !r.known => registered = false,
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "ECM heartbeat failed"),
+                    }
+                }
+                ev = events.recv() => {
+                    let Some(EcmEvent::EngineExited { ticket_id, description }) = ev else { return };
+                    let msg = EcmToManager::EngineExited { instance: instance.clone(), ticket_id, description };
+                    for attempt in 0..5u32 {
+                        match self.send(&msg).await {
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %format!("{e:#}"), attempt, "cannot report an engine exit");
+                                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The in-process ECM's reports go straight to the manager.
+fn spawn_local_ecm_links(
     manager: Arc<Manager>,
     ecm: Arc<Ecm>,
     mut events: mpsc::UnboundedReceiver<EcmEvent>,
     instance: String,
+    every: Duration,
 ) {
     let m = manager.clone();
     tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            match ev {
-                EcmEvent::EngineExited { ticket_id, description } => m.on_engine_exited(&ticket_id, description),
-            }
+        while let Some(EcmEvent::EngineExited { ticket_id, description }) = events.recv().await {
+            m.on_engine_exited(&ticket_id, description);
         }
     });
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            tracing::trace!(engines = ecm.running(), "ECM heartbeat");
-            manager.ecm_heartbeat(&instance);
+            let health = ecm.health();
+            manager.ecm_heartbeat(&instance, Some(&health));
         }
     });
+}
+
+struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Err(_) => tracing::warn!("HTTP server did not stop within 5 s"),
+            _ => {}
+        }
+    }
+}
+
+fn spawn_http(listener: tokio::net::TcpListener, app: axum::Router) -> HttpServer {
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    HttpServer { stop, task }
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -12,6 +12,8 @@ pub struct ManagerConfig {
     pub engine_start_timeout: Duration,
     /// Engines heartbeat this often; three missed mean lost.
     pub engine_heartbeat_interval: Duration,
+    /// ECMs heartbeat this often; three missed mean the ECM is unreachable.
+    pub ecm_heartbeat_interval: Duration,
     /// Reservations never confirmed are released after this.
     pub reservation_timeout: Duration,
     /// Timed lock the manager asks engines for.

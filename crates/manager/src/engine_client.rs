@@ -22,6 +22,10 @@ impl EngineClient {
         Ok(Self { http, token })
     }
 
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Send one request to the engine at `instance` (`host:port`).
     pub async fn call(&self, instance: &str, req: &EngineRequest) -> Result<EngineReply, HangarError> {
         let url = format!("http://{instance}{ENGINE_RPC_PATH}");

@@ -13,6 +13,7 @@
 mod config;
 mod engine_client;
 mod nodes;
+mod remote_ecm;
 pub mod rm;
 mod rpc;
 
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, EngineResourceRequest, find_plugin};
+use hangar_protocol::rpc::EcmHealth;
 use hangar_protocol::rpc::{EngineReply, EngineRequest};
 use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
@@ -52,6 +54,23 @@ pub trait EcmClient: Send + Sync {
     ) -> Result<LaunchedEngine, HangarError>;
     /// Stop the engine's process tree (SIGTERM, grace, SIGKILL).
     async fn kill(&self, ticket_id: &str) -> Result<(), HangarError>;
+    /// A page of an engine's stdout or stderr.
+    async fn engine_log(
+        &self,
+        ticket_id: &str,
+        log_type: &str,
+        from_line: usize,
+        page_size: usize,
+    ) -> Result<EngineLog, HangarError>;
+}
+
+/// A page of an engine's log file.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineLog {
+    pub log_path: String,
+    pub logs: Vec<String>,
+    pub end_line: usize,
 }
 
 /// An ask (Linkis `EngineAskRequest`).
@@ -180,17 +199,64 @@ impl Manager {
             labels,
             max,
             status: NodeStatus::Running,
+            protected: false,
             last_heartbeat: Instant::now(),
             client,
         });
         tracing::info!(%instance, %max, "ECM registered");
     }
 
-    /// An ECM reported it is alive.
-    pub fn ecm_heartbeat(&self, instance: &str) {
-        if let Some(e) = lock(&self.ecms).iter_mut().find(|e| e.instance == instance) {
-            e.last_heartbeat = Instant::now();
+    /// An ECM reported it is alive; false when it is not registered.
+    pub fn ecm_heartbeat(&self, instance: &str, health: Option<&EcmHealth>) -> bool {
+        match lock(&self.ecms).iter_mut().find(|e| e.instance == instance) {
+            Some(e) => {
+                e.last_heartbeat = Instant::now();
+                if let Some(h) = health {
+                    if h.protected != e.protected {
+                        tracing::warn!(%instance, protected = h.protected, free_memory = h.free_memory, load1 = h.load1, "ECM protection changed");
+                    }
+                    e.protected = h.protected;
+                }
+                true
+            }
+            None => false,
         }
+    }
+
+    /// Register an ECM that runs in another process.
+    pub fn register_remote_ecm(&self, instance: &str, labels: LabelSet, max: Resource) {
+        let client = remote_ecm::RemoteEcm {
+            instance: instance.to_string(),
+            http: self.client.http().clone(),
+            token: self.rpc_token.clone(),
+        };
+        self.register_ecm(instance, labels, max, Arc::new(client));
+    }
+
+    /// Read an engine's log through its ECM.
+    pub async fn engine_log(
+        &self,
+        ticket_id: &str,
+        log_type: &str,
+        from_line: usize,
+        page_size: usize,
+    ) -> Result<EngineLog, HangarError> {
+        let ecm_instance = lock(&self.engines).get(ticket_id).map(|n| n.ecm_instance.clone());
+        let ecms: Vec<Arc<dyn EcmClient>> = {
+            let ecms = lock(&self.ecms);
+            match ecm_instance {
+                Some(i) => ecms.iter().filter(|e| e.instance == i).map(|e| e.client.clone()).collect(),
+                None => ecms.iter().map(|e| e.client.clone()).collect(),
+            }
+        };
+        let mut last = HangarError::not_found(format!("no engine with ticket {ticket_id}"));
+        for ecm in ecms {
+            match ecm.engine_log(ticket_id, log_type, from_line, page_size).await {
+                Ok(l) => return Ok(l),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Validate an ask without acting on it.
@@ -269,7 +335,7 @@ impl Manager {
 
     fn select_ecm(&self, labels: &LabelSet, need: Resource) -> Result<(String, Arc<dyn EcmClient>), HangarError> {
         let ecms = lock(&self.ecms);
-        let heartbeat_timeout = self.cfg.heartbeat_timeout() * 2;
+        let heartbeat_timeout = self.cfg.ecm_heartbeat_interval * 3;
         let matching: Vec<&EcmNode> = ecms.iter().filter(|e| e.matches(labels)).collect();
         if matching.is_empty() {
             return Err(HangarError::new(
@@ -282,7 +348,15 @@ impl Manager {
         let engines = lock(&self.engines);
         for e in matching {
             if e.status != NodeStatus::Running || e.last_heartbeat.elapsed() > heartbeat_timeout {
-                reasons.push(format!("{} is {} (unhealthy)", e.instance, e.status));
+                reasons.push(format!(
+                    "{} is unreachable (no heartbeat for {} ms)",
+                    e.instance,
+                    e.last_heartbeat.elapsed().as_millis()
+                ));
+                continue;
+            }
+            if e.protected {
+                reasons.push(format!("{} is protecting its host (short of memory or CPU)", e.instance));
                 continue;
             }
             let left = self.rm.label(&Self::ecm_label(&e.instance)).map(|l| l.left()).unwrap_or_default();

@@ -124,6 +124,8 @@ pub(crate) struct EcmNode {
     pub labels: LabelSet,
     pub max: Resource,
     pub status: NodeStatus,
+    /// The ECM says its host is short of memory or CPU.
+    pub protected: bool,
     pub last_heartbeat: Instant,
     pub client: Arc<dyn EcmClient>,
 }

@@ -8,12 +8,49 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use hangar_protocol::NodeStatus;
-use hangar_protocol::rpc::{EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
+use hangar_protocol::rpc::{
+    EcmToManager, EngineToManager, MANAGER_ECM_RPC_PATH, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION,
+};
 
 use crate::{Manager, lock};
 
 pub fn router(manager: Arc<Manager>) -> Router {
-    Router::new().route(MANAGER_RPC_PATH, post(handle)).with_state(manager)
+    Router::new()
+        .route(MANAGER_RPC_PATH, post(handle))
+        .route(MANAGER_ECM_RPC_PATH, post(handle_ecm))
+        .with_state(manager)
+}
+
+async fn handle_ecm(
+    State(m): State<Arc<Manager>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<ManagerReply>, (StatusCode, String)> {
+    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
+    if !ok {
+        return Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into()));
+    }
+    let msg: EcmToManager =
+        serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
+    let known = match msg {
+        EcmToManager::Register { instance, labels, max, rpc_version, engines } => {
+            if rpc_version != RPC_VERSION {
+                return Err((
+                    StatusCode::CONFLICT,
+                    format!("ECM speaks RPC version {rpc_version}, manager {RPC_VERSION}"),
+                ));
+            }
+            tracing::info!(%instance, adopted = engines.len(), "remote ECM registering");
+            m.register_remote_ecm(&instance, labels, max);
+            true
+        }
+        EcmToManager::Heartbeat { instance, health } => m.ecm_heartbeat(&instance, Some(&health)),
+        EcmToManager::EngineExited { ticket_id, description, .. } => {
+            m.on_engine_exited(&ticket_id, description);
+            true
+        }
+    };
+    Ok(Json(ManagerReply { known }))
 }
 
 async fn handle(

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::label::LabelSet;
 use crate::resource::Resource;
 use crate::status::{JobStatus, NodeStatus};
 
@@ -19,6 +20,8 @@ pub const RPC_TOKEN_HEADER: &str = "x-hangar-rpc-token";
 pub const MANAGER_RPC_PATH: &str = "/api/rest_j/v1/rpc/manager";
 pub const ENTRANCE_RPC_PATH: &str = "/api/rest_j/v1/rpc/entrance";
 pub const ENGINE_RPC_PATH: &str = "/rpc";
+pub const ECM_RPC_PATH: &str = "/api/rest_j/v1/rpc/ecm";
+pub const MANAGER_ECM_RPC_PATH: &str = "/api/rest_j/v1/rpc/manager/ecm";
 /// The version of this message set; a peer with another refuses to talk.
 pub const RPC_VERSION: u32 = 1;
 
@@ -182,6 +185,94 @@ pub struct EngineMetrics {
     pub total_busy_time_mills: u64,
     pub total_lock_time_mills: u64,
     pub last_unlock_timestamp: i64,
+}
+
+/// The manager's order to an ECM to start one engine (Linkis `EngineConnBuildRequest`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EngineConnBuildRequest {
+    pub ticket_id: String,
+    pub user: String,
+    pub labels: LabelSet,
+    pub resource: Resource,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Requests from the manager (or an operator) to an EngineConnManager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum EcmRequest {
+    Launch {
+        build: EngineConnBuildRequest,
+        manager_url: String,
+        engine_conf: Vec<(String, String)>,
+    },
+    Kill {
+        ticket_id: String,
+    },
+    /// Page through an engine's log file (Linkis `engineConnLog` operator).
+    EngineLog {
+        ticket_id: String,
+        log_type: String,
+        from_line: usize,
+        page_size: usize,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum EcmReply {
+    Launched { pid: u32, log_dir: String },
+    Killed,
+    Log { log_path: String, logs: Vec<String>, end_line: usize, rows: usize },
+    Error { code: crate::ErrorCode, message: String },
+}
+
+/// What an ECM sends the manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type")]
+pub enum EcmToManager {
+    /// On start and whenever the manager has forgotten it; idempotent.
+    Register {
+        instance: String,
+        labels: LabelSet,
+        max: Resource,
+        rpc_version: u32,
+        engines: Vec<String>,
+    },
+    Heartbeat {
+        instance: String,
+        health: EcmHealth,
+    },
+    /// An engine process ended (reported at once, not after a heartbeat timeout).
+    EngineExited {
+        instance: String,
+        ticket_id: String,
+        description: String,
+    },
+}
+
+impl EcmToManager {
+    pub fn instance(&self) -> &str {
+        match self {
+            EcmToManager::Register { instance, .. }
+            | EcmToManager::Heartbeat { instance, .. }
+            | EcmToManager::EngineExited { instance, .. } => instance,
+        }
+    }
+}
+
+/// Host health in an ECM heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EcmHealth {
+    pub total_memory: u64,
+    pub free_memory: u64,
+    pub load1: f64,
+    pub cores: u32,
+    pub engines: u32,
+    pub launch_failures: u64,
+    /// Short of memory or CPU: place no new engines here.
+    pub protected: bool,
 }
 
 #[cfg(test)]

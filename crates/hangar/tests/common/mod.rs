@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub const TOKEN: &str = "test-token";
+pub const RPC_SECRET: &str = "cluster-secret";
 
 pub struct Server {
     pub child: Option<Child>,
@@ -36,15 +37,32 @@ kill_grace_ms = 1000
 
 impl Server {
     pub async fn start(extra_toml: &str) -> Server {
+        Self::start_custom("", "", extra_toml).await
+    }
+
+    /// `server_keys` go into `[server]`, `auth_keys` into `[auth]`.
+    pub async fn start_custom(server_keys: &str, auth_keys: &str, extra_toml: &str) -> Server {
         let tmp = tempfile::tempdir().expect("tmp");
         let data_dir = tmp.path().join("data");
         let cfg = tmp.path().join("hangar.toml");
         let toml = format!(
-            "[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"info\"\n[auth]\ntoken = \"{TOKEN}\"\nadmins = [\"admin\"]\n{extra_toml}",
+            "[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"info\"\n{server_keys}\n[auth]\ntoken = \"{TOKEN}\"\nadmins = [\"admin\"]\n{auth_keys}\n{extra_toml}",
             data_dir.display()
         );
         std::fs::write(&cfg, toml).expect("config");
         Self::start_with(tmp, data_dir, cfg).await
+    }
+
+    /// Entrance + manager without an ECM of their own.
+    pub async fn control_plane(extra_toml: &str) -> Server {
+        Self::start_custom("roles = \"entrance,manager\"", &format!("rpc_token = \"{RPC_SECRET}\""), extra_toml).await
+    }
+
+    /// An ECM process registered with `manager`.
+    pub async fn ecm(manager: &Server, ecm_keys: &str) -> Server {
+        let server_keys = format!("roles = \"ecm\"\nmanager_url = \"{}\"", manager.base);
+        let extra = format!("[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\n{ecm_keys}\n");
+        Self::start_custom(&server_keys, &format!("rpc_token = \"{RPC_SECRET}\""), &extra).await
     }
 
     async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf) -> Server {
@@ -65,7 +83,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         let base = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("Hangar listening on ").nth(1) {
+            if let Some(rest) = text.split(" listening on ").nth(1) {
                 break rest.split_whitespace().next().expect("url").to_string();
             }
             assert!(Instant::now() < deadline, "server did not start:\n{text}");
@@ -79,8 +97,13 @@ impl Server {
     pub async fn restart(mut self) -> Server {
         self.kill9();
         let cfg = self._tmp.path().join("hangar.toml");
+        // Come back on the same port, as a restarted service does.
+        let port = self.base.rsplit(':').next().expect("port").to_string();
+        let text = std::fs::read_to_string(&cfg).expect("cfg").replacen("port = 0", &format!("port = {port}"), 1);
+        std::fs::write(&cfg, text).expect("cfg");
         let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tmp"));
-        let data_dir = self.data_dir.clone();
+        // The engines outlive the old process: this Drop must not kill them.
+        let data_dir = std::mem::replace(&mut self.data_dir, PathBuf::from("/nonexistent/hangar-test"));
         Self::start_with(tmp, data_dir, cfg).await
     }
 

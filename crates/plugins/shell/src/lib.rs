@@ -28,6 +28,9 @@ pub const MEMORY_KEY: &str = "hangar.engineconn.memory";
 pub const CORES_KEY: &str = "hangar.engineconn.cores";
 /// Startup parameter: the folder tasks run in (default: the engine's work dir).
 pub const WORKING_DIR_KEY: &str = "hangar.shell.working_dir";
+/// Startup parameter: comma-separated environment variables the engine's host
+/// must have (checked by the ECM before launch).
+pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
 /// Linkis's name for the same memory setting, honoured too.
 pub const LINKIS_MEMORY_KEY: &str = "wds.linkis.engineconn.java.driver.memory";
 
@@ -55,13 +58,23 @@ impl EngineConnPlugin for ShellPlugin {
         resource_from(req.properties, "256m", 1)
     }
 
-    fn build_launch(&self, _req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
+    fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
         let exe = std::env::current_exe()
             .map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
         Ok(EngineConnLaunchRequest {
             command: vec![exe.display().to_string(), "engineconn".into()],
             environment: BTreeMap::new(),
-            necessary_environment: vec!["PATH".into()],
+            necessary_environment: std::iter::once("PATH".to_string())
+                .chain(
+                    req.properties
+                        .get(REQUIRED_ENV_KEY)
+                        .into_iter()
+                        .flat_map(|v| v.split(','))
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string),
+                )
+                .collect(),
         })
     }
 
