@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::{HangarError, LabelSet, Resource};
 
 pub use context::{CancelSignal, ExecutionContext, ExecutorEvent, ResultSetWriter};
@@ -98,6 +99,13 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
 pub trait EngineConnSession: Send + Sync {
     /// The executor for one run type (Linkis `ExecutorManager`).
     fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError>;
+
+    /// `Err(reason)` once the underlying engine is gone for good (an
+    /// interpreter died, a connection broke beyond repair): the runtime then
+    /// reports the reason and the engine exits.
+    fn healthy(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Runs code. One executor may be asked to run several tasks over its life.
@@ -119,6 +127,31 @@ pub trait Executor: Send + Sync {
     /// When `ctx.cancelled()` fires the executor must stop the code promptly
     /// and return; the runtime reports the task as Cancelled.
     async fn execute(&self, ctx: &mut ExecutionContext, code: &str) -> Result<(), String>;
+}
+
+/// Startup parameter: memory accounted per engine.
+pub const MEMORY_KEY: &str = "hangar.engineconn.memory";
+/// Startup parameter: cores accounted per engine.
+pub const CORES_KEY: &str = "hangar.engineconn.cores";
+/// Linkis's name for the memory setting, honoured too.
+pub const LINKIS_MEMORY_KEY: &str = "wds.linkis.engineconn.java.driver.memory";
+
+/// Resource from the startup properties, with per-plugin defaults.
+pub fn resource_from(
+    props: &BTreeMap<String, String>,
+    default_memory: &str,
+    default_cores: u32,
+) -> Result<Resource, HangarError> {
+    let memory =
+        props.get(MEMORY_KEY).or_else(|| props.get(LINKIS_MEMORY_KEY)).map(String::as_str).unwrap_or(default_memory);
+    let memory = parse_bytes(memory)?;
+    let cores = match props.get(CORES_KEY) {
+        Some(c) => c.trim().parse::<u32>().map_err(|_| {
+            HangarError::invalid(format!("startup parameter {CORES_KEY} must be a whole number, got '{c}'"))
+        })?,
+        None => default_cores,
+    };
+    Ok(Resource::new(memory, cores, 1))
 }
 
 /// Look up a plugin by engine type, or fail naming the ones available.

@@ -239,6 +239,9 @@ impl Engine {
     }
 
     pub(crate) fn task_finished(&self, task_id: i64, status: JobStatus) {
+        if let Err(reason) = self.session.healthy() {
+            self.request_exit(format!("engine session failed: {reason}"));
+        }
         let mut g = self.inner();
         g.tasks.remove(&task_id);
         g.tasks_done += 1;
@@ -286,8 +289,12 @@ impl Engine {
         self.exit.cancel();
     }
 
-    /// Periodic checks: lock auto-release, idle exit, orphan exit.
+    /// Periodic checks: session health, lock auto-release, idle exit, orphan exit.
     fn check(&self) {
+        if let Err(reason) = self.session.healthy() {
+            self.request_exit(format!("engine session failed: {reason}"));
+            return;
+        }
         let mut g = self.inner();
         if g.status == NodeStatus::Idle && g.tasks.is_empty() && g.lock_since.elapsed() >= self.opts.lock_idle_release {
             tracing::info!("releasing a lock unused for {:?}", self.opts.lock_idle_release);

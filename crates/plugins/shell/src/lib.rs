@@ -13,26 +13,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_engineconn_plugin::{
     EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
-    EngineResourceRequest, ExecutionContext, Executor,
+    EngineResourceRequest, ExecutionContext, Executor, resource_from,
 };
-use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::{ErrorCode, HangarError, Resource};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// Startup parameter: memory accounted per shell engine (default 256m).
-pub const MEMORY_KEY: &str = "hangar.engineconn.memory";
-/// Startup parameter: cores accounted per shell engine (default 1).
-pub const CORES_KEY: &str = "hangar.engineconn.cores";
 /// Startup parameter: the folder tasks run in (default: the engine's work dir).
 pub const WORKING_DIR_KEY: &str = "hangar.shell.working_dir";
 /// Startup parameter: comma-separated environment variables the engine's host
 /// must have (checked by the ECM before launch).
 pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
-/// Linkis's name for the same memory setting, honoured too.
-pub const LINKIS_MEMORY_KEY: &str = "wds.linkis.engineconn.java.driver.memory";
 
 const STDERR_TAIL_LINES: usize = 20;
 const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -98,24 +91,6 @@ impl EngineConnPlugin for ShellPlugin {
         };
         Ok(Arc::new(ShellSession { executor: Arc::new(ShellExecutor { shell, cwd }) }))
     }
-}
-
-/// Resource from the startup properties, with per-plugin defaults.
-pub fn resource_from(
-    props: &BTreeMap<String, String>,
-    default_memory: &str,
-    default_cores: u32,
-) -> Result<Resource, HangarError> {
-    let memory =
-        props.get(MEMORY_KEY).or_else(|| props.get(LINKIS_MEMORY_KEY)).map(String::as_str).unwrap_or(default_memory);
-    let memory = parse_bytes(memory)?;
-    let cores = match props.get(CORES_KEY) {
-        Some(c) => c.trim().parse::<u32>().map_err(|_| {
-            HangarError::invalid(format!("startup parameter {CORES_KEY} must be a whole number, got '{c}'"))
-        })?,
-        None => default_cores,
-    };
-    Ok(Resource::new(memory, cores, 1))
 }
 
 struct ShellSession {
@@ -298,6 +273,7 @@ mod tests {
 
     #[test]
     fn resource_defaults_and_overrides() {
+        use hangar_engineconn_plugin::{CORES_KEY, MEMORY_KEY};
         let mut p = BTreeMap::new();
         assert_eq!(resource_from(&p, "256m", 1).expect("r"), Resource::new(256 << 20, 1, 1));
         p.insert(MEMORY_KEY.to_string(), "1g".to_string());
