@@ -209,8 +209,9 @@ impl ResultSetWriter {
 
     /// Flush the file and announce the result set.
     pub async fn close(mut self) -> Result<(), String> {
+        // Flushed to the OS, not fsynced: a result set is rewritten by rerunning
+        // its job, and an fsync per result costs more than the job itself.
         self.out.flush().await.map_err(|e| io_err(&self.path, e))?;
-        self.out.get_mut().sync_data().await.map_err(|e| io_err(&self.path, e))?;
         let _ = self.events.send(ExecutorEvent::ResultSet {
             path: self.path.display().to_string(),
             alias: self.alias,

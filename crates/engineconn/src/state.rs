@@ -22,10 +22,10 @@ pub(crate) struct Engine {
     pub(crate) out: Outbound,
     pub(crate) resource: Resource,
     session: Arc<dyn EngineConnSession>,
-    /// Tasks at once; above 1 the engine is a concurrent engine: one shared
-    /// lock for every caller, Unlock until full, Busy when full.
+    /// Tasks at once; above 1 the engine is a concurrent engine: up to that
+    /// many callers hold a lock of their own at once (each lock one slot), the
+    /// engine is Unlock while a slot is free and Busy when all are taken.
     concurrency: usize,
-    shared_lock: String,
     inner: Mutex<Inner>,
     status_tx: watch::Sender<NodeStatus>,
     exit: CancelSignal,
@@ -38,6 +38,10 @@ struct Inner {
     lock: Option<String>,
     lock_since: Instant,
     tasks: HashMap<i64, CancelSignal>,
+    /// Concurrent engines: the locks handed out (one slot each) and when.
+    grants: HashMap<String, Instant>,
+    /// Concurrent engines: the lock each running task came with.
+    task_lock: HashMap<i64, String>,
     /// Since when no task has run (None while one runs).
     free_since: Option<Instant>,
     last_manager_contact: Instant,
@@ -72,13 +76,14 @@ impl Engine {
             resource,
             session,
             concurrency,
-            shared_lock: uuid::Uuid::new_v4().simple().to_string(),
             inner: Mutex::new(Inner {
                 status: NodeStatus::Starting,
                 status_since: now,
                 lock: None,
                 lock_since: now,
                 tasks: HashMap::new(),
+                grants: HashMap::new(),
+                task_lock: HashMap::new(),
                 free_since: Some(now),
                 last_manager_contact: now,
                 tasks_done: 0,
@@ -145,14 +150,37 @@ impl Engine {
         self.concurrency > 1
     }
 
+    /// Concurrent engines: Busy when every slot is held or running, else Unlock.
+    fn settle_concurrent(&self, g: &mut Inner) {
+        if !g.status.is_available() {
+            return;
+        }
+        let taken = g.grants.len().max(g.tasks.len());
+        let to = if taken >= self.concurrency { NodeStatus::Busy } else { NodeStatus::Unlock };
+        Self::set_status_locked(g, to);
+    }
+
     pub(crate) fn lock(&self, _timeout_ms: u64) -> EngineReply {
         let mut g = self.inner();
         if self.concurrent() {
-            return if g.status == NodeStatus::Unlock {
-                EngineReply::Lock { lock: Some(self.shared_lock.clone()), message: "OK".into() }
-            } else {
-                EngineReply::Lock { lock: None, message: format!("concurrent engine is {}", g.status) }
-            };
+            if !g.status.is_available() || g.grants.len() >= self.concurrency {
+                return EngineReply::Lock {
+                    lock: None,
+                    message: format!(
+                        "concurrent engine is {} with {} of {} slots taken",
+                        g.status,
+                        g.grants.len(),
+                        self.concurrency
+                    ),
+                };
+            }
+            let lock = uuid::Uuid::new_v4().simple().to_string();
+            g.grants.insert(lock.clone(), Instant::now());
+            self.settle_concurrent(&mut g);
+            let status = g.status;
+            drop(g);
+            self.status_tx.send_replace(status);
+            return EngineReply::Lock { lock: Some(lock), message: "OK".into() };
         }
         if g.status != NodeStatus::Unlock || g.lock.is_some() {
             return EngineReply::Lock { lock: None, message: format!("engine is {}, not Unlock", g.status) };
@@ -167,10 +195,15 @@ impl Engine {
     }
 
     pub(crate) fn unlock(&self, lock: &str) -> EngineReply {
-        if self.concurrent() {
-            return EngineReply::Unlocked { unlocked: lock == self.shared_lock };
-        }
         let mut g = self.inner();
+        if self.concurrent() {
+            let unlocked = g.grants.remove(lock).is_some();
+            self.settle_concurrent(&mut g);
+            let status = g.status;
+            drop(g);
+            self.status_tx.send_replace(status);
+            return EngineReply::Unlocked { unlocked };
+        }
         if g.lock.as_deref() != Some(lock) {
             return EngineReply::Unlocked { unlocked: false };
         }
@@ -209,7 +242,7 @@ impl Engine {
         {
             let mut g = self.inner();
             let lock_ok = if self.concurrent() {
-                req.lock == self.shared_lock
+                g.grants.contains_key(&req.lock) && !g.task_lock.values().any(|l| *l == req.lock)
             } else {
                 g.lock.as_deref() == Some(req.lock.as_str())
             };
@@ -228,8 +261,12 @@ impl Engine {
             g.tasks.insert(req.task_id, cancel.clone());
             g.free_since = None;
             g.lock_since = Instant::now();
-            let to = if g.tasks.len() >= self.concurrency { NodeStatus::Busy } else { g.status };
-            Self::set_status_locked(&mut g, to);
+            if self.concurrent() {
+                g.task_lock.insert(req.task_id, req.lock.clone());
+                self.settle_concurrent(&mut g);
+            } else {
+                Self::set_status_locked(&mut g, NodeStatus::Busy);
+            }
         }
         let status = self.inner().status;
         self.status_tx.send_replace(status);
@@ -250,12 +287,11 @@ impl Engine {
             _ => g.metrics.failed_tasks += 1,
         }
         if self.concurrent() {
+            g.task_lock.remove(&task_id);
             if g.tasks.is_empty() {
                 g.free_since = Some(Instant::now());
             }
-            if g.status == NodeStatus::Busy && g.tasks.len() < self.concurrency {
-                Self::set_status_locked(&mut g, NodeStatus::Unlock);
-            }
+            self.settle_concurrent(&mut g);
         } else if g.tasks.is_empty() {
             g.free_since = Some(Instant::now());
             g.lock_since = Instant::now();
@@ -296,6 +332,25 @@ impl Engine {
             return;
         }
         let mut g = self.inner();
+        if self.concurrent() {
+            let stale: Vec<String> = g
+                .grants
+                .iter()
+                .filter(|(l, at)| at.elapsed() >= self.opts.lock_idle_release && !g.task_lock.values().any(|t| t == *l))
+                .map(|(l, _)| l.clone())
+                .collect();
+            if !stale.is_empty() {
+                tracing::info!(count = stale.len(), "releasing locks unused for {:?}", self.opts.lock_idle_release);
+                for l in stale {
+                    g.grants.remove(&l);
+                }
+                self.settle_concurrent(&mut g);
+                let s = g.status;
+                drop(g);
+                self.status_tx.send_replace(s);
+                g = self.inner();
+            }
+        }
         if g.status == NodeStatus::Idle && g.tasks.is_empty() && g.lock_since.elapsed() >= self.opts.lock_idle_release {
             tracing::info!("releasing a lock unused for {:?}", self.opts.lock_idle_release);
             self.release_lock_locked(&mut g);

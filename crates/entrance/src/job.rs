@@ -559,7 +559,6 @@ impl JobLog {
     async fn flush(&mut self) {
         if let Some(f) = &mut self.file {
             let _ = f.flush().await;
-            let _ = f.get_mut().sync_data().await;
         }
     }
 }
