@@ -228,9 +228,100 @@ pub async fn run(client: &Client, spec: &JobSpec, detach: bool) -> anyhow::Resul
     finish(client, task_id, &status).await
 }
 
-/// Stream a job's log until it ends; returns its final status.
+/// Stream a job's log until it ends; returns its final status. Uses the
+/// server's event stream, and polling when the stream is not available.
 pub async fn follow(client: &Client, exec: &str) -> anyhow::Result<String> {
-    let mut from = 0;
+    // Subscribe first, then print what was logged before: `next` is the first
+    // line not printed yet, so nothing is missed or printed twice.
+    let mut events = match client.open_events(exec).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) | Err(_) => return follow_polling(client, exec, 0).await,
+    };
+    let (head, mut next) = client.log(exec, 0).await?;
+    eprint!("{head}");
+    loop {
+        let Some(v) = events.next().await? else { return follow_polling(client, exec, next).await };
+        match v["type"].as_str() {
+            Some("log") => {
+                let from = v["fromLine"].as_u64().unwrap_or(0);
+                if from > next {
+                    let (gap, to) = client.log(exec, next).await?;
+                    eprint!("{gap}");
+                    next = to;
+                }
+                for (i, l) in v["lines"].as_array().cloned().unwrap_or_default().iter().enumerate() {
+                    if from + i as u64 == next {
+                        eprintln!("{}", l.as_str().unwrap_or(""));
+                        next += 1;
+                    }
+                }
+            }
+            Some("end") => {
+                let (tail, _) = client.log(exec, next).await?;
+                eprint!("{tail}");
+                return Ok(v["status"].as_str().unwrap_or("").to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An open `/entrance/{execID}/events` stream.
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl EventStream {
+    /// The next event's JSON; `None` when the stream ends.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> =
+                    event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+                if data.is_empty() {
+                    continue;
+                }
+                return Ok(Some(serde_json::from_str(&data.join("\n")).unwrap_or(Value::Null)));
+            }
+            match self.resp.chunk().await? {
+                Some(chunk) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Subscribe to a job's events; `None` when the server has no event stream.
+    pub async fn open_events(&self, exec: &str) -> anyhow::Result<Option<EventStream>> {
+        let url = format!("{}{PREFIX}/entrance/{}/events", self.conn.server.trim_end_matches('/'), enc(exec));
+        let resp = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(7 * 24 * 3600))
+            .header("Token-User", &self.conn.user)
+            .header("Token-Code", &self.conn.token)
+            .send()
+            .await?;
+        let sse = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !sse {
+            let text = resp.text().await.unwrap_or_default();
+            let env: Envelope = serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?;
+            env.into_result().map_err(|e| anyhow::anyhow!(e.message))?;
+            return Ok(None);
+        }
+        Ok(Some(EventStream { resp, buf: String::new() }))
+    }
+}
+
+async fn follow_polling(client: &Client, exec: &str, from: u64) -> anyhow::Result<String> {
+    let mut from = from;
     let mut delay = Duration::from_millis(20);
     loop {
         let status = client.status(exec).await?;

@@ -17,7 +17,7 @@ use hangar_store::JobRecord;
 use serde_json::{Value, json};
 
 use crate::Entrance;
-use crate::auth::{Caller, authenticate};
+use crate::auth::Caller;
 use crate::files;
 
 pub(crate) const PREFIX: &str = "/api/rest_j/v1";
@@ -29,6 +29,11 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
     // that they are refused with a clear message rather than buffered.
     let body_limit = entrance.cfg.max_code_bytes.saturating_mul(2).saturating_add(1 << 20);
     crate::ops::routes(Router::new())
+        .route(&format!("{PREFIX}/user/login"), post(login))
+        .route(&format!("{PREFIX}/user/logout"), get(logout).post(logout))
+        .route(&format!("{PREFIX}/user/userInfo"), get(user_info))
+        .route(&format!("{PREFIX}/entrance/{{id}}/killJobs"), post(kill_jobs))
+        .route(&format!("{PREFIX}/entrance/{{id}}/events"), get(events))
         .route(&format!("{PREFIX}/entrance/submit"), post(submit))
         .route(&format!("{PREFIX}/entrance/execute"), post(submit))
         .route(&format!("{PREFIX}/entrance/{{id}}/status"), get(status))
@@ -76,7 +81,7 @@ pub(crate) fn parse_json(body: &Bytes) -> Result<Value, HangarError> {
 
 impl Entrance {
     pub(crate) fn caller(&self, headers: &HeaderMap) -> Result<Caller, HangarError> {
-        authenticate(&self.cfg, headers)
+        crate::auth::authenticate_with(&self.cfg, &self.sessions, headers)
     }
 
     /// Load a job by taskID and check the caller may see it.
@@ -126,6 +131,153 @@ async fn submit(
     }
     .await;
     reply(&uri, result)
+}
+
+async fn login(
+    State(e): State<Arc<Entrance>>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Params,
+    body: Bytes,
+) -> Response {
+    let body: Value =
+        if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or_else(|_| json!({})) };
+    let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string).or_else(|| q.get(k).cloned());
+    let (Some(user), Some(password)) = (field("userName"), field("password")) else {
+        return reply(&uri, Err(HangarError::invalid("send {\"userName\": \"...\", \"password\": \"...\"}")));
+    };
+    if let Some(ticket) = crate::auth::session_ticket(&headers)
+        && e.sessions.user(&ticket).as_deref() == Some(user.as_str())
+    {
+        let msg = format!("{user} already logged in, please log out before signing in(已经登录，请先退出再进行登录)！");
+        return Json(Envelope { method: None, status: 0, message: msg, data: json!({"userName": user}) })
+            .into_response();
+    }
+    // PBKDF2 is deliberately slow: keep it off the async workers.
+    let stored = e.cfg.users.iter().find(|u| u.name == user).map(|u| u.password_hash.clone());
+    let ok = match stored {
+        Some(hash) => tokio::task::spawn_blocking(move || crate::session::verify_password(&password, &hash))
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    if !ok {
+        tracing::warn!(%user, "failed login");
+        let err = HangarError::new(ErrorCode::Unauthenticated, "Login failed: wrong user name or password");
+        return (StatusCode::UNAUTHORIZED, Json(Envelope { method: None, ..Envelope::error(method_of(&uri), &err) }))
+            .into_response();
+    }
+    let ticket = e.sessions.open(&user);
+    let admin = e.cfg.admins.contains(&user);
+    let body = Envelope {
+        method: None,
+        status: 0,
+        message: "login successful(登录成功)！".into(),
+        data: json!({"userName": user, "isAdmin": admin, "sessionTimeOut": e.sessions.timeout().as_millis() as u64, "enableWatermark": false}),
+    };
+    let cookie = format!("{}={ticket}; Path=/; HttpOnly; SameSite=Lax", crate::session::COOKIE);
+    ([(axum::http::header::SET_COOKIE, cookie)], Json(body)).into_response()
+}
+
+async fn logout(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    if let Some(t) = crate::auth::session_ticket(&headers) {
+        e.sessions.close(&t);
+    }
+    let cookie = format!("{}=; Path=/; Max-Age=0", crate::session::COOKIE);
+    let body = Envelope::ok_msg(method_of(&uri), "Logout successful(退出登录成功)！", json!({}));
+    ([(axum::http::header::SET_COOKIE, cookie)], Json(body)).into_response()
+}
+
+async fn user_info(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    reply(&uri, e.caller(&headers).map(|c| json!({"userName": c.user, "isAdmin": c.admin})))
+}
+
+/// `POST /entrance/{id}/killJobs` with `{"idList": [execID...], "taskIDList": [...]}`.
+async fn kill_jobs(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let caller = e.caller(&headers)?;
+        let body = parse_json(&body)?;
+        let ids: Vec<String> = body
+            .get("idList")
+            .and_then(Value::as_array)
+            .ok_or_else(|| HangarError::invalid("idList (an array of execIDs) is required"))?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        let mut messages = Vec::new();
+        for id in ids {
+            let one = async {
+                let job = e.job_by_exec_id(&caller, &id).await?;
+                if job.status.is_completed() {
+                    return Err(HangarError::invalid(format!("job {id} already ended as {}", job.status)));
+                }
+                e.kill_job(&job).await
+            }
+            .await;
+            let env = match one {
+                Ok(()) => Envelope::ok_msg(
+                    format!("/api/entrance/{id}/kill"),
+                    "Successfully killed the job(成功kill了job)",
+                    json!({"execID": id}),
+                ),
+                Err(err) => Envelope::error(format!("/api/entrance/{id}/kill"), &err),
+            };
+            messages.push(serde_json::to_value(env).unwrap_or_default());
+        }
+        Ok(json!({"messages": messages}))
+    }
+    .await;
+    reply(&uri, result)
+}
+
+/// `GET /entrance/{execID}/events`: Server-Sent Events with the job's status
+/// changes, log lines (with their `fromLine`), progress / running info,
+/// result sets and a final `end` event, so clients need not poll.
+async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let job = match async {
+        let caller = e.caller(&headers)?;
+        e.job_by_exec_id(&caller, &id).await
+    }
+    .await
+    {
+        Ok(j) => j,
+        Err(err) => return reply(&uri, Err(err)),
+    };
+    let end_of = |j: &JobRecord| json!({"type": "end", "status": j.status.as_str(), "errDesc": j.err_desc});
+    // Subscribe before reading the status so no transition falls in between.
+    let rx = crate::lock(&e.jobs).get(&job.id).map(|h| h.feed.subscribe());
+    let first: Vec<Value> = match (&rx, job.status.is_completed()) {
+        (Some(_), false) => vec![json!({"type": "status", "status": job.status.as_str()})],
+        _ => vec![end_of(&job)],
+    };
+    let done = first.iter().any(|v| v["type"] == "end");
+    let state = (first.into_iter(), if done { None } else { rx }, false);
+    let stream = futures_util::stream::unfold(state, |(mut first, mut rx, finished)| async move {
+        if finished {
+            return None;
+        }
+        if let Some(v) = first.next() {
+            let end = v["type"] == "end";
+            return Some((
+                Ok::<_, std::convert::Infallible>(
+                    Event::default().event(v["type"].as_str().unwrap_or("message")).data(v.to_string()),
+                ),
+                (first, rx, end),
+            ));
+        }
+        let r = rx.as_mut()?;
+        let v = match r.recv().await {
+            Ok(v) => v,
+            Err(RecvError::Lagged(n)) => json!({"type": "lagged", "missed": n}),
+            Err(RecvError::Closed) => return None,
+        };
+        let end = v["type"] == "end";
+        let ev = Event::default().event(v["type"].as_str().unwrap_or("message")).data(v.to_string());
+        Some((Ok(ev), (first, rx, end)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 async fn status(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -213,9 +365,23 @@ async fn kill(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path
         if job.status.is_completed() {
             return Err(HangarError::invalid(format!("job {id} already ended as {}", job.status)));
         }
-        if !e.kill(job.id) {
-            // Not running in this process: end the record so it cannot stay Running.
-            e.store
+        e.kill_job(&job).await?;
+        Ok(json!({"execID": id}))
+    }
+    .await;
+    match result {
+        Ok(data) => {
+            Json(Envelope::ok_msg(method_of(&uri), "Successfully killed the job(成功kill了job)", data)).into_response()
+        }
+        Err(err) => reply(&uri, Err(err)),
+    }
+}
+
+impl Entrance {
+    /// Kill a job running here, or force-end a record left by another process.
+    async fn kill_job(&self, job: &JobRecord) -> Result<(), HangarError> {
+        if !self.kill(job.id) {
+            self.store
                 .update_status(
                     job.id,
                     hangar_protocol::JobStatus::Cancelled,
@@ -225,14 +391,7 @@ async fn kill(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path
                 )
                 .await?;
         }
-        Ok(json!({"execID": id}))
-    }
-    .await;
-    match result {
-        Ok(data) => {
-            Json(Envelope::ok_msg(method_of(&uri), "Successfully killed the job(成功kill了job)", data)).into_response()
-        }
-        Err(err) => reply(&uri, Err(err)),
+        Ok(())
     }
 }
 

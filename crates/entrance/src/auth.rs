@@ -12,6 +12,33 @@ pub struct Caller {
     pub admin: bool,
 }
 
+/// The session ticket in the request's cookies, if any.
+pub fn session_ticket(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == crate::session::COOKIE && !v.is_empty()).then(|| v.to_string())
+        })
+}
+
+/// A login session cookie, else the token headers.
+pub(crate) fn authenticate_with(
+    cfg: &EntranceConfig,
+    sessions: &crate::session::Sessions,
+    headers: &HeaderMap,
+) -> Result<Caller, HangarError> {
+    if let Some(ticket) = session_ticket(headers)
+        && let Some(user) = sessions.user(&ticket)
+    {
+        return Ok(Caller { admin: cfg.admins.contains(&user), user });
+    }
+    authenticate(cfg, headers)
+}
+
 pub fn authenticate(cfg: &EntranceConfig, headers: &HeaderMap) -> Result<Caller, HangarError> {
     let header = |names: &[&str]| {
         names

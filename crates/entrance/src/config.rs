@@ -26,6 +26,10 @@ pub struct EntranceConfig {
     /// Accepted tokens: `Token-Code` value and the users it may act as (`*` = any).
     pub tokens: Vec<TokenConfig>,
     pub admins: Vec<String>,
+    /// Users who may log in with a password (`POST /user/login`).
+    pub users: Vec<UserConfig>,
+    /// A login session idle this long ends.
+    pub session_timeout: Duration,
     /// Default creator when `userCreator` is absent (Linkis: IDE).
     pub default_creator: String,
 }
@@ -34,4 +38,11 @@ pub struct EntranceConfig {
 pub struct TokenConfig {
     pub token: String,
     pub users: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    /// From `hangar hash-password` (PBKDF2-HMAC-SHA256).
+    pub password_hash: String,
 }

@@ -20,6 +20,7 @@ use crate::{Entrance, Group, JobHandle, lock};
 
 /// A validated submission, ready to run.
 struct Prepared {
+    feed: tokio::sync::broadcast::Sender<Value>,
     task_id: i64,
     exec_id: String,
     user: String,
@@ -135,6 +136,8 @@ impl Entrance {
             )));
         }
         let params = obj.get("params").cloned().unwrap_or_else(|| json!({}));
+        let variables = str_map(params.get("variable"), "params.variable")?;
+        let code = crate::vars::substitute(&code, &variables, matches!(run_type.as_str(), "shell" | "sh"))?;
         let conf = params.get("configuration");
         let startup = str_map(conf.and_then(|c| c.get("startup")), "params.configuration.startup")?;
         let runtime = str_map(conf.and_then(|c| c.get("runtime")), "params.configuration.runtime")?;
@@ -178,9 +181,13 @@ impl Entrance {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = watch::channel(false);
         let progress_info = Arc::new(Mutex::new(json!([])));
-        lock(&self.jobs)
-            .insert(task_id, JobHandle { events: events_tx, kill: kill_tx, progress_info: progress_info.clone() });
+        let (feed, _) = tokio::sync::broadcast::channel(1024);
+        lock(&self.jobs).insert(
+            task_id,
+            JobHandle { events: events_tx, feed: feed.clone(), kill: kill_tx, progress_info: progress_info.clone() },
+        );
         let prepared = Prepared {
+            feed,
             task_id,
             exec_id: exec.clone(),
             user: execute_user,
@@ -257,6 +264,7 @@ impl Entrance {
     ) {
         let task_id = job.task_id;
         let mut log = JobLog::open(&job.log_path).await;
+        log.feed = Some(job.feed.clone());
         let mut metrics = Map::new();
         metrics.insert("submitTime".into(), json!(now_ms()));
         let outcome = self.run_inner(&job, &mut log, &mut metrics, events, kill, progress_info).await;
@@ -279,6 +287,8 @@ impl Entrance {
         if let Err(e) = self.store.update_status(task_id, status, progress, err, now_ms()).await {
             tracing::error!(task_id, error = %e, "cannot store the final job status");
         }
+        let desc = error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| e.message.clone());
+        let _ = job.feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc}));
         lock(&self.jobs).remove(&task_id);
         tracing::info!(task_id, %status, "job finished");
     }
@@ -316,6 +326,7 @@ impl Entrance {
         self.dequeue(&job.group);
         let _permit = permit;
         self.store.update_status(task_id, JobStatus::Scheduled, None, None, now_ms()).await?;
+        let _ = job.feed.send(json!({"type": "status", "status": "Scheduled"}));
         metrics.insert("scheduleTime".into(), json!(now_ms()));
         log.line(
             Level::Info,
@@ -403,17 +414,21 @@ impl Entrance {
         ] {
             metrics.insert(k.into(), v);
         }
-        self.store
-            .set_engine(task_id, &grant.instance, &grant.ecm_instance, &grant.ticket_id, grant.reused, now_ms())
-            .await?;
         let Some(mut engine) = self.manager.watch_engine(&grant.ticket_id) else {
             return Err(HangarError::new(
                 ErrorCode::EngineLost,
                 format!("engine {} ended before the task was sent", grant.instance),
             ));
         };
-        self.store.update_status(task_id, JobStatus::Running, Some(0.0), None, now_ms()).await?;
         metrics.insert("runningTime".into(), json!(now_ms()));
+        let assignment = hangar_store::EngineAssignment {
+            engine_instance: &grant.instance,
+            ecm_instance: &grant.ecm_instance,
+            ticket_id: &grant.ticket_id,
+            is_reuse: grant.reused,
+        };
+        self.store.set_running(task_id, &assignment, &Value::Object(metrics.clone()).to_string(), now_ms()).await?;
+        let _ = job.feed.send(json!({"type": "status", "status": "Running"}));
         let req = TaskExecuteRequest {
             task_id,
             exec_id: job.exec_id.clone(),
@@ -443,6 +458,10 @@ impl Entrance {
                         TaskEvent::Log { lines, .. } => log.raw(&lines).await,
                         TaskEvent::RunningInfo(info) => {
                             *lock(&progress_info) = serde_json::to_value(&info.progress_info).unwrap_or_else(|_| json!([]));
+                            let _ = job.feed.send(json!({
+                                "type": "progress", "progress": info.progress, "progressInfo": info.progress_info,
+                                "resource": info.resource.to_linkis_json(), "engineMetrics": info.metrics,
+                            }));
                             metrics.insert("engineMetrics".into(), serde_json::to_value(&info.metrics).unwrap_or_default());
                             metrics.insert("resource".into(), info.resource.to_linkis_json());
                             if last_progress_write.elapsed() >= Duration::from_millis(500) {
@@ -452,6 +471,7 @@ impl Entrance {
                             }
                         }
                         TaskEvent::ResultSet { alias, rows, .. } => {
+                            let _ = job.feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows}));
                             log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
                         }
                         TaskEvent::Status { status, error, .. } => {
@@ -525,6 +545,9 @@ fn hangar_engineconn_plugin_run_types(m: &hangar_manager::Manager, engine: &str)
 /// The job's log file; writes never fail the job (a warning is traced instead).
 pub(crate) struct JobLog {
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    /// Lines written so far (the `fromLine` of the next one).
+    lines: u64,
+    feed: Option<tokio::sync::broadcast::Sender<Value>>,
 }
 
 impl JobLog {
@@ -534,10 +557,10 @@ impl JobLog {
         }
         let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
         match file {
-            Ok(f) => Self { file: Some(tokio::io::BufWriter::new(f)) },
+            Ok(f) => Self { file: Some(tokio::io::BufWriter::new(f)), lines: 0, feed: None },
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot open job log");
-                Self { file: None }
+                Self { file: None, lines: 0, feed: None }
             }
         }
     }
@@ -550,6 +573,10 @@ impl JobLog {
             }
             let _ = f.flush().await;
         }
+        if let Some(feed) = &self.feed {
+            let _ = feed.send(json!({"type": "log", "fromLine": self.lines, "lines": lines}));
+        }
+        self.lines += lines.len() as u64;
     }
 
     async fn line(&mut self, level: Level, msg: &str) {

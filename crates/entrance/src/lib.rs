@@ -8,6 +8,8 @@ mod config;
 mod files;
 mod job;
 mod ops;
+pub mod session;
+mod vars;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,12 +20,14 @@ use hangar_store::Store;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 pub use api::router;
-pub use config::{EntranceConfig, TokenConfig};
+pub use config::{EntranceConfig, TokenConfig, UserConfig};
 
 /// A job that lives in this process (queued or running).
 #[derive(Clone)]
 pub(crate) struct JobHandle {
     pub events: mpsc::UnboundedSender<TaskEvent>,
+    /// What `/entrance/{execID}/events` subscribers see.
+    pub feed: tokio::sync::broadcast::Sender<serde_json::Value>,
     pub kill: watch::Sender<bool>,
     pub progress_info: Arc<Mutex<serde_json::Value>>,
 }
@@ -41,6 +45,7 @@ pub struct Entrance {
     pub(crate) jobs: Mutex<HashMap<i64, JobHandle>>,
     pub(crate) groups: Mutex<HashMap<String, Group>>,
     pub(crate) shutting_down: watch::Sender<bool>,
+    pub(crate) sessions: session::Sessions,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,6 +54,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Entrance {
     pub fn new(cfg: EntranceConfig, store: Store, manager: Arc<Manager>) -> Arc<Self> {
+        let cfg_session_timeout = cfg.session_timeout;
         Arc::new(Self {
             cfg,
             store,
@@ -56,6 +62,7 @@ impl Entrance {
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
+            sessions: session::Sessions::new(cfg_session_timeout),
         })
     }
 

@@ -41,6 +41,9 @@ pub struct Auth {
     pub token: String,
     pub token_users: Vec<String>,
     pub admins: Vec<String>,
+    /// `name:hash` entries; hashes from `hangar hash-password`.
+    pub users: Vec<String>,
+    pub session_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +118,8 @@ impl Default for Config {
                 token: hangar_cli::DEFAULT_TOKEN.into(),
                 token_users: vec!["*".into()],
                 admins: vec![],
+                users: vec![],
+                session_timeout_ms: 7_200_000,
             },
             entrance: Entrance {
                 max_running_per_group: 10,

@@ -4,6 +4,8 @@
 //! * `hangar engineconn ...` is the engine process an ECM launches;
 //! * `hangar run|status|log|result|kill` are the client commands.
 
+mod bench;
+mod bench_manager;
 mod config;
 mod serve;
 
@@ -19,7 +21,7 @@ use hangar_engineconn_plugin::EngineConnPlugin;
 
 /// Every engine plugin this build knows; one line per plugin.
 fn plugins() -> Vec<Arc<dyn EngineConnPlugin>> {
-    vec![Arc::new(hangar_plugin_shell::ShellPlugin)]
+    vec![Arc::new(hangar_plugin_shell::ShellPlugin), Arc::new(hangar_plugin_python::PythonPlugin)]
 }
 
 #[derive(Parser)]
@@ -51,6 +53,10 @@ enum Command {
     Resources(ConnOnly),
     /// Stop an engine by instance (host:port) or ticket.
     KillEngine(IdArgs),
+    /// Print a password hash for `auth.users` (reads the password from standard input).
+    HashPassword,
+    /// Measure speed, scale and footprint against same-run baselines.
+    Bench(BenchArgs),
     /// The engine process an EngineConnManager launches (not for direct use).
     #[command(hide = true)]
     Engineconn(EngineConnArgs),
@@ -133,6 +139,16 @@ struct IdArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// A short run (CI smoke).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct ConnOnly {
     #[command(flatten)]
     conn: ConnArgs,
@@ -168,6 +184,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => cmd_serve(a).map(|()| 0),
         Command::Engineconn(a) => cmd_engineconn(a).map(|()| 0),
+        Command::Bench(a) => cmd_bench(a),
+        Command::HashPassword => {
+            let mut pw = String::new();
+            std::io::stdin().read_line(&mut pw).map_err(anyhow::Error::from).and_then(|_| {
+                let pw = pw.trim_end_matches(['\n', '\r']);
+                if pw.is_empty() {
+                    anyhow::bail!("no password on standard input");
+                }
+                println!("{}", hangar_entrance::session::hash_password(pw));
+                Ok(0)
+            })
+        }
         Command::Run(a) => client_runtime().and_then(|rt| rt.block_on(cmd_run(a))),
         Command::Status(a) => client_runtime().and_then(|rt| rt.block_on(cmd_status(a))),
         Command::Log(a) => client_runtime().and_then(|rt| rt.block_on(cmd_log(a))),
@@ -329,5 +357,17 @@ async fn cmd_kill(a: IdArgs) -> anyhow::Result<i32> {
 
 async fn cmd_ops(conn: &ConnArgs, view: hangar_cli::OpsView) -> anyhow::Result<i32> {
     hangar_cli::ops(&client(conn)?, view, &mut std::io::stdout().lock()).await?;
+    Ok(0)
+}
+
+fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
+    init_tracing("warn");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(bench::run(bench::BenchOpts { quick: a.quick }))?;
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
     Ok(0)
 }

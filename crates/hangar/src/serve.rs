@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use hangar_ecm::{Ecm, EcmConfig, EcmEvent};
 use hangar_engineconn::EngineOptions;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin};
-use hangar_entrance::{Entrance, EntranceConfig, TokenConfig};
+use hangar_entrance::{Entrance, EntranceConfig, TokenConfig, UserConfig};
 use hangar_manager::{EcmClient, EngineLog, LaunchedEngine, Manager, ManagerConfig};
 use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::rpc::{EcmToManager, MANAGER_ECM_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
@@ -78,6 +78,36 @@ fn roles(cfg: &Config) -> anyhow::Result<Roles> {
         ["ecm"] => Roles::Ecm,
         _ => bail!("server.roles '{}' is not supported: use all, entrance,manager or ecm", cfg.server.roles),
     })
+}
+
+/// Password users from `auth.users`, plus a first admin from
+/// `HANGAR_ADMIN_USER` / `HANGAR_ADMIN_PASSWORD`.
+fn users(cfg: &Config) -> anyhow::Result<Vec<UserConfig>> {
+    let mut out = Vec::new();
+    for entry in &cfg.auth.users {
+        let (name, hash) =
+            entry.split_once(':').with_context(|| format!("auth.users entry '{entry}' must be name:hash"))?;
+        if !hangar_entrance::auth::valid_user_name(name) || !hash.starts_with("pbkdf2-sha256$") {
+            bail!("auth.users entry for '{name}' needs a valid name and a hash from `hangar hash-password`");
+        }
+        out.push(UserConfig { name: name.into(), password_hash: hash.into() });
+    }
+    if let (Ok(name), Ok(pw)) = (std::env::var("HANGAR_ADMIN_USER"), std::env::var("HANGAR_ADMIN_PASSWORD")) {
+        if !hangar_entrance::auth::valid_user_name(&name) || pw.is_empty() {
+            bail!("HANGAR_ADMIN_USER must be a plain user name and HANGAR_ADMIN_PASSWORD non-empty");
+        }
+        out.retain(|u| u.name != name);
+        out.push(UserConfig { name, password_hash: hangar_entrance::session::hash_password(&pw) });
+    }
+    Ok(out)
+}
+
+fn admins(cfg: &Config) -> Vec<String> {
+    let mut a = cfg.auth.admins.clone();
+    if let Ok(name) = std::env::var("HANGAR_ADMIN_USER") {
+        a.push(name);
+    }
+    a
 }
 
 fn engine_conf(cfg: &Config) -> Vec<(String, String)> {
@@ -175,7 +205,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         max_concurrent_creations: cfg.manager.max_concurrent_creations,
         manager_url: base_url.clone(),
         engine_conf: engine_conf(&cfg),
-        admins: cfg.auth.admins.clone(),
+        admins: admins(&cfg),
     };
     let manager = Manager::new(mcfg, plugins.clone(), rpc_token.clone())?;
 
@@ -210,7 +240,9 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         ask_retries: cfg.entrance.ask_retries,
         max_code_bytes: cfg.entrance.max_code_bytes,
         tokens: vec![TokenConfig { token: cfg.auth.token.clone(), users: cfg.auth.token_users.clone() }],
-        admins: cfg.auth.admins.clone(),
+        admins: admins(&cfg),
+        users: users(&cfg)?,
+        session_timeout: ms(cfg.auth.session_timeout_ms),
         default_creator: cfg.entrance.default_creator.clone(),
     };
     std::fs::create_dir_all(&ecfg.results_dir)?;

@@ -92,3 +92,40 @@ fn a_client_without_a_server_says_so() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot reach the Hangar server"), "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_carries_logs_progress_and_the_end_while_the_job_runs() {
+    let s = Server::start(FAST).await;
+    let conn = |user: &str| hangar_cli::Connection { server: s.base.clone(), user: user.into(), token: TOKEN.into() };
+    let client = hangar_cli::Client::new(conn("alice")).expect("client");
+    let (exec, _) = s.shell("alice", "for i in 1 2 3; do echo line$i >&2; sleep 0.3; done; echo out").await;
+    let mut ev = client.open_events(&exec).await.expect("open").expect("an event stream");
+    let mut seen: Vec<(std::time::Instant, serde_json::Value)> = Vec::new();
+    while let Some(v) = ev.next().await.expect("event") {
+        let end = v["type"] == "end";
+        seen.push((std::time::Instant::now(), v));
+        if end {
+            break;
+        }
+    }
+    let (end_at, end) = seen.last().cloned().expect("events");
+    assert_eq!(end["status"], "Succeed", "{seen:?}");
+    let line1 = seen
+        .iter()
+        .find(|(_, v)| v["type"] == "log" && v["lines"].to_string().contains("line1"))
+        .expect("line1 streamed");
+    assert!(end_at.duration_since(line1.0) >= Duration::from_millis(400), "line1 arrived while running");
+    assert!(seen.iter().any(|(_, v)| v["type"] == "progress"), "progress events");
+    assert!(seen.iter().any(|(_, v)| v["type"] == "resultSet"), "result set event");
+    // A finished job's stream is just its end; another user's is refused.
+    let mut ev = client.open_events(&exec).await.expect("open").expect("stream");
+    assert_eq!(ev.next().await.expect("e").expect("end")["type"], "end");
+    let bob = hangar_cli::Client::new(conn("bob")).expect("client");
+    assert!(bob.open_events(&exec).await.is_err());
+    // `hangar run` follows through the stream and prints every log line once.
+    let out = hangar(&s, "alice", &["run", "--code", "for i in 1 2 3; do echo e$i >&2; sleep 0.1; done"]);
+    let err = text(&out.stderr);
+    for l in [" INFO e1", " INFO e2", " INFO e3", "Your job is accepted", "ended Succeed"] {
+        assert_eq!(err.lines().filter(|x| x.contains(l)).count(), 1, "{l} once in:\n{err}");
+    }
+}

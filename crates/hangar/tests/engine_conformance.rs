@@ -288,3 +288,16 @@ async fn shell_engine_conformance() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_engine_conformance() {
+    assert_engine_conformance(EngineCase {
+        labels: &["engineType=python-python3", "userCreator=alice-IDE", "codeType=python"],
+        run_type: "python",
+        ok_code: "print('conform')",
+        expected: "conform",
+        bad_code: "raise ValueError('boom')",
+        long_code: "import time\nwhile True: time.sleep(0.01)",
+    })
+    .await;
+}

@@ -84,6 +84,15 @@ pub struct JobRecord {
     pub metrics: String,
 }
 
+/// The engine a job runs on.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineAssignment<'a> {
+    pub engine_instance: &'a str,
+    pub ecm_instance: &'a str,
+    pub ticket_id: &'a str,
+    pub is_reuse: bool,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -221,41 +230,56 @@ impl Store {
         error: Option<(i64, &str)>,
         now_ms: i64,
     ) -> Result<bool> {
+        // Only the columns that change are bound: a NULL bound where a value
+        // is bound on the next call confuses PostgreSQL's prepared statements.
+        let mut sets = vec!["status = $1".to_string()];
+        let mut n = 2;
+        if progress.is_some() {
+            sets.push(format!("progress = ${n}"));
+            n += 1;
+        }
+        if error.is_some() {
+            sets.push(format!("err_code = ${n}, err_desc = ${}", n + 1));
+            n += 2;
+        }
+        sets.push(format!("updated_ms = ${n}"));
+        let sql =
+            format!("UPDATE hangar_job SET {} WHERE id = ${} AND status NOT IN {TERMINAL}", sets.join(", "), n + 1);
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(status.as_str());
+        if let Some(p) = progress {
+            q = q.bind(p);
+        }
+        if let Some((code, desc)) = error {
+            q = q.bind(code).bind(desc.to_string());
+        }
+        let r = q.bind(now_ms).bind(id).execute(&self.pool).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The job got its engine and runs: one write for status, engine and metrics.
+    /// False when the job already ended.
+    pub async fn set_running(
+        &self,
+        id: i64,
+        engine: &EngineAssignment<'_>,
+        metrics: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
         let sql = format!(
-            "UPDATE hangar_job SET status = $1, progress = COALESCE($2, progress), err_code = COALESCE($3, err_code), err_desc = COALESCE($4, err_desc), updated_ms = $5
-             WHERE id = $6 AND status NOT IN {TERMINAL}"
+            "UPDATE hangar_job SET status = 'Running', progress = 0, engine_instance = $1, ecm_instance = $2, ticket_id = $3, \
+             is_reuse = $4, metrics = $5, updated_ms = $6 WHERE id = $7 AND status NOT IN {TERMINAL}"
         );
         let r = sqlx::query(AssertSqlSafe(sql))
-            .bind(status.as_str())
-            .bind(progress)
-            .bind(error.map(|e| e.0))
-            .bind(error.map(|e| e.1.to_string()))
+            .bind(engine.engine_instance)
+            .bind(engine.ecm_instance)
+            .bind(engine.ticket_id)
+            .bind(i64::from(engine.is_reuse))
+            .bind(metrics)
             .bind(now_ms)
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
-    }
-
-    pub async fn set_engine(
-        &self,
-        id: i64,
-        engine_instance: &str,
-        ecm_instance: &str,
-        ticket_id: &str,
-        is_reuse: bool,
-        now_ms: i64,
-    ) -> Result<()> {
-        sqlx::query("UPDATE hangar_job SET engine_instance = $1, ecm_instance = $2, ticket_id = $3, is_reuse = $4, updated_ms = $5 WHERE id = $6")
-            .bind(engine_instance)
-            .bind(ecm_instance)
-            .bind(ticket_id)
-            .bind(i64::from(is_reuse))
-            .bind(now_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     pub async fn set_progress(&self, id: i64, progress: f64, metrics: &str, now_ms: i64) -> Result<()> {
@@ -363,14 +387,22 @@ mod tests {
             let j = s.get_job(id).await.expect("get").expect("some");
             assert_eq!(j.status, JobStatus::Inited);
             assert_eq!(j.code, job().code);
-            assert!(s.update_status(id, JobStatus::Running, Some(0.1), None, 2).await.expect("u"));
-            s.set_engine(id, "127.0.0.1:1", "ecm", "t", true, 3).await.expect("engine");
+            assert!(s.update_status(id, JobStatus::Scheduled, Some(0.1), None, 2).await.expect("u"));
+            let engine = EngineAssignment {
+                engine_instance: "127.0.0.1:1",
+                ecm_instance: "ecm",
+                ticket_id: "t",
+                is_reuse: true,
+            };
+            assert!(s.set_running(id, &engine, "{\"isReuse\":true}", 3).await.expect("running"));
             assert!(s.update_status(id, JobStatus::Failed, None, Some((30004, "engine died")), 4).await.expect("u"));
             assert!(!s.update_status(id, JobStatus::Succeed, Some(1.0), None, 5).await.expect("u"), "final is final");
             let j = s.get_job(id).await.expect("get").expect("some");
             assert_eq!(j.status, JobStatus::Failed);
             assert_eq!(j.err_desc.as_deref(), Some("engine died"));
             assert_eq!(j.is_reuse, Some(true));
+            assert_eq!(j.metrics, "{\"isReuse\":true}");
+            assert!(!s.set_running(id, &engine, "{}", 6).await.expect("running"), "an ended job is not revived");
             assert_eq!(j.updated_ms, 4);
             assert!(s.get_job(id + 1000).await.expect("get").is_none());
             assert!(s.unfinished_jobs().await.expect("u").iter().all(|j| j.id != id));

@@ -21,6 +21,28 @@ pub struct Server {
     http: reqwest::Client,
 }
 
+/// With `HANGAR_TEST_STORE=postgres`, every server gets a fresh database on
+/// the PostgreSQL server at `HANGAR_TEST_POSTGRES_URL` (scripts/test runs the
+/// server suites once on SQLite and once so).
+fn postgres_store_key() -> String {
+    if std::env::var("HANGAR_TEST_STORE").as_deref() != Ok("postgres") {
+        return String::new();
+    }
+    let url =
+        std::env::var("HANGAR_TEST_POSTGRES_URL").expect("HANGAR_TEST_STORE=postgres needs HANGAR_TEST_POSTGRES_URL");
+    let db = format!("hangar_t_{}", uuid_like());
+    let out =
+        Command::new("psql").args([url.as_str(), "-qc", &format!("create database {db}")]).output().expect("psql");
+    assert!(out.status.success(), "cannot create {db}: {}", String::from_utf8_lossy(&out.stderr));
+    let base = url.rsplit_once('/').map(|(b, _)| b).expect("url with a database");
+    format!("store_url = \"{base}/{db}\"")
+}
+
+fn uuid_like() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos();
+    format!("{:x}{:x}", n, std::process::id())
+}
+
 /// Settings most tests want: fast heartbeats so failures show quickly.
 pub const FAST: &str = r#"
 [manager]
@@ -42,6 +64,7 @@ impl Server {
 
     /// `server_keys` go into `[server]`, `auth_keys` into `[auth]`.
     pub async fn start_custom(server_keys: &str, auth_keys: &str, extra_toml: &str) -> Server {
+        let server_keys = format!("{server_keys}\n{}", postgres_store_key());
         let tmp = tempfile::tempdir().expect("tmp");
         let data_dir = tmp.path().join("data");
         let cfg = tmp.path().join("hangar.toml");

@@ -1,0 +1,148 @@
+//! Login sessions (`POST /user/login`, the `linkis_user_session_ticket_id_v1`
+//! cookie) and password hashes (PBKDF2-HMAC-SHA256).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+pub const COOKIE: &str = "linkis_user_session_ticket_id_v1";
+const ITERATIONS: u32 = 100_000;
+
+/// Live sessions by ticket; a session idle longer than the timeout is gone.
+pub(crate) struct Sessions {
+    timeout: Duration,
+    map: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl Sessions {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self { timeout, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn open(&self, user: &str) -> String {
+        let ticket = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let mut m = self.map();
+        let timeout = self.timeout;
+        m.retain(|_, (_, last)| last.elapsed() < timeout);
+        m.insert(ticket.clone(), (user.to_string(), Instant::now()));
+        ticket
+    }
+
+    /// The user of a live session, refreshing its last access.
+    pub(crate) fn user(&self, ticket: &str) -> Option<String> {
+        let mut m = self.map();
+        let timeout = self.timeout;
+        match m.get_mut(ticket) {
+            Some((user, last)) if last.elapsed() < timeout => {
+                *last = Instant::now();
+                Some(user.clone())
+            }
+            Some(_) => {
+                m.remove(ticket);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub(crate) fn close(&self, ticket: &str) -> bool {
+        self.map().remove(ticket).is_some()
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+fn pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> Option<[u8; 32]> {
+    let mac = Hmac::<Sha256>::new_from_slice(password).ok()?;
+    let mut u = {
+        let mut m = mac.clone();
+        m.update(salt);
+        m.update(&1u32.to_be_bytes());
+        m.finalize().into_bytes()
+    };
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&u);
+    for _ in 1..iterations {
+        let mut m = mac.clone();
+        m.update(&u);
+        u = m.finalize().into_bytes();
+        for (o, b) in out.iter_mut().zip(u.iter()) {
+            *o ^= b;
+        }
+    }
+    Some(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// `pbkdf2-sha256$<iterations>$<salt hex>$<hash hex>`.
+pub fn hash_password(password: &str) -> String {
+    let salt = uuid::Uuid::new_v4().into_bytes();
+    let hash = pbkdf2(password.as_bytes(), &salt, ITERATIONS).map(|h| hex(&h)).unwrap_or_default();
+    format!("pbkdf2-sha256${ITERATIONS}${}${hash}", hex(&salt))
+}
+
+/// Check a password against a hash from [`hash_password`].
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let parts: Vec<&str> = stored.split('$').collect();
+    let [scheme, iters, salt, hash] = parts.as_slice() else { return false };
+    let (Ok(iters), Some(salt), Some(hash)) = (iters.parse::<u32>(), unhex(salt), unhex(hash)) else { return false };
+    if *scheme != "pbkdf2-sha256" || iters == 0 || iters > 10_000_000 {
+        return false;
+    }
+    match pbkdf2(password.as_bytes(), &salt, iters) {
+        Some(h) => h.len() == hash.len() && h.iter().zip(hash.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pbkdf2_matches_rfc_7914_vector() {
+        // RFC 7914 section 11: PBKDF2-HMAC-SHA256("passwd", "salt", 1).
+        let h = pbkdf2(b"passwd", b"salt", 1).expect("h");
+        assert_eq!(hex(&h), "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc");
+    }
+
+    #[test]
+    fn hashes_verify_and_reject() {
+        let h = hash_password("s3cret");
+        assert!(verify_password("s3cret", &h));
+        assert!(!verify_password("S3cret", &h));
+        assert!(!verify_password("s3cret", "plain"));
+        assert_ne!(h, hash_password("s3cret"), "salted");
+    }
+
+    #[test]
+    fn sessions_expire_and_close() {
+        let s = Sessions::new(Duration::from_millis(50));
+        let t = s.open("alice");
+        assert_eq!(s.user(&t).as_deref(), Some("alice"));
+        assert!(s.close(&t));
+        assert_eq!(s.user(&t), None);
+        let t = s.open("bob");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.user(&t), None);
+    }
+}
