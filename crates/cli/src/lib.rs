@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::time::Duration;
 
+pub mod linkis_cli;
+
 use anyhow::{Context, bail};
 use hangar_protocol::Envelope;
 use serde_json::{Value, json};
@@ -19,6 +21,8 @@ pub struct Connection {
     pub server: String,
     pub user: String,
     pub token: String,
+    /// A login session cookie (`name=value`); when set it is sent instead of the token.
+    pub cookie: Option<String>,
 }
 
 pub struct Client {
@@ -33,19 +37,48 @@ impl Client {
     }
 
     async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
-        let resp = req
-            .header("Token-User", &self.conn.user)
-            .header("Token-Code", &self.conn.token)
-            .send()
-            .await
-            .with_context(|| {
-                format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server)
-            })?;
+        let resp = self.authed(req).send().await.with_context(|| {
+            format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server)
+        })?;
         let status = resp.status();
         let text = resp.text().await.context("cannot read the server's answer")?;
         let env: Envelope =
             serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer ({status}): {text}"))?;
         env.into_result().map_err(|e| anyhow::anyhow!("{what}: {}", e.message))
+    }
+
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.conn.cookie {
+            Some(c) => req.header("Cookie", c),
+            None => req.header("Token-User", &self.conn.user).header("Token-Code", &self.conn.token),
+        }
+    }
+
+    /// `POST /user/login`; on success later calls use the session cookie.
+    pub async fn login(&mut self, user: &str, password: &str) -> anyhow::Result<()> {
+        let url = format!("{}{PREFIX}/user/login", self.conn.server.trim_end_matches('/'));
+        let resp = self
+            .http
+            .post(url)
+            .json(&json!({"userName": user, "password": password}))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.conn.server))?;
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let env: Envelope = resp.json().await.context("bad login answer")?;
+        env.into_result().map_err(|e| anyhow::anyhow!("login failed: {}", e.message))?;
+        self.conn.cookie = Some(cookie.context("the server set no session cookie")?);
+        self.conn.user = user.to_string();
+        Ok(())
+    }
+
+    pub fn user(&self) -> &str {
+        &self.conn.user
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
@@ -297,14 +330,7 @@ impl Client {
     /// Subscribe to a job's events; `None` when the server has no event stream.
     pub async fn open_events(&self, exec: &str) -> anyhow::Result<Option<EventStream>> {
         let url = format!("{}{PREFIX}/entrance/{}/events", self.conn.server.trim_end_matches('/'), enc(exec));
-        let resp = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(7 * 24 * 3600))
-            .header("Token-User", &self.conn.user)
-            .header("Token-Code", &self.conn.token)
-            .send()
-            .await?;
+        let resp = self.authed(self.http.get(url).timeout(Duration::from_secs(7 * 24 * 3600))).send().await?;
         let sse = resp
             .headers()
             .get("content-type")

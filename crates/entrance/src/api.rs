@@ -387,6 +387,7 @@ impl Entrance {
                     hangar_protocol::JobStatus::Cancelled,
                     None,
                     Some((ErrorCode::InvalidRequest.number(), "Forced Kill task")),
+                    None,
                     hangar_protocol::now_ms(),
                 )
                 .await?;

@@ -283,8 +283,8 @@ impl Entrance {
         let progress = if status == JobStatus::Succeed { Some(1.0) } else { None };
         let err =
             error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| (e.code.number(), e.message.as_str()));
-        let _ = self.store.set_metrics(task_id, &Value::Object(metrics).to_string()).await;
-        if let Err(e) = self.store.update_status(task_id, status, progress, err, now_ms()).await {
+        let metrics = Value::Object(metrics).to_string();
+        if let Err(e) = self.store.update_status(task_id, status, progress, err, Some(&metrics), now_ms()).await {
             tracing::error!(task_id, error = %e, "cannot store the final job status");
         }
         let desc = error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| e.message.clone());
@@ -325,7 +325,7 @@ impl Entrance {
         };
         self.dequeue(&job.group);
         let _permit = permit;
-        self.store.update_status(task_id, JobStatus::Scheduled, None, None, now_ms()).await?;
+        self.store.update_status(task_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
         let _ = job.feed.send(json!({"type": "status", "status": "Scheduled"}));
         metrics.insert("scheduleTime".into(), json!(now_ms()));
         log.line(
@@ -443,7 +443,8 @@ impl Entrance {
         self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await?;
 
         let mut kill_deadline: Option<tokio::time::Instant> = None;
-        let mut last_progress_write = Instant::now() - Duration::from_secs(1);
+        // Progress is stored at most every 500 ms; a short job's only write is its end.
+        let mut last_progress_write = Instant::now();
         loop {
             let kill_timer = async {
                 match kill_deadline {

@@ -99,6 +99,7 @@ impl Entrance {
                     hangar_protocol::JobStatus::Failed,
                     None,
                     Some((hangar_protocol::ErrorCode::EngineLost.number(), reason)),
+                    None,
                     hangar_protocol::now_ms(),
                 )
                 .await?;

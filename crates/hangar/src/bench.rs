@@ -390,28 +390,13 @@ impl BenchServer {
         Ok((d["execID"].as_str().unwrap_or_default().to_string(), d["taskID"].as_i64().unwrap_or_default()))
     }
 
-    async fn status(&self, exec: &str) -> anyhow::Result<String> {
-        let d = self.call(self.http.get(format!("{}/api/rest_j/v1/entrance/{exec}/status", self.base))).await?;
-        Ok(d["status"].as_str().unwrap_or_default().to_string())
-    }
-
-    /// Poll every 250 µs so the measurement is not coarser than the job.
+    /// Wait for the job's `end` event on its event stream (no polling).
     async fn wait_done(&self, exec: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let pause = Duration::from_micros(250);
-        loop {
-            let s = self.status(exec).await?;
-            if matches!(s.as_str(), "Succeed" | "Failed" | "Cancelled" | "Timeout") {
-                if s != "Succeed" {
-                    bail!("job {exec} ended {s}");
-                }
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!("job {exec} still {s} after 120 s");
-            }
-            tokio::time::sleep(pause).await;
+        let s = wait_end(&self.http, &self.base, exec).await?;
+        if s != "Succeed" {
+            bail!("job {exec} ended {s}");
         }
+        Ok(s)
     }
 
     async fn job(&self, task: i64) -> anyhow::Result<Value> {
@@ -486,26 +471,29 @@ impl ServerRef {
         Ok(d["execID"].as_str().unwrap_or_default().to_string())
     }
 
-    async fn status(&self, exec: &str) -> anyhow::Result<String> {
-        let d = self.call(self.http.get(format!("{}/api/rest_j/v1/entrance/{exec}/status", self.base))).await?;
-        Ok(d["status"].as_str().unwrap_or_default().to_string())
-    }
-
     async fn wait_done(&self, exec: &str) -> anyhow::Result<String> {
-        let mut pause = Duration::from_micros(200);
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let s = self.status(exec).await?;
-            if matches!(s.as_str(), "Succeed" | "Failed" | "Cancelled" | "Timeout") {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                bail!("job {exec} still {s} after 600 s");
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+        wait_end(&self.http, &self.base, exec).await
     }
+}
+
+/// Read a job's event stream to its `end` event; returns the final status.
+async fn wait_end(http: &reqwest::Client, base: &str, exec: &str) -> anyhow::Result<String> {
+    let body = http
+        .get(format!("{base}/api/rest_j/v1/entrance/{exec}/events"))
+        .header("Token-User", "bench")
+        .header("Token-Code", TOKEN)
+        .timeout(Duration::from_secs(600))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let end = body
+        .split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data:")))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v["type"] == "end")
+        .with_context(|| format!("job {exec}: event stream ended without an end event"))?;
+    Ok(end["status"].as_str().unwrap_or_default().to_string())
 }
 
 /// Submit `n` jobs as fast as possible, then wait for all; returns

@@ -21,7 +21,10 @@ use hangar_engineconn_plugin::EngineConnPlugin;
 
 /// Every engine plugin this build knows; one line per plugin.
 fn plugins() -> Vec<Arc<dyn EngineConnPlugin>> {
-    vec![Arc::new(hangar_plugin_shell::ShellPlugin), Arc::new(hangar_plugin_python::PythonPlugin)]
+    vec![
+        Arc::new(hangar_plugin_shell::ShellPlugin),
+        Arc::new(hangar_plugin_python::PythonPlugin),
+    ]
 }
 
 #[derive(Parser)]
@@ -53,6 +56,12 @@ enum Command {
     Resources(ConnOnly),
     /// Stop an engine by instance (host:port) or ticket.
     KillEngine(IdArgs),
+    /// Linkis's `linkis-cli`, flag for flag (also run when this binary is called `linkis-cli`).
+    #[command(name = "linkis-cli", disable_help_flag = true)]
+    LinkisCli {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Print a password hash for `auth.users` (reads the password from standard input).
     HashPassword,
     /// Measure speed, scale and footprint against same-run baselines.
@@ -180,11 +189,21 @@ struct EngineConnArgs {
 }
 
 fn main() -> ExitCode {
+    // Called as `linkis-cli` (a link to this binary): Linkis's CLI front.
+    let argv: Vec<String> = std::env::args().collect();
+    let called = argv.first().and_then(|a| std::path::Path::new(a).file_name()).and_then(|n| n.to_str()).unwrap_or("");
+    if called == "linkis-cli" {
+        return linkis_cli(&argv[1..]);
+    }
     let cli = Cli::parse();
+    if let Command::LinkisCli { args } = &cli.command {
+        return linkis_cli(args);
+    }
     let result = match cli.command {
         Command::Serve(a) => cmd_serve(a).map(|()| 0),
         Command::Engineconn(a) => cmd_engineconn(a).map(|()| 0),
         Command::Bench(a) => cmd_bench(a),
+        Command::LinkisCli { .. } => Ok(0),
         Command::HashPassword => {
             let mut pw = String::new();
             std::io::stdin().read_line(&mut pw).map_err(anyhow::Error::from).and_then(|_| {
@@ -286,7 +305,7 @@ fn client(c: &ConnArgs) -> anyhow::Result<Client> {
         .or_else(|| std::env::var("USER").ok())
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "hangar".into());
-    Client::new(Connection { server: c.server.clone(), user, token: c.token.clone() })
+    Client::new(Connection { server: c.server.clone(), user, token: c.token.clone(), cookie: None })
 }
 
 fn pairs(v: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -370,4 +389,17 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
         eprintln!("results written to {}", path.display());
     }
     Ok(0)
+}
+
+fn linkis_cli(args: &[String]) -> ExitCode {
+    let result =
+        client_runtime().and_then(|rt| rt.block_on(hangar_cli::linkis_cli::main(args, &mut std::io::stdout().lock())));
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            eprintln!("############Execute Error!!!########");
+            ExitCode::from(255)
+        }
+    }
 }

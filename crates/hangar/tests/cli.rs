@@ -96,7 +96,12 @@ fn a_client_without_a_server_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_carries_logs_progress_and_the_end_while_the_job_runs() {
     let s = Server::start(FAST).await;
-    let conn = |user: &str| hangar_cli::Connection { server: s.base.clone(), user: user.into(), token: TOKEN.into() };
+    let conn = |user: &str| hangar_cli::Connection {
+        server: s.base.clone(),
+        user: user.into(),
+        token: TOKEN.into(),
+        cookie: None,
+    };
     let client = hangar_cli::Client::new(conn("alice")).expect("client");
     let (exec, _) = s.shell("alice", "for i in 1 2 3; do echo line$i >&2; sleep 0.3; done; echo out").await;
     let mut ev = client.open_events(&exec).await.expect("open").expect("an event stream");

@@ -161,3 +161,125 @@ async fn a_documented_linkis_client_works_unchanged() {
     assert!(c.cookie.is_none());
     assert_eq!(c.get(&format!("/jobhistory/{task}/get")).await["status"], -1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkis_cli_scripts_run_unchanged() {
+    let auth = format!("users = [\"hadoop:{}\"]", hash("pw"));
+    let s = Server::start_custom("", &auth, FAST).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let cli = dir.path().join("linkis-cli");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hangar"), &cli).expect("symlink");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&cli).args(args).output().expect("linkis-cli");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let gw = s.base.as_str();
+    // Token strategy, as Linkis's default properties have it.
+    let (code, out, err) = run(&[
+        "--gatewayUrl",
+        gw,
+        "--authStg",
+        "token",
+        "--authKey",
+        "Validation-Code",
+        "--authVal",
+        common::TOKEN,
+        "-submitUser",
+        "alice",
+        "-engineType",
+        "shell-1",
+        "-codeType",
+        "shell",
+        "-code",
+        "echo hello ${who}",
+        "-varMap",
+        "who=cli",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("connecting to linkis gateway:") && out.contains("JobId:") && out.contains("ExecId:exec_id"),
+        "{out}"
+    );
+    assert!(out.contains("============ RESULT SET 1 ============\nhello cli\n------------------------"), "{out}");
+    assert!(out.trim_end().ends_with("############Execute Success!!!########"), "{out}");
+    let task: i64 = out.lines().find_map(|l| l.strip_prefix("TaskId:")).expect("TaskId").parse().expect("n");
+    let job = s.job("alice", task).await;
+    assert_eq!(job["requestApplicationName"], "LINKISCLI");
+    assert!(
+        job["labels"].as_array().expect("labels").iter().any(|l| l == "executeOnce:"),
+        "fresh engine per job like linkis-cli: {job}"
+    );
+
+    // Static strategy logs in; a failing job exits 255 with Linkis's banner.
+    let (code, out, _) = run(&[
+        "--gatewayUrl",
+        gw,
+        "--authStg",
+        "static",
+        "--authKey",
+        "hadoop",
+        "--authVal",
+        "pw",
+        "-engineType",
+        "shell-1",
+        "-codeType",
+        "shell",
+        "-code",
+        "exit 3",
+    ]);
+    assert_eq!(code, Some(255), "{out}");
+    assert!(out.contains("exit code 3") && out.contains("############Execute Error!!!########"), "{out}");
+    let (code, _, err) = run(&[
+        "--gatewayUrl",
+        gw,
+        "--authStg",
+        "static",
+        "--authKey",
+        "hadoop",
+        "--authVal",
+        "nope",
+        "-engineType",
+        "shell-1",
+        "-codeType",
+        "shell",
+        "-code",
+        "true",
+    ]);
+    assert_eq!(code, Some(255));
+    assert!(err.contains("login failed"), "{err}");
+
+    // Async submit, then --status / --result by taskID.
+    let (code, out, _) = run(&[
+        "--gatewayUrl",
+        gw,
+        "--authVal",
+        common::TOKEN,
+        "-submitUser",
+        "alice",
+        "--async",
+        "-engineType",
+        "shell-1",
+        "-codeType",
+        "shell",
+        "-code",
+        "echo later",
+    ]);
+    assert_eq!(code, Some(0));
+    let task = out.lines().find_map(|l| l.strip_prefix("TaskId:")).expect("TaskId").to_string();
+    let exec = out.lines().find_map(|l| l.strip_prefix("ExecId:")).expect("ExecId").to_string();
+    s.wait_done("alice", &exec).await;
+    let (_, out, _) = run(&["--gatewayUrl", gw, "--authVal", common::TOKEN, "-submitUser", "alice", "--status", &task]);
+    assert!(out.contains("Status:Succeed"), "{out}");
+    let (code, out, _) =
+        run(&["--gatewayUrl", gw, "--authVal", common::TOKEN, "-submitUser", "alice", "--result", &task]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("later"), "{out}");
+    // Bad flags are refused with the usage.
+    let (code, _, err) = run(&["-engineTyp", "shell-1"]);
+    assert_eq!(code, Some(255));
+    assert!(err.contains("unknown option") && err.contains("Usage: linkis-cli"), "{err}");
+}

@@ -228,6 +228,7 @@ impl Store {
         status: JobStatus,
         progress: Option<f64>,
         error: Option<(i64, &str)>,
+        metrics: Option<&str>,
         now_ms: i64,
     ) -> Result<bool> {
         // Only the columns that change are bound: a NULL bound where a value
@@ -242,6 +243,10 @@ impl Store {
             sets.push(format!("err_code = ${n}, err_desc = ${}", n + 1));
             n += 2;
         }
+        if metrics.is_some() {
+            sets.push(format!("metrics = ${n}"));
+            n += 1;
+        }
         sets.push(format!("updated_ms = ${n}"));
         let sql =
             format!("UPDATE hangar_job SET {} WHERE id = ${} AND status NOT IN {TERMINAL}", sets.join(", "), n + 1);
@@ -251,6 +256,9 @@ impl Store {
         }
         if let Some((code, desc)) = error {
             q = q.bind(code).bind(desc.to_string());
+        }
+        if let Some(m) = metrics {
+            q = q.bind(m.to_string());
         }
         let r = q.bind(now_ms).bind(id).execute(&self.pool).await?;
         Ok(r.rows_affected() > 0)
@@ -287,15 +295,6 @@ impl Store {
             "UPDATE hangar_job SET progress = $1, metrics = $2, updated_ms = $3 WHERE id = $4 AND status NOT IN {TERMINAL}"
         );
         sqlx::query(AssertSqlSafe(sql)).bind(progress).bind(metrics).bind(now_ms).bind(id).execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn set_metrics(&self, id: i64, metrics: &str) -> Result<()> {
-        sqlx::query("UPDATE hangar_job SET metrics = $1 WHERE id = $2")
-            .bind(metrics)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 
@@ -387,7 +386,7 @@ mod tests {
             let j = s.get_job(id).await.expect("get").expect("some");
             assert_eq!(j.status, JobStatus::Inited);
             assert_eq!(j.code, job().code);
-            assert!(s.update_status(id, JobStatus::Scheduled, Some(0.1), None, 2).await.expect("u"));
+            assert!(s.update_status(id, JobStatus::Scheduled, Some(0.1), None, None, 2).await.expect("u"));
             let engine = EngineAssignment {
                 engine_instance: "127.0.0.1:1",
                 ecm_instance: "ecm",
@@ -395,8 +394,13 @@ mod tests {
                 is_reuse: true,
             };
             assert!(s.set_running(id, &engine, "{\"isReuse\":true}", 3).await.expect("running"));
-            assert!(s.update_status(id, JobStatus::Failed, None, Some((30004, "engine died")), 4).await.expect("u"));
-            assert!(!s.update_status(id, JobStatus::Succeed, Some(1.0), None, 5).await.expect("u"), "final is final");
+            assert!(
+                s.update_status(id, JobStatus::Failed, None, Some((30004, "engine died")), None, 4).await.expect("u")
+            );
+            assert!(
+                !s.update_status(id, JobStatus::Succeed, Some(1.0), None, None, 5).await.expect("u"),
+                "final is final"
+            );
             let j = s.get_job(id).await.expect("get").expect("some");
             assert_eq!(j.status, JobStatus::Failed);
             assert_eq!(j.err_desc.as_deref(), Some("engine died"));
