@@ -127,6 +127,8 @@ impl Entrance {
             ));
         }
         self.manager.validate(&labels)?;
+        label_seconds(&labels, "jobQueuingTimeout")?;
+        label_seconds(&labels, "jobRunningTimeout")?;
         let et = labels.engine_type()?;
         let plugin = hangar_engineconn_plugin_run_types(&self.manager, &et.engine);
         if !plugin.iter().any(|r| *r == run_type) {
@@ -315,9 +317,21 @@ impl Entrance {
         let mut shutdown = self.shutting_down.subscribe();
         let cancelled =
             |why: &str| Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, why.to_string()))));
+        let queue_timeout = label_seconds(&job.labels, "jobQueuingTimeout")?;
+        let queue_deadline = async {
+            match queue_timeout {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let permit = match slots {
             Some(s) => tokio::select! {
                 p = s.acquire_owned() => p.ok(),
+                _ = queue_deadline => {
+                    self.dequeue(&job.group);
+                    let secs = queue_timeout.map_or(0, |d| d.as_secs());
+                    return Ok((JobStatus::Timeout, Some(HangarError::new(ErrorCode::Timeout, format!("the job waited in its queue longer than jobQueuingTimeout = {secs} s")))));
+                }
                 _ = fired(&mut kill) => { self.dequeue(&job.group); return cancelled("killed by user before it was scheduled"); }
                 _ = fired(&mut shutdown) => { self.dequeue(&job.group); return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down before the job was scheduled")); }
             },
@@ -443,6 +457,8 @@ impl Entrance {
         self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await?;
 
         let mut kill_deadline: Option<tokio::time::Instant> = None;
+        let run_timeout = label_seconds(&job.labels, "jobRunningTimeout")?;
+        let run_deadline = run_timeout.map(|d| tokio::time::Instant::now() + d);
         // Progress is stored at most every 500 ms; a short job's only write is its end.
         let mut last_progress_write = Instant::now();
         loop {
@@ -452,7 +468,19 @@ impl Entrance {
                     None => std::future::pending().await,
                 }
             };
+            let run_timer = async {
+                match run_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = run_timer, if kill_deadline.is_none() => {
+                    let secs = run_timeout.map_or(0, |d| d.as_secs());
+                    log.line(Level::Warn, &format!("the job ran longer than jobRunningTimeout = {secs} s; stopping it")).await;
+                    let _ = self.manager.engine_client().call(&grant.instance, &EngineRequest::Kill { task_id }).await;
+                    return Ok((JobStatus::Timeout, Some(HangarError::new(ErrorCode::Timeout, format!("the job ran longer than jobRunningTimeout = {secs} s")))));
+                }
                 ev = events.recv() => {
                     let Some(ev) = ev else { return Err(HangarError::internal("job event channel closed")) };
                     match ev {
@@ -531,6 +559,17 @@ impl Entrance {
 
     pub(crate) fn progress_info(&self, task_id: i64) -> Value {
         lock(&self.jobs).get(&task_id).map(|h| lock(&h.progress_info).clone()).unwrap_or_else(|| json!([]))
+    }
+}
+
+/// A job-strategy label in seconds (`jobQueuingTimeout`, `jobRunningTimeout`).
+fn label_seconds(labels: &LabelSet, key: &str) -> Result<Option<Duration>, HangarError> {
+    match labels.get(key) {
+        None | Some("") => Ok(None),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+            _ => Err(HangarError::invalid(format!("label {key} must be a positive number of seconds, got '{v}'"))),
+        },
     }
 }
 

@@ -401,3 +401,28 @@ async fn open_file_reads_table_result_sets_with_types_nulls_and_pages() {
     assert_eq!(v["status"], 1, "{v}");
     assert!(v["message"].as_str().expect("m").contains("corrupt"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_and_running_timeouts_from_labels() {
+    let s = Server::start(&format!("{FAST}\n[entrance]\nmax_running_per_group = 1\n")).await;
+    let t0 = Instant::now();
+    let (slow, slow_task) =
+        s.submit("alice", "sleep 30", json!({"engineType": "shell-1", "jobRunningTimeout": "1"})).await;
+    s.wait_status("alice", &slow, &["Running"], Duration::from_secs(20)).await;
+    // The group runs one job at a time: this one waits, and gives up after 0.3 s.
+    let (queued, queued_task) =
+        s.submit("alice", "echo never", json!({"engineType": "shell-1", "jobQueuingTimeout": "0.3"})).await;
+    assert_eq!(s.wait_done("alice", &queued).await, "Timeout");
+    assert!(s.job("alice", queued_task).await["errDesc"].as_str().expect("d").contains("jobQueuingTimeout"));
+    assert_eq!(s.wait_done("alice", &slow).await, "Timeout");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(s.job("alice", slow_task).await["errDesc"].as_str().expect("d").contains("jobRunningTimeout = 1 s"));
+    // The engine stopped the task and serves the next job.
+    let (next, _) = s.shell("alice", "echo next").await;
+    assert_eq!(s.wait_done("alice", &next).await, "Succeed");
+    let v = s
+        .call("POST", "/entrance/submit", "alice", Some(r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-1","jobRunningTimeout":"soon"}}"#))
+        .await;
+    assert_eq!(v["status"], 2);
+    assert!(v["message"].as_str().expect("m").contains("jobRunningTimeout must be a positive number"));
+}
