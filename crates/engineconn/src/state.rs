@@ -143,7 +143,16 @@ impl Engine {
         let g = self.inner();
         let mut m = g.metrics.clone();
         m.running_tasks = g.tasks.len() as u32;
-        (g.status, m)
+        let status = g.status;
+        drop(g);
+        m.rss_kb = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0);
+        m.unhealthy = self.session.healthy().err();
+        (status, m)
     }
 
     fn concurrent(&self) -> bool {

@@ -48,6 +48,9 @@ fn engine_vo(e: &EngineInfo) -> Value {
         "startTime": e.created_ms,
         "engineLogPath": e.log_dir,
         "runningTasks": e.running_tasks,
+        "nodeHealthy": if e.unhealthy.is_some() { "UnHealthy" } else { "Healthy" },
+        "unhealthyReason": e.unhealthy,
+        "rssKB": e.rss_kb,
     })
 }
 

@@ -307,6 +307,7 @@ impl Manager {
         let mut candidates: Vec<(u8, String, String, String, String)> = lock(&self.engines)
             .values()
             .filter(|n| !n.reserved && matches!(n.status, NodeStatus::Unlock | NodeStatus::Idle))
+            .filter(|n| n.metrics.unhealthy.is_none())
             .filter(|n| n.labels.core() == want)
             .filter_map(|n| {
                 let inst = n.instance.clone()?;
@@ -368,13 +369,20 @@ impl Manager {
             usable.push((e, left, count));
         }
         drop(engines);
-        // Most free memory relative to max, then fewest engines.
-        usable.sort_by(|a, b| {
-            let ra = a.1.memory as f64 / a.0.max.memory.max(1) as f64;
-            let rb = b.1.memory as f64 / b.0.max.memory.max(1) as f64;
-            rb.total_cmp(&ra).then(a.2.cmp(&b.2))
-        });
-        match usable.first() {
+        // Most free memory relative to max, then fewest engines; among the
+        // near-equal leaders (within 5 points of free ratio) take turns, so a
+        // burst does not pile onto one host (hotspot spreading).
+        let ratio = |u: &(&EcmNode, Resource, usize)| u.1.memory as f64 / u.0.max.memory.max(1) as f64;
+        usable.sort_by(|a, b| ratio(b).total_cmp(&ratio(a)).then(a.2.cmp(&b.2)));
+        let leaders = match usable.first() {
+            Some(best) => {
+                let top = ratio(best);
+                usable.iter().take_while(|u| top - ratio(u) <= 0.05 && u.2 <= best.2 + 1).count()
+            }
+            None => 0,
+        };
+        let pick = if leaders > 1 { self.stats.creations.load(Ordering::Relaxed) as usize % leaders } else { 0 };
+        match usable.get(pick) {
             Some((e, _, _)) => Ok((e.instance.clone(), e.client.clone())),
             None => Err(HangarError::new(
                 ErrorCode::NotEnoughResource,

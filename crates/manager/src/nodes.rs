@@ -98,6 +98,8 @@ impl EngineNode {
             created_ms: self.created_ms,
             log_dir: self.log_dir.clone(),
             running_tasks: self.metrics.running_tasks,
+            rss_kb: self.metrics.rss_kb,
+            unhealthy: self.metrics.unhealthy.clone(),
         }
     }
 }
@@ -117,6 +119,8 @@ pub struct EngineInfo {
     pub created_ms: i64,
     pub log_dir: String,
     pub running_tasks: u32,
+    pub rss_kb: u64,
+    pub unhealthy: Option<String>,
 }
 
 pub(crate) struct EcmNode {

@@ -185,6 +185,12 @@ pub struct EngineMetrics {
     pub total_busy_time_mills: u64,
     pub total_lock_time_mills: u64,
     pub last_unlock_timestamp: i64,
+    /// Resident memory of the engine process (overload info).
+    #[serde(default)]
+    pub rss_kb: u64,
+    /// Set when the engine's session is failing (NodeHealthy = UnHealthy): never reused.
+    #[serde(default)]
+    pub unhealthy: Option<String>,
 }
 
 /// The manager's order to an ECM to start one engine (Linkis `EngineConnBuildRequest`).
