@@ -13,7 +13,7 @@ const MAX_BATCH: usize = 512;
 const RETRIES: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(250), Duration::from_secs(1)];
 
 enum Out {
-    Event { callback_url: String, event: TaskEvent },
+    Event { callback_url: String, event: Box<TaskEvent> },
     Flush(oneshot::Sender<()>),
 }
 
@@ -59,7 +59,7 @@ impl Outbound {
 
     /// Queue an event for a task's Entrance; events leave in queue order.
     pub(crate) fn event(&self, callback_url: &str, event: TaskEvent) {
-        let _ = self.queue.send(Out::Event { callback_url: callback_url.to_string(), event });
+        let _ = self.queue.send(Out::Event { callback_url: callback_url.to_string(), event: Box::new(event) });
     }
 
     /// Wait until everything queued so far has been sent (or given up on).
@@ -91,7 +91,7 @@ impl Outbound {
                             self.post_batch(&batch_url, &ticket_id, std::mem::take(&mut batch)).await;
                         }
                         batch_url = callback_url;
-                        batch.push(event);
+                        batch.push(*event);
                     }
                 }
             }
