@@ -194,7 +194,11 @@ impl Ecm {
         for pair in req.labels.to_pairs() {
             args.extend(["--label".into(), pair]);
         }
-        for (k, v) in &conf {
+        // Secrets go to the engine through its environment, never onto its
+        // command line or into the startup script on disk.
+        let (secret, public): (BTreeMap<String, String>, BTreeMap<String, String>) =
+            conf.into_iter().partition(|(k, _)| hangar_protocol::is_secret_key(k));
+        for (k, v) in &public {
             args.extend(["--conf".into(), format!("{k}={v}")]);
         }
         let mut env = launch.environment.clone();
@@ -214,6 +218,7 @@ impl Ecm {
         cmd.arg(&script_path)
             .current_dir(&work_dir)
             .env(RPC_TOKEN_ENV, &self.cfg.rpc_token)
+            .env(hangar_protocol::SECRET_CONF_ENV, serde_json::to_string(&secret).unwrap_or_default())
             .env(TICKET_ENV, &req.ticket_id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

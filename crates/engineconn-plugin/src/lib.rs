@@ -85,6 +85,11 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
     /// EngineConnLaunchBuilder: the process to start for a build request.
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError>;
 
+    /// Called once when a server that launches engines starts, on a blocking
+    /// thread: a place for slow one-off discovery (e.g. resolving an
+    /// interpreter). Launches must work, perhaps slower, before it finishes.
+    fn prepare(&self) {}
+
     /// Hooks run around the engine's start-up phases, in order.
     fn hooks(&self) -> Vec<Arc<dyn EngineConnHook>> {
         Vec::new()

@@ -144,6 +144,8 @@ impl Entrance {
         let startup = str_map(conf.and_then(|c| c.get("startup")), "params.configuration.startup")?;
         let runtime = str_map(conf.and_then(|c| c.get("runtime")), "params.configuration.runtime")?;
         let source = obj.get("source").cloned().unwrap_or_else(|| json!({}));
+        // Job history keeps the params, but never a password in them.
+        let params = redact_secrets(params);
 
         let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
         {
@@ -559,6 +561,24 @@ impl Entrance {
 
     pub(crate) fn progress_info(&self, task_id: i64) -> Value {
         lock(&self.jobs).get(&task_id).map(|h| lock(&h.progress_info).clone()).unwrap_or_else(|| json!([]))
+    }
+}
+
+fn redact_secrets(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    if hangar_protocol::is_secret_key(&k) && !v.is_object() {
+                        (k, json!("******"))
+                    } else {
+                        (k, redact_secrets(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(redact_secrets).collect()),
+        other => other,
     }
 }
 

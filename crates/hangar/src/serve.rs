@@ -126,6 +126,16 @@ fn engine_conf(cfg: &Config) -> Vec<(String, String)> {
 }
 
 /// The ECM of this process, its capacity and labels.
+/// Let plugins do their slow one-off discovery off the async workers.
+fn prepare_plugins(plugins: &[Arc<dyn EngineConnPlugin>]) {
+    let plugins = plugins.to_vec();
+    tokio::task::spawn_blocking(move || {
+        for p in plugins {
+            p.prepare();
+        }
+    });
+}
+
 fn build_ecm(
     cfg: &Config,
     data_dir: &Path,
@@ -134,6 +144,7 @@ fn build_ecm(
     plugins: Vec<Arc<dyn EngineConnPlugin>>,
 ) -> anyhow::Result<(Arc<Ecm>, mpsc::UnboundedReceiver<EcmEvent>, LabelSet, Resource)> {
     let protected = parse_bytes(&cfg.ecm.protected_memory)?;
+    prepare_plugins(&plugins);
     let (ecm, events) = Ecm::new(
         EcmConfig {
             instance: instance.to_string(),

@@ -51,7 +51,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(labels: &[&str]) -> Harness {
+    async fn start(labels: &[&str], conf: &[String]) -> Harness {
         let seen: Shared = Arc::default();
         let app = Router::new()
             .route(MANAGER_RPC_PATH, post(manager_rpc))
@@ -74,6 +74,9 @@ impl Harness {
             .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"));
         for l in labels {
             cmd.args(["--label", l]);
+        }
+        for c in conf {
+            cmd.args(["--conf", c]);
         }
         let child = cmd.spawn().expect("spawn engine");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -172,10 +175,23 @@ struct EngineCase {
     bad_code: &'static str,
     /// Code that runs for many seconds until killed.
     long_code: &'static str,
+    /// Startup options taken from the environment: `(key, VARIABLE)` passes
+    /// `--conf key=$VARIABLE`; the variable must be set.
+    env_conf: &'static [(&'static str, &'static str)],
 }
 
 async fn assert_engine_conformance(case: EngineCase) {
-    let h = Harness::start(case.labels).await;
+    let conf: Vec<String> = case
+        .env_conf
+        .iter()
+        .map(|(key, var)| match std::env::var(var) {
+            Ok(v) if !v.is_empty() => format!("{key}={v}"),
+            _ => panic!(
+                "{var} is not set: this engine's conformance run needs it for --conf {key} (scripts/test sets it)"
+            ),
+        })
+        .collect();
+    let h = Harness::start(case.labels, &conf).await;
     let results = tempfile::tempdir().expect("results");
     assert_eq!(h.status().await, NodeStatus::Unlock, "ready engines are Unlock");
 
@@ -285,6 +301,7 @@ async fn shell_engine_conformance() {
         expected: "conform",
         bad_code: "exit 7",
         long_code: "sleep 30",
+        env_conf: &[],
     })
     .await;
 }
@@ -298,6 +315,21 @@ async fn python_engine_conformance() {
         expected: "conform",
         bad_code: "raise ValueError('boom')",
         long_code: "import time\nwhile True: time.sleep(0.01)",
+        env_conf: &[],
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jdbc_engine_conformance() {
+    assert_engine_conformance(EngineCase {
+        labels: &["engineType=jdbc-4", "userCreator=alice-IDE", "codeType=jdbc"],
+        run_type: "jdbc",
+        ok_code: "select 'conform' as c",
+        expected: "conform",
+        bad_code: "select * from no_such_table_xyz",
+        long_code: "select pg_sleep(60)",
+        env_conf: &[("jdbc.url", "HANGAR_TEST_POSTGRES_URL")],
     })
     .await;
 }

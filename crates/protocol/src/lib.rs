@@ -22,6 +22,16 @@ pub use label::{EngineType, LabelSet, UserCreator};
 pub use resource::Resource;
 pub use status::{JobStatus, NodeStatus};
 
+/// Whether a configuration key holds a secret (passwords, tokens): such values
+/// are never logged, stored in job history, written to disk or put on a command line.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "credential"].iter().any(|w| k.contains(w))
+}
+
+/// The environment variable that carries an engine's secret options (JSON object).
+pub const SECRET_CONF_ENV: &str = "HANGAR_ENGINE_SECRET_CONF";
+
 /// Milliseconds since the Unix epoch, the time unit of every wire message.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

@@ -45,6 +45,10 @@ pub const PYTHON_PATHS_KEY: &str = "hangar.python.paths";
 pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
 
 const DEFAULT_PYTHON: &str = "python3";
+/// The real interpreter behind `python3`, found by [`PythonPlugin::prepare`].
+static RESOLVED_PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// How the ECM hands that path to the engine process.
+const RESOLVED_PYTHON_ENV: &str = "HANGAR_PYTHON_RESOLVED";
 /// The driver the interpreter runs (`python3 -u -c DRIVER <paths>`).
 const DRIVER: &str = include_str!("driver.py");
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -77,12 +81,30 @@ impl EngineConnPlugin for PythonPlugin {
         resource_from(req.properties, "512m", 1)
     }
 
+    /// Resolve `python3` on `PATH` to the real interpreter once: version
+    /// managers put a shell-script shim there (pyenv's costs ~150 ms a start).
+    fn prepare(&self) {
+        let out = std::process::Command::new(DEFAULT_PYTHON).args(["-c", "import sys; print(sys.executable)"]).output();
+        if let Ok(out) = out
+            && out.status.success()
+        {
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !path.is_empty() && std::path::Path::new(&path).is_file() {
+                let _ = RESOLVED_PYTHON.set(path);
+            }
+        }
+    }
+
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
         let exe = std::env::current_exe()
             .map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
+        let mut environment = BTreeMap::new();
+        if let Some(p) = RESOLVED_PYTHON.get() {
+            environment.insert(RESOLVED_PYTHON_ENV.to_string(), p.clone());
+        }
         Ok(EngineConnLaunchRequest {
             command: vec![exe.display().to_string(), "engineconn".into()],
-            environment: BTreeMap::new(),
+            environment,
             necessary_environment: std::iter::once("PATH".to_string())
                 .chain(
                     req.properties
@@ -106,15 +128,15 @@ impl EngineConnPlugin for PythonPlugin {
 }
 
 /// The interpreter to run: `hangar.python.path`, else Linkis's `python.version`
-/// when it names a path, else `python3` from `PATH`.
+/// when it names a path, else `python3` from `PATH` (as resolved by the server).
 fn python_command(options: &BTreeMap<String, String>) -> String {
     options
         .get(PYTHON_PATH_KEY)
-        .map(|p| p.trim())
+        .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
-        .or_else(|| options.get(LINKIS_PYTHON_VERSION_KEY).map(|p| p.trim()).filter(|p| p.contains('/')))
-        .unwrap_or(DEFAULT_PYTHON)
-        .to_string()
+        .or_else(|| options.get(LINKIS_PYTHON_VERSION_KEY).map(|p| p.trim().to_string()).filter(|p| p.contains('/')))
+        .or_else(|| std::env::var(RESOLVED_PYTHON_ENV).ok().filter(|p| !p.is_empty()))
+        .unwrap_or_else(|| DEFAULT_PYTHON.to_string())
 }
 
 struct PythonSession {
