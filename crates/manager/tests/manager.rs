@@ -1,0 +1,225 @@
+//! The LinkisManager against a fake ECM whose "engines" are tiny in-process
+//! HTTP endpoints: start deadlines, bounded creations, reuse rules and
+//! resource release, without OS processes in the way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Json;
+use axum::routing::post;
+use hangar_engineconn_plugin::EngineConnBuildRequest;
+use hangar_manager::{AskRequest, EcmClient, EngineLog, LaunchedEngine, Manager, ManagerConfig};
+use hangar_protocol::rpc::{ENGINE_RPC_PATH, EngineReply, EngineRequest, EngineToManager, RPC_VERSION};
+use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Ready { delay_ms: u64 },
+    NeverReady,
+    FailLaunch,
+}
+
+struct FakeEcm {
+    manager: OnceLock<Arc<Manager>>,
+    mode: Mutex<Mode>,
+    starting: Arc<AtomicUsize>,
+    max_starting: AtomicUsize,
+    launched: AtomicUsize,
+    killed: Mutex<Vec<String>>,
+}
+
+/// One fake engine: an HTTP endpoint with a real lock.
+async fn fake_engine() -> String {
+    let lock: Arc<Mutex<Option<String>>> = Arc::default();
+    let app = axum::Router::new().route(
+        ENGINE_RPC_PATH,
+        post(move |Json(req): Json<EngineRequest>| {
+            let lock = lock.clone();
+            async move {
+                let mut l = lock.lock().expect("lock");
+                Json(match req {
+                    EngineRequest::Lock { .. } if l.is_none() => {
+                        *l = Some("L".into());
+                        EngineReply::Lock { lock: Some("L".into()), message: "OK".into() }
+                    }
+                    EngineRequest::Lock { .. } => EngineReply::Lock { lock: None, message: "locked".into() },
+                    EngineRequest::Unlock { .. } => {
+                        *l = None;
+                        EngineReply::Unlocked { unlocked: true }
+                    }
+                    _ => EngineReply::Ack,
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[async_trait]
+impl EcmClient for FakeEcm {
+    async fn launch(
+        &self,
+        req: EngineConnBuildRequest,
+        _: &str,
+        _: &[(String, String)],
+    ) -> Result<LaunchedEngine, HangarError> {
+        let mode = *self.mode.lock().expect("mode");
+        if mode == Mode::FailLaunch {
+            return Err(HangarError::new(ErrorCode::EngineStartFailed, "necessary environment variable X is not set"));
+        }
+        self.launched.fetch_add(1, Ordering::SeqCst);
+        let now = self.starting.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_starting.fetch_max(now, Ordering::SeqCst);
+        let m = self.manager.get().cloned().expect("wired");
+        if let Mode::Ready { delay_ms } = mode {
+            let instance = fake_engine().await;
+            let ticket = req.ticket_id.clone();
+            let counter = self.starting.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                counter.fetch_sub(1, Ordering::SeqCst);
+                m.on_engine_message(EngineToManager::Ready {
+                    ticket_id: ticket,
+                    instance,
+                    pid: 1,
+                    rpc_version: RPC_VERSION,
+                });
+            });
+        }
+        Ok(LaunchedEngine { pid: 1, log_dir: String::new() })
+    }
+    async fn kill(&self, ticket: &str) -> Result<(), HangarError> {
+        self.killed.lock().expect("k").push(ticket.to_string());
+        Ok(())
+    }
+    async fn engine_log(&self, _: &str, _: &str, _: usize, _: usize) -> Result<EngineLog, HangarError> {
+        Err(HangarError::not_found("no logs"))
+    }
+}
+
+fn config(start_timeout_ms: u64, max_creations: usize) -> ManagerConfig {
+    ManagerConfig {
+        user_max: Resource::new(64 << 30, 64, 64),
+        engine_start_timeout: Duration::from_millis(start_timeout_ms),
+        engine_heartbeat_interval: Duration::from_secs(60),
+        ecm_heartbeat_interval: Duration::from_secs(60),
+        reservation_timeout: Duration::from_secs(60),
+        engine_lock_timeout: Duration::from_secs(60),
+        max_concurrent_creations: max_creations,
+        manager_url: String::new(),
+        engine_conf: Vec::new(),
+        admins: Vec::new(),
+    }
+}
+
+fn setup(cfg: ManagerConfig, mode: Mode) -> (Arc<Manager>, Arc<FakeEcm>) {
+    let m = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], "t".into()).expect("manager");
+    let ecm = Arc::new(FakeEcm {
+        manager: OnceLock::new(),
+        mode: Mutex::new(mode),
+        starting: Arc::new(AtomicUsize::new(0)),
+        max_starting: AtomicUsize::new(0),
+        launched: AtomicUsize::new(0),
+        killed: Mutex::default(),
+    });
+    let _ = ecm.manager.set(m.clone());
+    m.register_ecm("ecm:1", LabelSet::default(), Resource::new(64 << 30, 64, 64), ecm.clone());
+    (m, ecm)
+}
+
+fn ask(labels: &[(&str, &str)]) -> AskRequest {
+    let mut l = LabelSet::default();
+    for (k, v) in labels {
+        l.insert(k, v.to_string()).expect("label");
+    }
+    AskRequest {
+        user: "alice".into(),
+        labels: l,
+        properties: HashMap::<String, String>::new().into_iter().collect(),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+const BASE: [(&str, &str); 2] = [("engineType", "shell-1"), ("userCreator", "alice-IDE")];
+
+fn assert_all_free(m: &Manager) {
+    m.resources().check_invariants().expect("invariants");
+    for (label, lr) in m.resources().snapshot() {
+        assert!(lr.used.is_zero() && lr.locked.is_zero(), "{label} still holds {lr:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_never_gets_ready_is_stopped_and_released_at_its_deadline() {
+    let (m, ecm) = setup(config(300, 2), Mode::NeverReady);
+    let t0 = std::time::Instant::now();
+    let err = m.ask(&ask(&BASE)).await.expect_err("never ready");
+    assert_eq!(err.code, ErrorCode::EngineStartFailed);
+    assert!(err.message.contains("did not become ready"), "{}", err.message);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    for _ in 0..100 {
+        if !ecm.killed.lock().expect("k").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ecm.killed.lock().expect("k").len(), 1, "its process is stopped");
+    assert!(m.list_engines().is_empty());
+    assert_all_free(&m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_launch_releases_its_reservation() {
+    let (m, _) = setup(config(5_000, 2), Mode::FailLaunch);
+    let err = m.ask(&ask(&BASE)).await.expect_err("launch fails");
+    assert!(err.message.contains("necessary environment variable X"), "{}", err.message);
+    assert_all_free(&m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_asks_creates_engines_at_most_n_at_a_time_and_reuses_after() {
+    let (m, ecm) = setup(config(5_000, 2), Mode::Ready { delay_ms: 50 });
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let m = m.clone();
+        set.spawn(async move { m.ask(&ask(&BASE)).await });
+    }
+    let mut grants = Vec::new();
+    while let Some(r) = set.join_next().await {
+        grants.push(r.expect("join").expect("grant"));
+    }
+    assert!(
+        ecm.max_starting.load(Ordering::SeqCst) <= 2,
+        "at most 2 creations at once, saw {}",
+        ecm.max_starting.load(Ordering::SeqCst)
+    );
+    // Give every engine back, then the same labels reuse instead of creating.
+    for g in &grants {
+        m.unlock(g).await;
+    }
+    let before = ecm.launched.load(Ordering::SeqCst);
+    let g = m.ask(&ask(&BASE)).await.expect("reuse");
+    assert!(g.reused);
+    assert_eq!(ecm.launched.load(Ordering::SeqCst), before);
+    // reuseExclusion "*" and executeOnce both create a new engine.
+    let excl = m.ask(&ask(&[BASE[0], BASE[1], ("reuseExclusion", "*")])).await.expect("new");
+    assert!(!excl.reused);
+    let once = m.ask(&ask(&[BASE[0], BASE[1], ("executeOnce", "")])).await.expect("new");
+    assert!(!once.reused);
+    // An engine excluded by instance is skipped.
+    m.unlock(&g).await;
+    let skip = m.ask(&ask(&[BASE[0], BASE[1], ("reuseExclusion", g.instance.as_str())])).await.expect("grant");
+    assert_ne!(skip.instance, g.instance);
+    // Every engine ending releases exactly what it held.
+    for e in m.list_engines() {
+        m.finish(&e.ticket_id, NodeStatus::Success, "test over".into(), false);
+        m.finish(&e.ticket_id, NodeStatus::Success, "twice is harmless".into(), false);
+    }
+    assert_all_free(&m);
+}
