@@ -426,3 +426,47 @@ async fn queueing_and_running_timeouts_from_labels() {
     assert_eq!(v["status"], 2);
     assert!(v["message"].as_str().expect("m").contains("jobRunningTimeout must be a positive number"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_retire_after_max_tasks_and_full_queues_refuse_clearly() {
+    let s = Server::start(&FAST.replace("[engineconn]\n", "[engineconn]\nmax_tasks = 2\n")).await;
+    let mut engines = Vec::new();
+    for i in 0..3 {
+        let (e, t) = s.shell("alice", &format!("echo {i}")).await;
+        assert_eq!(s.wait_done("alice", &e).await, "Succeed");
+        engines.push(s.job("alice", t).await["engineInstance"].clone());
+    }
+    assert_eq!(engines[0], engines[1], "the first engine serves two tasks");
+    assert_ne!(engines[1], engines[2], "then retires");
+    drop(s);
+
+    let s = Server::start(&format!("{FAST}\n[entrance]\nmax_running_per_group = 1\nmax_queued_per_group = 1\n")).await;
+    let (running, _) = s.shell("alice", "sleep 30").await;
+    s.wait_status("alice", &running, &["Running"], Duration::from_secs(20)).await;
+    let (_queued, _) = s.shell("alice", "echo waiting").await;
+    let body = json!({"executionContent": {"code": "echo", "runType": "shell"}, "labels": {"engineType": "shell-1"}})
+        .to_string();
+    let v = s.call("POST", "/entrance/submit", "alice", Some(&body)).await;
+    assert_eq!(v["status"], 1, "{v}");
+    assert!(v["message"].as_str().expect("m").contains("queue of group IDE_alice_shell is full"), "{v}");
+    // Another user's group is not affected.
+    let (other, _) = s.shell("bob", "echo free").await;
+    assert_eq!(s.wait_done("bob", &other).await, "Succeed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_an_engine_kills_every_process_it_started() {
+    let s = Server::start(FAST).await;
+    // A task that escapes its process group and session on purpose.
+    let (exec, task) = s.shell("alice", "setsid sleep 300 & sleep 300 & echo started; wait").await;
+    s.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ticket = s.job("alice", task).await["ticketId"].as_str().expect("ticket").to_string();
+    let tagged = || common::engine_pids(&s.data_dir);
+    assert!(tagged().len() >= 4, "engine, bash and two sleeps: {:?}", tagged());
+    let v =
+        s.call("POST", "/linkisManager/killEngineConn", "alice", Some(&json!({"ticketId": ticket}).to_string())).await;
+    assert_eq!(v["status"], 0, "{v}");
+    wait_until("every process of the engine to be gone", Duration::from_secs(10), || tagged().is_empty()).await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Failed");
+}
