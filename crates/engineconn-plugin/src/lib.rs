@@ -159,6 +159,36 @@ pub fn resource_from(
     Ok(Resource::new(memory, cores, 1))
 }
 
+/// Startup parameter: comma-separated environment variables the engine's host
+/// must have (checked by the ECM before launch, naming the first one missing).
+pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
+
+/// `PATH` plus the variables a build request asks for in [`REQUIRED_ENV_KEY`].
+pub fn required_env(req: &EngineConnBuildRequest) -> Vec<String> {
+    std::iter::once("PATH".to_string())
+        .chain(
+            req.properties
+                .get(REQUIRED_ENV_KEY)
+                .into_iter()
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+        )
+        .collect()
+}
+
+/// The launch of an engine that runs inside this very binary (`<exe> engineconn`).
+pub fn same_binary_launch(req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
+    let exe =
+        std::env::current_exe().map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
+    Ok(EngineConnLaunchRequest {
+        command: vec![exe.display().to_string(), "engineconn".into()],
+        environment: BTreeMap::new(),
+        necessary_environment: required_env(req),
+    })
+}
+
 /// Look up a plugin by engine type, or fail naming the ones available.
 pub fn find_plugin<'a>(
     plugins: &'a [Arc<dyn EngineConnPlugin>],

@@ -45,6 +45,29 @@ pub struct EngineConnArgs {
     pub rpc_token: String,
 }
 
+impl EngineConnArgs {
+    /// The arguments an ECM launched this process with, completed from its
+    /// environment: the RPC secret and the secret options (never on the
+    /// command line).
+    pub fn from_launch(
+        ticket_id: String,
+        user: String,
+        manager_url: String,
+        work_dir: PathBuf,
+        labels: Vec<String>,
+        mut conf: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let rpc_token = std::env::var(RPC_TOKEN_ENV)
+            .context("HANGAR_RPC_TOKEN is not set: engines are started by an EngineConnManager")?;
+        if let Ok(secret) = std::env::var(hangar_protocol::SECRET_CONF_ENV) {
+            let map: BTreeMap<String, String> =
+                serde_json::from_str(&secret).context("HANGAR_ENGINE_SECRET_CONF is not a JSON object of strings")?;
+            conf.extend(map.into_iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        Ok(Self { ticket_id, user, manager_url, labels, conf, work_dir, rpc_token })
+    }
+}
+
 /// Run an engine until it exits; the error, if any, has already been reported
 /// to the manager when that was possible.
 pub async fn run(args: EngineConnArgs, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {

@@ -280,23 +280,14 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
 
 fn cmd_engineconn(a: EngineConnArgs) -> anyhow::Result<()> {
     init_tracing("info");
-    let rpc_token = std::env::var(hangar_engineconn::RPC_TOKEN_ENV)
-        .context("HANGAR_RPC_TOKEN is not set: engines are started by an EngineConnManager")?;
-    let mut conf = a.conf;
-    if let Ok(secret) = std::env::var(hangar_protocol::SECRET_CONF_ENV) {
-        let map: std::collections::BTreeMap<String, String> =
-            serde_json::from_str(&secret).context("HANGAR_ENGINE_SECRET_CONF is not a JSON object of strings")?;
-        conf.extend(map.into_iter().map(|(k, v)| format!("{k}={v}")));
-    }
-    let args = hangar_engineconn::EngineConnArgs {
-        ticket_id: a.ticket_id,
-        user: a.user,
-        manager_url: a.manager_url,
-        labels: a.labels,
-        conf,
-        work_dir: a.work_dir,
-        rpc_token,
-    };
+    let args = hangar_engineconn::EngineConnArgs::from_launch(
+        a.ticket_id,
+        a.user,
+        a.manager_url,
+        a.work_dir,
+        a.labels,
+        a.conf,
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(hangar_engineconn::run(args, plugins()))
 }

@@ -38,9 +38,7 @@ use sqlx::{AssertSqlSafe, Column as _, Connection, Either, Executor as _, Row, S
 
 pub use settings::Target;
 
-/// Startup parameter: comma-separated environment variables the engine's host
-/// must have (checked by the ECM before launch).
-pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
+pub use hangar_engineconn_plugin::REQUIRED_ENV_KEY;
 
 const RUN_TYPES: &[&str] = &["jdbc", "sql", "psql"];
 /// How long connecting (and a health check) may take.
@@ -73,23 +71,7 @@ impl EngineConnPlugin for JdbcPlugin {
     }
 
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
-        Ok(EngineConnLaunchRequest {
-            command: vec![exe.display().to_string(), "engineconn".into()],
-            environment: BTreeMap::new(),
-            necessary_environment: std::iter::once("PATH".to_string())
-                .chain(
-                    req.properties
-                        .get(REQUIRED_ENV_KEY)
-                        .into_iter()
-                        .flat_map(|v| v.split(','))
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_string),
-                )
-                .collect(),
-        })
+        hangar_engineconn_plugin::same_binary_launch(req)
     }
 
     async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError> {

@@ -40,9 +40,7 @@ pub const PYTHON_PATH_KEY: &str = "hangar.python.path";
 pub const LINKIS_PYTHON_VERSION_KEY: &str = "python.version";
 /// Startup parameter: colon-separated folders put in front of `sys.path`.
 pub const PYTHON_PATHS_KEY: &str = "hangar.python.paths";
-/// Startup parameter: comma-separated environment variables the engine's host
-/// must have (checked by the ECM before launch).
-pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
+pub use hangar_engineconn_plugin::REQUIRED_ENV_KEY;
 
 const DEFAULT_PYTHON: &str = "python3";
 /// The real interpreter behind `python3`, found by [`PythonPlugin::prepare`].
@@ -96,27 +94,11 @@ impl EngineConnPlugin for PythonPlugin {
     }
 
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
-        let mut environment = BTreeMap::new();
+        let mut launch = hangar_engineconn_plugin::same_binary_launch(req)?;
         if let Some(p) = RESOLVED_PYTHON.get() {
-            environment.insert(RESOLVED_PYTHON_ENV.to_string(), p.clone());
+            launch.environment.insert(RESOLVED_PYTHON_ENV.to_string(), p.clone());
         }
-        Ok(EngineConnLaunchRequest {
-            command: vec![exe.display().to_string(), "engineconn".into()],
-            environment,
-            necessary_environment: std::iter::once("PATH".to_string())
-                .chain(
-                    req.properties
-                        .get(REQUIRED_ENV_KEY)
-                        .into_iter()
-                        .flat_map(|v| v.split(','))
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_string),
-                )
-                .collect(),
-        })
+        Ok(launch)
     }
 
     async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError> {

@@ -4,7 +4,7 @@
 //! non-zero exit fails the task with the tail of stderr, and a kill signals the
 //! whole group.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -23,9 +23,7 @@ use tokio::process::Command;
 
 /// Startup parameter: the folder tasks run in (default: the engine's work dir).
 pub const WORKING_DIR_KEY: &str = "hangar.shell.working_dir";
-/// Startup parameter: comma-separated environment variables the engine's host
-/// must have (checked by the ECM before launch).
-pub const REQUIRED_ENV_KEY: &str = "hangar.engineconn.required_env";
+pub use hangar_engineconn_plugin::REQUIRED_ENV_KEY;
 
 const STDERR_TAIL_LINES: usize = 20;
 const KILL_GRACE: Duration = Duration::from_millis(500);
@@ -52,23 +50,7 @@ impl EngineConnPlugin for ShellPlugin {
     }
 
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| HangarError::internal(format!("cannot find the hangar binary: {e}")))?;
-        Ok(EngineConnLaunchRequest {
-            command: vec![exe.display().to_string(), "engineconn".into()],
-            environment: BTreeMap::new(),
-            necessary_environment: std::iter::once("PATH".to_string())
-                .chain(
-                    req.properties
-                        .get(REQUIRED_ENV_KEY)
-                        .into_iter()
-                        .flat_map(|v| v.split(','))
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_string),
-                )
-                .collect(),
-        })
+        hangar_engineconn_plugin::same_binary_launch(req)
     }
 
     async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError> {
@@ -214,6 +196,7 @@ mod tests {
     use super::*;
     use hangar_engineconn_plugin::{CancelSignal, ExecutorEvent};
     use hangar_protocol::dolphin;
+    use std::collections::BTreeMap;
     use tokio::sync::mpsc;
 
     async fn run(
