@@ -25,6 +25,7 @@ fn plugins() -> Vec<Arc<dyn EngineConnPlugin>> {
         Arc::new(hangar_plugin_shell::ShellPlugin),
         Arc::new(hangar_plugin_python::PythonPlugin),
         Arc::new(hangar_plugin_jdbc::JdbcPlugin),
+        Arc::new(hangar_plugin_sql::SqlPlugin),
     ]
 }
 

@@ -51,7 +51,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(labels: &[&str], conf: &[String]) -> Harness {
+    async fn start(program: &std::path::Path, labels: &[&str], conf: &[String]) -> Harness {
         let seen: Shared = Arc::default();
         let app = Router::new()
             .route(MANAGER_RPC_PATH, post(manager_rpc))
@@ -61,7 +61,7 @@ impl Harness {
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         let dir = tempfile::tempdir().expect("tmp");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hangar"));
+        let mut cmd = Command::new(program);
         cmd.args(["engineconn", "--ticket-id", "t-1", "--user", "alice", "--manager-url", &base, "--work-dir"])
             .arg(dir.path())
             .args(["--conf", "hangar.engineconn.running_info_interval_ms=100"])
@@ -181,6 +181,11 @@ struct EngineCase {
 }
 
 async fn assert_engine_conformance(case: EngineCase) {
+    assert_engine_conformance_of(std::path::Path::new(env!("CARGO_BIN_EXE_hangar")), case).await
+}
+
+/// The suite against an engine binary other than `hangar` (same `engineconn` arguments).
+async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCase) {
     let conf: Vec<String> = case
         .env_conf
         .iter()
@@ -191,7 +196,7 @@ async fn assert_engine_conformance(case: EngineCase) {
             ),
         })
         .collect();
-    let h = Harness::start(case.labels, &conf).await;
+    let h = Harness::start(program, case.labels, &conf).await;
     let results = tempfile::tempdir().expect("results");
     assert_eq!(h.status().await, NodeStatus::Unlock, "ready engines are Unlock");
 
@@ -331,5 +336,36 @@ async fn jdbc_engine_conformance() {
         long_code: "select pg_sleep(60)",
         env_conf: &[("jdbc.url", "HANGAR_TEST_POSTGRES_URL")],
     })
+    .await;
+}
+
+/// `hangar-sql-engine`, built next to `hangar` (integration tests only see their
+/// own package's binaries through `CARGO_BIN_EXE_*`).
+fn sql_engine_binary() -> std::path::PathBuf {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_hangar")).with_file_name("hangar-sql-engine");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first with `cargo build -p hangar-sql-engine` \
+         (`cargo test --workspace` and scripts/test build it)",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datafusion_engine_conformance() {
+    assert_engine_conformance_of(
+        &sql_engine_binary(),
+        EngineCase {
+            labels: &["engineType=datafusion-1", "userCreator=alice-IDE", "codeType=sql"],
+            run_type: "sql",
+            ok_code: "select 'conform' as c",
+            expected: "conform",
+            bad_code: "select * from no_such_table",
+            // Minutes of work: a filter keeps statistics from answering the count.
+            long_code: "select count(*) from range(1000000000) a, range(1000) b where a.value + b.value > 0",
+            env_conf: &[],
+        },
+    )
     .await;
 }

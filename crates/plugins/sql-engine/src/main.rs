@@ -1,0 +1,77 @@
+//! `hangar-sql-engine engineconn ...`: the DataFusion engine process an ECM
+//! launches (the launch command of `hangar_plugin_sql::SqlPlugin`). It takes
+//! the same arguments and environment as `hangar engineconn`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use hangar_sql_engine::FullSqlPlugin;
+
+#[derive(Parser)]
+#[command(name = "hangar-sql-engine", version, about = "Hangar's embedded SQL engine (DataFusion), started by an ECM")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run as an engine process (started by an EngineConnManager).
+    Engineconn(EngineConnArgs),
+}
+
+#[derive(Args)]
+struct EngineConnArgs {
+    #[arg(long)]
+    ticket_id: String,
+    #[arg(long)]
+    user: String,
+    #[arg(long)]
+    manager_url: String,
+    #[arg(long)]
+    work_dir: PathBuf,
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long = "conf")]
+    conf: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let Command::Engineconn(a) = Cli::parse().command;
+    match cmd_engineconn(a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn cmd_engineconn(a: EngineConnArgs) -> anyhow::Result<()> {
+    init_tracing("info");
+    let args = hangar_engineconn::EngineConnArgs::from_launch(
+        a.ticket_id,
+        a.user,
+        a.manager_url,
+        a.work_dir,
+        a.labels,
+        a.conf,
+    )?;
+    // The engine's own runtime (RPC endpoint, heartbeats, result writing);
+    // queries run on a runtime of their own inside the session.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(hangar_engineconn::run(args, vec![Arc::new(FullSqlPlugin)]))
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
