@@ -470,3 +470,28 @@ async fn killing_an_engine_kills_every_process_it_started() {
     wait_until("every process of the engine to be gone", Duration::from_secs(10), || tagged().is_empty()).await;
     assert_eq!(s.wait_done("alice", &exec).await, "Failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_launch_command_fails_the_job_with_the_stderr_tail() {
+    let s = Server::start(FAST).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let not_a_program = dir.path().join("not-a-program");
+    std::fs::write(&not_a_program, "just text").expect("write");
+    let body = json!({
+        "executionContent": {"code": "select 1", "runType": "sql"},
+        "params": {"configuration": {"startup": {"hangar.sql.engine_binary": not_a_program.display().to_string()}}},
+        "labels": {"engineType": "datafusion-1", "userCreator": "alice-IDE"},
+    });
+    let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
+    assert_eq!(v["status"], 0, "{v}");
+    let (exec, task) = (v["data"]["execID"].as_str().expect("e").to_string(), v["data"]["taskID"].as_i64().expect("t"));
+    assert_eq!(s.wait_done("alice", &exec).await, "Failed");
+    let desc = s.job("alice", task).await["errDesc"].as_str().expect("errDesc").to_string();
+    assert!(
+        desc.contains("exit code 126") && desc.contains("last stderr lines") && desc.contains("Permission denied"),
+        "{desc}"
+    );
+    assert!(desc.contains("logs: ") && desc.contains("a retry will likely fail the same way"), "{desc}");
+    let r = s.call("GET", "/linkisManager/rm/userresources", "alice", None).await;
+    assert_eq!(r["data"]["userResources"][0]["lockedResource"]["instance"], 0, "released: {r}");
+}
