@@ -49,6 +49,8 @@ pub struct EcmConfig {
     pub adopt_on_restart: bool,
     /// Below this much free memory the ECM reports itself protected.
     pub protected_memory: u64,
+    /// When the ECM runs as root, run each engine as its requesting OS user.
+    pub run_as_user: bool,
 }
 
 /// What the ECM reports to the manager on its own.
@@ -208,6 +210,19 @@ impl Ecm {
         env.insert("TEMP_DIRS".into(), work_dir.join("tmp").display().to_string());
         env.insert("TMPDIR".into(), work_dir.join("tmp").display().to_string());
         env.insert(TICKET_ENV.into(), req.ticket_id.clone());
+        if let Some(u) = self.run_as(&req.user, &work_dir).await? {
+            env.insert("HOME".into(), u.dir.display().to_string());
+            // Drop to the user's uid, gid and groups right before the engine starts.
+            let mut wrapped = vec![
+                "setpriv".to_string(),
+                format!("--reuid={}", u.uid),
+                format!("--regid={}", u.gid),
+                "--init-groups".to_string(),
+                "--".to_string(),
+            ];
+            wrapped.extend(args);
+            args = wrapped;
+        }
         let script = startup_script(&env, &args);
         let script_path = work_dir.join("engineConnExec.sh");
         tokio::fs::write(&script_path, script)
@@ -253,6 +268,32 @@ impl Ecm {
             this.report_exit(&ticket, pid, &how, retry).await;
         });
         Ok(Launched { pid, work_dir, log_dir })
+    }
+
+    /// The OS user an engine runs as, when that is on and possible; its work
+    /// dir is handed to that user. An unknown user is refused.
+    async fn run_as(&self, user: &str, work_dir: &Path) -> Result<Option<nix::unistd::User>, HangarError> {
+        if !self.cfg.run_as_user {
+            return Ok(None);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            tracing::warn!(%user, "ecm.run_as_user is on but the ECM is not root: the engine runs as the ECM's user");
+            return Ok(None);
+        }
+        let name = user.to_string();
+        let dir = work_dir.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || -> Result<nix::unistd::User, String> {
+            let u = nix::unistd::User::from_name(&name)
+                .map_err(|e| format!("cannot look up OS user '{name}': {e}"))?
+                .ok_or_else(|| {
+                format!("OS user '{name}' does not exist on this host: the engine cannot run as that user")
+            })?;
+            chown_tree(&dir, u.uid, u.gid).map_err(|e| format!("cannot hand {} to '{name}': {e}", dir.display()))?;
+            Ok(u)
+        })
+        .await
+        .map_err(|e| HangarError::internal(e.to_string()))?;
+        found.map(Some).map_err(|m| start_failed(format!("{m} (ECM {})", self.cfg.instance)))
     }
 
     /// Forget an ended engine and tell the manager how it ended, with the tail of its stderr.
@@ -380,6 +421,19 @@ impl Ecm {
 
 fn start_failed(message: String) -> HangarError {
     HangarError::new(ErrorCode::EngineStartFailed, message)
+}
+
+fn chown_tree(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
+    nix::unistd::chown(dir, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(dir)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            chown_tree(&p, uid, gid)?;
+        } else {
+            nix::unistd::chown(&p, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }
 
 fn shell_quote(s: &str) -> String {

@@ -456,6 +456,7 @@ impl Entrance {
             result_dir: job.result_dir.display().to_string(),
             callback_url: self.cfg.callback_url.clone(),
         };
+        prepare_result_dir(job.result_dir.clone(), job.user.clone()).await;
         self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await?;
 
         let mut kill_deadline: Option<tokio::time::Instant> = None;
@@ -580,6 +581,31 @@ fn redact_secrets(v: Value) -> Value {
         Value::Array(a) => Value::Array(a.into_iter().map(redact_secrets).collect()),
         other => other,
     }
+}
+
+/// Create the job's result folder; when this process is root and the job's
+/// user exists on the host, hand it to that user (engines may run as them).
+async fn prepare_result_dir(dir: PathBuf, user: String) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot create result folder");
+            return;
+        }
+        if nix::unistd::geteuid().is_root()
+            && let Ok(Some(u)) = nix::unistd::User::from_name(&user)
+        {
+            // The user's own folder and everything below it.
+            let mut p = dir.as_path();
+            for _ in 0..4 {
+                let _ = nix::unistd::chown(p, Some(u.uid), Some(u.gid));
+                match p.parent() {
+                    Some(parent) => p = parent,
+                    None => break,
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// A job-strategy label in seconds (`jobQueuingTimeout`, `jobRunningTimeout`).

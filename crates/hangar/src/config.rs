@@ -82,6 +82,7 @@ pub struct Ecm {
     pub max_concurrent_launches: usize,
     pub launch_queue_timeout_ms: u64,
     pub adopt_on_restart: bool,
+    pub run_as_user: bool,
     pub heartbeat_interval_ms: u64,
     /// `key=value` labels of this ECM; asks must carry the same to land here.
     pub labels: Vec<String>,
@@ -148,6 +149,7 @@ impl Default for Config {
                 max_concurrent_launches: 8,
                 launch_queue_timeout_ms: 30_000,
                 adopt_on_restart: true,
+                run_as_user: false,
                 heartbeat_interval_ms: 1_000,
                 labels: vec![],
             },

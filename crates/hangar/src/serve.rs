@@ -145,6 +145,14 @@ fn build_ecm(
 ) -> anyhow::Result<(Arc<Ecm>, mpsc::UnboundedReceiver<EcmEvent>, LabelSet, Resource)> {
     let protected = parse_bytes(&cfg.ecm.protected_memory)?;
     prepare_plugins(&plugins);
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_default();
+    match (cfg.ecm.run_as_user, nix::unistd::geteuid().is_root()) {
+        (true, true) => tracing::info!("engines run as their requesting OS users"),
+        (true, false) => {
+            tracing::warn!(user = %me, "ecm.run_as_user is on but the ECM is not root: engines run as {me}")
+        }
+        (false, _) => tracing::info!(user = %me, "engines run as the ECM's user {me} (ecm.run_as_user is off)"),
+    }
     let (ecm, events) = Ecm::new(
         EcmConfig {
             instance: instance.to_string(),
@@ -155,6 +163,7 @@ fn build_ecm(
             launch_queue_timeout: ms(cfg.ecm.launch_queue_timeout_ms),
             adopt_on_restart: cfg.ecm.adopt_on_restart,
             protected_memory: protected,
+            run_as_user: cfg.ecm.run_as_user,
         },
         plugins,
     );

@@ -495,3 +495,31 @@ async fn a_bad_launch_command_fails_the_job_with_the_stderr_tail() {
     let r = s.call("GET", "/linkisManager/rm/userresources", "alice", None).await;
     assert_eq!(r["data"]["userResources"][0]["lockedResource"]["instance"], 0, "released: {r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_run_as_their_os_user_when_the_ecm_is_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: run_as_user needs a root ECM; CI runs as root");
+        return;
+    }
+    let user = "hangarrun1";
+    if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+        let st = std::process::Command::new("useradd")
+            .args(["-M", "-s", "/usr/sbin/nologin", user])
+            .status()
+            .expect("useradd");
+        assert!(st.success(), "useradd {user}");
+    }
+    let s = Server::start(&FAST.replace("[ecm]\n", "[ecm]\nrun_as_user = true\n")).await;
+    // The test's temp folder is private; let the engine's user through it.
+    use std::os::unix::fs::PermissionsExt;
+    let root = s.data_dir.parent().expect("tmp root");
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (exec, task) = s.shell(user, "id -un; echo written > $TMPDIR/f && cat $TMPDIR/f").await;
+    assert_eq!(s.wait_done(user, &exec).await, "Succeed", "{}", s.server_log());
+    assert_eq!(s.results(user, task).await[0]["fileContent"], json!([[user], ["written"]]));
+    let (exec, task) = s.shell("nosuchuserx", "id -un").await;
+    assert_eq!(s.wait_done("nosuchuserx", &exec).await, "Failed");
+    let desc = s.job("nosuchuserx", task).await["errDesc"].as_str().expect("d").to_string();
+    assert!(desc.contains("OS user 'nosuchuserx' does not exist"), "{desc}");
+}
