@@ -447,69 +447,49 @@ fn res(v: &Value, ptr: &str) -> String {
 
 /// Operator views as tables.
 pub async fn ops(client: &Client, what: OpsView, out: &mut impl Write) -> anyhow::Result<()> {
-    match what {
+    type RowFn = fn(&Value) -> Vec<String>;
+    let (path, key, headers, row): (&str, &str, &[&str], RowFn) = match what {
         OpsView::Ecms => {
-            let d = client.get("/linkisManager/listAllEMs", &[]).await?;
-            let rows: Vec<Vec<String>> = d["EMs"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|e| {
-                    vec![
-                        s(e, "/instance"),
-                        s(e, "/nodeStatus"),
-                        s(e, "/engineCount"),
-                        res(e, "/usedResource"),
-                        res(e, "/lockedResource"),
-                        res(e, "/maxResource"),
-                    ]
-                })
-                .collect();
-            print_table(out, &["INSTANCE", "STATUS", "ENGINES", "USED", "LOCKED", "MAX"], &rows)?;
+            ("/linkisManager/listAllEMs", "EMs", &["INSTANCE", "STATUS", "ENGINES", "USED", "LOCKED", "MAX"], |e| {
+                vec![
+                    s(e, "/instance"),
+                    s(e, "/nodeStatus"),
+                    s(e, "/engineCount"),
+                    res(e, "/usedResource"),
+                    res(e, "/lockedResource"),
+                    res(e, "/maxResource"),
+                ]
+            })
         }
-        OpsView::Engines { all } => {
-            let path = if all { "/linkisManager/listAllEngines" } else { "/linkisManager/listUserEngines" };
-            let d = client.get(path, &[]).await?;
-            let rows: Vec<Vec<String>> = d["engines"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|e| {
-                    vec![
-                        s(e, "/instance"),
-                        s(e, "/engineType"),
-                        s(e, "/owner"),
-                        s(e, "/nodeStatus"),
-                        s(e, "/emInstance"),
-                        s(e, "/pid"),
-                        s(e, "/ticketId"),
-                    ]
-                })
-                .collect();
-            print_table(out, &["INSTANCE", "TYPE", "OWNER", "STATUS", "ECM", "PID", "TICKET"], &rows)?;
-        }
-        OpsView::Resources => {
-            let d = client.get("/linkisManager/rm/userresources", &[]).await?;
-            let rows: Vec<Vec<String>> = d["userResources"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|r| {
-                    vec![
-                        s(r, "/userCreator"),
-                        s(r, "/engineTypeWithVersion"),
-                        res(r, "/usedResource"),
-                        res(r, "/lockedResource"),
-                        res(r, "/maxResource"),
-                    ]
-                })
-                .collect();
-            print_table(out, &["USER-CREATOR", "ENGINE", "USED", "LOCKED", "MAX"], &rows)?;
-        }
-    }
+        OpsView::Engines { all } => (
+            if all { "/linkisManager/listAllEngines" } else { "/linkisManager/listUserEngines" },
+            "engines",
+            &["INSTANCE", "TYPE", "OWNER", "STATUS", "ECM", "PID", "TICKET"],
+            |e| {
+                ["/instance", "/engineType", "/owner", "/nodeStatus", "/emInstance", "/pid", "/ticketId"]
+                    .iter()
+                    .map(|p| s(e, p))
+                    .collect()
+            },
+        ),
+        OpsView::Resources => (
+            "/linkisManager/rm/userresources",
+            "userResources",
+            &["USER-CREATOR", "ENGINE", "USED", "LOCKED", "MAX"],
+            |r| {
+                vec![
+                    s(r, "/userCreator"),
+                    s(r, "/engineTypeWithVersion"),
+                    res(r, "/usedResource"),
+                    res(r, "/lockedResource"),
+                    res(r, "/maxResource"),
+                ]
+            },
+        ),
+    };
+    let d = client.get(path, &[]).await?;
+    let rows: Vec<Vec<String>> = d[key].as_array().map(|a| a.iter().map(row).collect()).unwrap_or_default();
+    print_table(out, headers, &rows)?;
     Ok(())
 }
 

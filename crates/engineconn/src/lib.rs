@@ -45,6 +45,31 @@ pub struct EngineConnArgs {
     pub rpc_token: String,
 }
 
+/// The command line an ECM starts an engine with, after the program's own
+/// `engineconn` word (shared by every engine binary).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchArgs {
+    #[arg(long)]
+    pub ticket_id: String,
+    #[arg(long)]
+    pub user: String,
+    #[arg(long)]
+    pub manager_url: String,
+    #[arg(long)]
+    pub work_dir: PathBuf,
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    #[arg(long = "conf")]
+    pub conf: Vec<String>,
+}
+
+impl LaunchArgs {
+    /// Complete the arguments from the launch environment.
+    pub fn into_args(self) -> anyhow::Result<EngineConnArgs> {
+        EngineConnArgs::from_launch(self.ticket_id, self.user, self.manager_url, self.work_dir, self.labels, self.conf)
+    }
+}
+
 impl EngineConnArgs {
     /// The arguments an ECM launched this process with, completed from its
     /// environment: the RPC secret and the secret options (never on the

@@ -70,7 +70,7 @@ enum Command {
     Bench(BenchArgs),
     /// The engine process an EngineConnManager launches (not for direct use).
     #[command(hide = true)]
-    Engineconn(EngineConnArgs),
+    Engineconn(hangar_engineconn::LaunchArgs),
 }
 
 #[derive(Args)]
@@ -174,22 +174,6 @@ struct EnginesArgs {
     all: bool,
 }
 
-#[derive(Args)]
-struct EngineConnArgs {
-    #[arg(long)]
-    ticket_id: String,
-    #[arg(long)]
-    user: String,
-    #[arg(long)]
-    manager_url: String,
-    #[arg(long)]
-    work_dir: PathBuf,
-    #[arg(long = "label")]
-    labels: Vec<String>,
-    #[arg(long = "conf")]
-    conf: Vec<String>,
-}
-
 fn main() -> ExitCode {
     // Called as `linkis-cli` (a link to this binary): Linkis's CLI front.
     let argv: Vec<String> = std::env::args().collect();
@@ -279,16 +263,9 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(serve::serve(cfg, plugins()))
 }
 
-fn cmd_engineconn(a: EngineConnArgs) -> anyhow::Result<()> {
+fn cmd_engineconn(a: hangar_engineconn::LaunchArgs) -> anyhow::Result<()> {
     init_tracing("info");
-    let args = hangar_engineconn::EngineConnArgs::from_launch(
-        a.ticket_id,
-        a.user,
-        a.manager_url,
-        a.work_dir,
-        a.labels,
-        a.conf,
-    )?;
+    let args = a.into_args()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(hangar_engineconn::run(args, plugins()))
 }

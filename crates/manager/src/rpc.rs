@@ -14,6 +14,11 @@ use hangar_protocol::rpc::{
 
 use crate::{Manager, lock};
 
+fn authorize(m: &Manager, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
+    if ok { Ok(()) } else { Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into())) }
+}
+
 pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route(MANAGER_RPC_PATH, post(handle))
@@ -26,10 +31,7 @@ async fn handle_ecm(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ManagerReply>, (StatusCode, String)> {
-    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
-    if !ok {
-        return Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into()));
-    }
+    authorize(&m, &headers)?;
     let msg: EcmToManager =
         serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
     let known = match msg {
@@ -58,10 +60,7 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ManagerReply>, (StatusCode, String)> {
-    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
-    if !ok {
-        return Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into()));
-    }
+    authorize(&m, &headers)?;
     let msg: EngineToManager =
         serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
     Ok(Json(ManagerReply { known: m.on_engine_message(msg) }))

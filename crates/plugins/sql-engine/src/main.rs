@@ -2,11 +2,10 @@
 //! launches (the launch command of `hangar_plugin_sql::SqlPlugin`). It takes
 //! the same arguments and environment as `hangar engineconn`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use hangar_sql_engine::FullSqlPlugin;
 
 #[derive(Parser)]
@@ -19,23 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run as an engine process (started by an EngineConnManager).
-    Engineconn(EngineConnArgs),
-}
-
-#[derive(Args)]
-struct EngineConnArgs {
-    #[arg(long)]
-    ticket_id: String,
-    #[arg(long)]
-    user: String,
-    #[arg(long)]
-    manager_url: String,
-    #[arg(long)]
-    work_dir: PathBuf,
-    #[arg(long = "label")]
-    labels: Vec<String>,
-    #[arg(long = "conf")]
-    conf: Vec<String>,
+    Engineconn(hangar_engineconn::LaunchArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,16 +32,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn cmd_engineconn(a: EngineConnArgs) -> anyhow::Result<()> {
+fn cmd_engineconn(a: hangar_engineconn::LaunchArgs) -> anyhow::Result<()> {
     init_tracing("info");
-    let args = hangar_engineconn::EngineConnArgs::from_launch(
-        a.ticket_id,
-        a.user,
-        a.manager_url,
-        a.work_dir,
-        a.labels,
-        a.conf,
-    )?;
+    let args = a.into_args()?;
     // The engine's own runtime (RPC endpoint, heartbeats, result writing);
     // queries run on a runtime of their own inside the session.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
