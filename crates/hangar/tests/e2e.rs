@@ -312,7 +312,7 @@ async fn a_concurrent_engine_runs_jobs_side_by_side_and_execute_once_engines_ret
         assert_eq!(s.wait_done("alice", e).await, "Succeed");
         instances.insert(s.job("alice", *t).await["engineInstance"].as_str().expect("i").to_string());
     }
-    assert!(t0.elapsed() < Duration::from_millis(2500), "ran side by side: {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_millis(2900), "ran side by side: {:?}", t0.elapsed());
     assert_eq!(instances.len(), 1, "one engine served all three: {instances:?}");
 
     // executeOnce: a fresh engine that exits after its task.

@@ -251,7 +251,7 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let infos: Vec<Instant> =
         h.events(3).into_iter().filter(|(_, e)| matches!(e, TaskEvent::RunningInfo(_))).map(|(t, _)| t).collect();
-    assert!((10..=20).contains(&infos.len()), "{} running-info reports in 1.5 s at a 100 ms interval", infos.len());
+    assert!((8..=22).contains(&infos.len()), "{} running-info reports in 1.5 s at a 100 ms interval", infos.len());
     let killed_at = Instant::now();
     assert_eq!(h.call(&EngineRequest::Kill { task_id: 3 }).await, EngineReply::Ack);
     let (st, _, at) = h.final_status(3, Duration::from_secs(5)).await;
