@@ -93,6 +93,19 @@ impl EngineConnArgs {
     }
 }
 
+/// Structured logs to stderr for every Hangar process (the server, and each
+/// engine, whose stderr is its `logs/stderr`); `HANGAR_LOG` overrides `default`.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
 /// Run an engine until it exits; the error, if any, has already been reported
 /// to the manager when that was possible.
 pub async fn run(args: EngineConnArgs, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {

@@ -230,17 +230,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
 fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut cfg = config::Config::load(a.config.as_deref(), &|k| std::env::var(k).ok())?;
     if let Some(p) = a.port {
@@ -258,13 +247,13 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = a.manager {
         cfg.server.manager_url = m;
     }
-    init_tracing(&cfg.server.log_level);
+    hangar_engineconn::init_tracing(&cfg.server.log_level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve::serve(cfg, plugins()))
 }
 
 fn cmd_engineconn(a: hangar_engineconn::LaunchArgs) -> anyhow::Result<()> {
-    init_tracing("info");
+    hangar_engineconn::init_tracing("info");
     let args = a.into_args()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(hangar_engineconn::run(args, plugins()))
@@ -356,7 +345,7 @@ async fn cmd_ops(conn: &ConnArgs, view: hangar_cli::OpsView) -> anyhow::Result<i
 }
 
 fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
-    init_tracing("warn");
+    hangar_engineconn::init_tracing("warn");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(bench::run(bench::BenchOpts { quick: a.quick }))?;
     if let Some(path) = a.json {

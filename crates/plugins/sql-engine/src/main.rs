@@ -33,21 +33,10 @@ fn main() -> ExitCode {
 }
 
 fn cmd_engineconn(a: hangar_engineconn::LaunchArgs) -> anyhow::Result<()> {
-    init_tracing("info");
+    hangar_engineconn::init_tracing("info");
     let args = a.into_args()?;
     // The engine's own runtime (RPC endpoint, heartbeats, result writing);
     // queries run on a runtime of their own inside the session.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(hangar_engineconn::run(args, vec![Arc::new(FullSqlPlugin)]))
-}
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HANGAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }
