@@ -10,6 +10,7 @@
 //! any left-over process that carries the engine's ticket in its environment,
 //! after checking identity by pid + start time, never by name.
 
+mod materials;
 mod process;
 mod recover;
 mod server;
@@ -24,6 +25,7 @@ use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, find_pl
 use hangar_protocol::{ErrorCode, HangarError};
 use tokio::sync::{mpsc, watch};
 
+pub use materials::{MaterialCache, MaterialStats};
 pub use process::{pid_alive, proc_start_time};
 pub use server::router;
 
@@ -32,6 +34,8 @@ pub const TICKET_ENV: &str = "HANGAR_ENGINE_TICKET";
 /// Env var carrying the internal RPC secret to the engine (never written to disk).
 pub const RPC_TOKEN_ENV: &str = "HANGAR_RPC_TOKEN";
 const STDERR_TAIL_LINES: usize = 30;
+/// Engine defaults shipped in a plugin's `conf` material (Linkis's file name).
+pub const PLUGIN_PROPERTIES: &str = "linkis-engineconn.properties";
 
 #[derive(Debug, Clone)]
 pub struct EcmConfig {
@@ -51,6 +55,8 @@ pub struct EcmConfig {
     pub protected_memory: u64,
     /// When the ECM runs as root, run each engine as its requesting OS user.
     pub run_as_user: bool,
+    /// The shared, checksum-keyed cache of localized materials.
+    pub material_cache_dir: PathBuf,
 }
 
 /// What the ECM reports to the manager on its own.
@@ -82,16 +88,19 @@ pub struct Ecm {
     events: mpsc::UnboundedSender<EcmEvent>,
     launches: tokio::sync::Semaphore,
     launch_failures: std::sync::atomic::AtomicU64,
+    materials: MaterialCache,
 }
 
 impl Ecm {
     pub fn new(
         cfg: EcmConfig,
         plugins: Vec<Arc<dyn EngineConnPlugin>>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<EcmEvent>) {
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<EcmEvent>), HangarError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let launches = tokio::sync::Semaphore::new(cfg.max_concurrent_launches.max(1));
+        let materials = MaterialCache::new(cfg.material_cache_dir.clone(), cfg.rpc_token.clone())?;
         let this = Self {
+            materials,
             cfg,
             plugins,
             engines: Mutex::new(HashMap::new()),
@@ -99,7 +108,12 @@ impl Ecm {
             launches,
             launch_failures: std::sync::atomic::AtomicU64::new(0),
         };
-        (Arc::new(this), rx)
+        Ok((Arc::new(this), rx))
+    }
+
+    /// The material cache (counters for logs and tests).
+    pub fn materials(&self) -> &MaterialCache {
+        &self.materials
     }
 
     pub fn instance(&self) -> &str {
@@ -176,12 +190,31 @@ impl Ecm {
         }
         let work_dir = self.work_dir(&req)?;
         let log_dir = work_dir.join("logs");
-        for d in ["logs", "tmp", "conf", "lib"] {
+        for d in ["logs", "tmp"] {
             tokio::fs::create_dir_all(work_dir.join(d))
                 .await
                 .map_err(|e| start_failed(format!("cannot create {}: {e}", work_dir.join(d).display())))?;
         }
+        // Materials first (`conf`, `lib` and `resources/*` become links into
+        // the shared cache), then empty `conf`/`lib` where the plugin has none.
+        self.materials.localize(&req.materials, manager_url, &work_dir).await?;
+        for d in ["conf", "lib"] {
+            let p = work_dir.join(d);
+            if tokio::fs::symlink_metadata(&p).await.is_err() {
+                tokio::fs::create_dir_all(&p)
+                    .await
+                    .map_err(|e| start_failed(format!("cannot create {}: {e}", p.display())))?;
+            }
+        }
+        // Startup parameters win over the plugin's own defaults
+        // (`conf/linkis-engineconn.properties`), which win over the server's.
         let mut conf: BTreeMap<String, String> = req.properties.clone();
+        let plugin_conf = work_dir.join("conf").join(PLUGIN_PROPERTIES);
+        if let Ok(text) = tokio::fs::read_to_string(&plugin_conf).await {
+            for (k, v) in parse_properties(&text) {
+                conf.entry(k).or_insert(v);
+            }
+        }
         for (k, v) in engine_conf {
             conf.entry(k.clone()).or_insert_with(|| v.clone());
         }
@@ -209,6 +242,9 @@ impl Ecm {
         env.insert("LOG_DIRS".into(), log_dir.display().to_string());
         env.insert("TEMP_DIRS".into(), work_dir.join("tmp").display().to_string());
         env.insert("TMPDIR".into(), work_dir.join("tmp").display().to_string());
+        env.insert("HANGAR_CONF_DIR".into(), work_dir.join("conf").display().to_string());
+        env.insert("HANGAR_LIB_DIR".into(), work_dir.join("lib").display().to_string());
+        env.insert("HANGAR_RESOURCES_DIR".into(), work_dir.join("resources").display().to_string());
         env.insert(TICKET_ENV.into(), req.ticket_id.clone());
         if let Some(u) = self.run_as(&req.user, &work_dir).await? {
             env.insert("HOME".into(), u.dir.display().to_string());
@@ -423,17 +459,33 @@ fn start_failed(message: String) -> HangarError {
     HangarError::new(ErrorCode::EngineStartFailed, message)
 }
 
+/// Hand a work dir to the engine's user. Links into the shared material
+/// cache are re-owned themselves, never followed: the cache stays the ECM's.
 fn chown_tree(dir: &Path, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> std::io::Result<()> {
-    nix::unistd::chown(dir, Some(uid), Some(gid))?;
+    std::os::unix::fs::lchown(dir, Some(uid.as_raw()), Some(gid.as_raw()))?;
     for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            chown_tree(&p, uid, gid)?;
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), uid, gid)?;
         } else {
-            nix::unistd::chown(&p, Some(uid), Some(gid))?;
+            std::os::unix::fs::lchown(entry.path(), Some(uid.as_raw()), Some(gid.as_raw()))?;
         }
     }
     Ok(())
+}
+
+/// `key=value` (or `key: value`) lines of a Java-style properties file;
+/// `#` and `!` start comments.
+fn parse_properties(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('!'))
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=').or_else(|| l.split_once(':'))?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), v.trim().to_string()))
+        })
+        .collect()
 }
 
 fn shell_quote(s: &str) -> String {
@@ -464,6 +516,12 @@ pub(crate) async fn stderr_tail(log_dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_parse_like_java() {
+        let p = parse_properties("# c\n! c\na=1\n b : two words \n\nbad line\nc=x=y\n");
+        assert_eq!(p, vec![("a".into(), "1".into()), ("b".into(), "two words".into()), ("c".into(), "x=y".into())]);
+    }
 
     #[test]
     fn script_quotes_everything() {

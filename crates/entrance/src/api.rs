@@ -46,8 +46,9 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
         .route(&format!("{PREFIX}/filesystem/openFile"), get(open_file))
         .route(&format!("{PREFIX}/filesystem/openLog"), get(open_log))
         .route(ENTRANCE_RPC_PATH, post(task_events))
-        .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .merge(crate::bml::routes(entrance.manager.material_library().map_or(0, |l| l.max_upload())))
+        .fallback(not_found)
         .with_state(entrance)
 }
 

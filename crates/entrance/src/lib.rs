@@ -4,6 +4,7 @@
 
 mod api;
 pub mod auth;
+mod bml;
 mod config;
 mod files;
 mod job;

@@ -131,7 +131,7 @@ pub async fn heartbeats(engines: usize, beats: usize) -> anyhow::Result<Heartbea
         engine_conf: Vec::new(),
         admins: Vec::new(),
     };
-    let manager = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], token.clone())?;
+    let manager = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], token.clone(), None)?;
     let ecm = Arc::new(FakeEcm { manager: std::sync::OnceLock::new(), engine_addr, pid: AtomicU64::new(1_000_000) });
     let _ = ecm.manager.set(manager.clone());
     manager.register_ecm("sim-ecm:1", LabelSet::default(), Resource::new(1 << 50, 1 << 24, 1 << 24), ecm);

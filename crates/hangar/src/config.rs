@@ -16,6 +16,7 @@ pub struct Config {
     pub manager: Manager,
     pub ecm: Ecm,
     pub engineconn: EngineConn,
+    pub materials: Materials,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +87,17 @@ pub struct Ecm {
     pub heartbeat_interval_ms: u64,
     /// `key=value` labels of this ECM; asks must carry the same to land here.
     pub labels: Vec<String>,
+    /// Empty: `<data_dir>/engineconn-public`.
+    pub material_cache_dir: String,
+}
+
+/// The material library of the control plane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Materials {
+    /// Plugin materials `<type>/dist/<version>/{conf,lib}`; empty: `<data_dir>/engineconn-plugins`.
+    pub engineconn_home: String,
+    pub max_upload_size: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +164,7 @@ impl Default for Config {
                 run_as_user: false,
                 heartbeat_interval_ms: 1_000,
                 labels: vec![],
+                material_cache_dir: String::new(),
             },
             engineconn: EngineConn {
                 max_free_time_ms: 300_000,
@@ -164,6 +177,7 @@ impl Default for Config {
                 max_result_rows: 5_000,
                 max_tasks: 0,
             },
+            materials: Materials { engineconn_home: String::new(), max_upload_size: "100m".into() },
         }
     }
 }

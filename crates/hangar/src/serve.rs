@@ -164,9 +164,10 @@ fn build_ecm(
             adopt_on_restart: cfg.ecm.adopt_on_restart,
             protected_memory: protected,
             run_as_user: cfg.ecm.run_as_user,
+            material_cache_dir: dir_or(&cfg.ecm.material_cache_dir, data_dir, "engineconn-public"),
         },
         plugins,
-    );
+    )?;
     let memory = if cfg.ecm.memory.is_empty() {
         ecm.health().total_memory.saturating_sub(protected)
     } else {
@@ -227,7 +228,16 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         engine_conf: engine_conf(&cfg),
         admins: admins(&cfg),
     };
-    let manager = Manager::new(mcfg, plugins.clone(), rpc_token.clone())?;
+    let engineconn_home = dir_or(&cfg.materials.engineconn_home, &data_dir, "engineconn-plugins");
+    let library = hangar_bml::MaterialLibrary::open(
+        store.clone(),
+        &data_dir.join("materials"),
+        &engineconn_home,
+        parse_bytes(&cfg.materials.max_upload_size)?,
+    )
+    .await
+    .context("cannot open the material library")?;
+    let manager = Manager::new(mcfg, plugins.clone(), rpc_token.clone(), Some(library))?;
 
     let local_ecm = if roles == Roles::All {
         let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &rpc_token, plugins)?;
@@ -448,6 +458,11 @@ fn spawn_http(listener: tokio::net::TcpListener, app: axum::Router) -> HttpServe
             .await
     });
     HttpServer { stop, task }
+}
+
+/// A configured directory, or `<data_dir>/<default>` when empty.
+fn dir_or(configured: &str, data_dir: &Path, default: &str) -> PathBuf {
+    if configured.is_empty() { data_dir.join(default) } else { PathBuf::from(configured) }
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -17,14 +17,15 @@ mod remote_ecm;
 pub mod rm;
 mod rpc;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use hangar_bml::MaterialLibrary;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, EngineResourceRequest, find_plugin};
-use hangar_protocol::rpc::EcmHealth;
+use hangar_protocol::rpc::{EcmHealth, MaterialKind, MaterialRef};
 use hangar_protocol::rpc::{EngineReply, EngineRequest};
 use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
@@ -138,6 +139,7 @@ pub struct Manager {
     client: EngineClient,
     pub stats: ManagerStats,
     rpc_token: String,
+    materials: Option<Arc<MaterialLibrary>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,12 +148,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Manager {
+    /// `materials`: the library engines' materials come from (none: engines get
+    /// empty `conf`/`lib` and user resources cannot be named).
     pub fn new(
         cfg: ManagerConfig,
         plugins: Vec<Arc<dyn EngineConnPlugin>>,
         rpc_token: String,
+        materials: Option<Arc<MaterialLibrary>>,
     ) -> Result<Arc<Self>, HangarError> {
         Ok(Arc::new(Self {
+            materials,
             client: EngineClient::new(rpc_token.clone())?,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
@@ -179,6 +185,22 @@ impl Manager {
 
     pub fn resources(&self) -> &rm::ResourceManager {
         &self.rm
+    }
+
+    pub fn material_library(&self) -> Option<&Arc<MaterialLibrary>> {
+        self.materials.as_ref()
+    }
+
+    /// The materials an ask's engine needs (plugin dirs and named user files).
+    async fn materials_for(&self, req: &AskRequest) -> Result<Vec<MaterialRef>, HangarError> {
+        match &self.materials {
+            Some(lib) => lib.materials_for(&req.user, &req.labels.engine_type()?, &req.properties).await,
+            None if req.properties.contains_key(hangar_bml::RESOURCES_KEY) => Err(HangarError::invalid(format!(
+                "startup parameter {} names resources, but this manager has no material library",
+                hangar_bml::RESOURCES_KEY
+            ))),
+            None => Ok(Vec::new()),
+        }
     }
 
     fn ecm_label(instance: &str) -> String {
@@ -271,8 +293,11 @@ impl Manager {
         self.stats.asks.fetch_add(1, Ordering::Relaxed);
         self.validate(&req.labels)?;
         let deadline = Instant::now() + req.timeout;
+        let materials = self.materials_for(req).await?;
+        let files: BTreeSet<String> =
+            materials.iter().filter(|m| m.kind == MaterialKind::UserFile).map(|m| m.sha256.clone()).collect();
         if !req.labels.execute_once()
-            && let Some(g) = self.try_reuse(&req.labels).await
+            && let Some(g) = self.try_reuse(&req.labels, &files).await
         {
             return Ok(g);
         }
@@ -287,11 +312,11 @@ impl Manager {
             })?
             .map_err(|_| HangarError::new(ErrorCode::ShuttingDown, "manager is shutting down"))?;
         if !req.labels.execute_once()
-            && let Some(g) = self.try_reuse(&req.labels).await
+            && let Some(g) = self.try_reuse(&req.labels, &files).await
         {
             return Ok(g);
         }
-        self.create(req, deadline).await
+        self.create(req, materials, files, deadline).await
     }
 
     fn gate(&self, labels: &LabelSet) -> Arc<Semaphore> {
@@ -302,13 +327,13 @@ impl Manager {
             .clone()
     }
 
-    async fn try_reuse(&self, labels: &LabelSet) -> Option<EngineGrant> {
+    async fn try_reuse(&self, labels: &LabelSet, files: &BTreeSet<String>) -> Option<EngineGrant> {
         let want = labels.core();
         let mut candidates: Vec<(u8, String, String, String, String)> = lock(&self.engines)
             .values()
             .filter(|n| !n.reserved && matches!(n.status, NodeStatus::Unlock | NodeStatus::Idle))
             .filter(|n| n.metrics.unhealthy.is_none())
-            .filter(|n| n.labels.core() == want)
+            .filter(|n| n.labels.core() == want && files.is_subset(&n.user_files))
             .filter_map(|n| {
                 let inst = n.instance.clone()?;
                 if labels.reuse_excluded(&inst) {
@@ -391,16 +416,28 @@ impl Manager {
         }
     }
 
-    async fn create(&self, req: &AskRequest, deadline: Instant) -> Result<EngineGrant, HangarError> {
+    async fn create(
+        &self,
+        req: &AskRequest,
+        materials: Vec<MaterialRef>,
+        files: BTreeSet<String>,
+        deadline: Instant,
+    ) -> Result<EngineGrant, HangarError> {
         self.stats.creations.fetch_add(1, Ordering::Relaxed);
-        let result = self.create_inner(req, deadline).await;
+        let result = self.create_inner(req, materials, files, deadline).await;
         if result.is_err() {
             self.stats.creation_failures.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    async fn create_inner(&self, req: &AskRequest, deadline: Instant) -> Result<EngineGrant, HangarError> {
+    async fn create_inner(
+        &self,
+        req: &AskRequest,
+        materials: Vec<MaterialRef>,
+        files: BTreeSet<String>,
+        deadline: Instant,
+    ) -> Result<EngineGrant, HangarError> {
         let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
         let resource = plugin.create_engine_resource(&EngineResourceRequest {
             user: &req.user,
@@ -415,10 +452,9 @@ impl Manager {
         let ticket_id = uuid::Uuid::new_v4().to_string();
         self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource)?;
         let (tx, mut rx) = watch::channel(EngineView { status: NodeStatus::Starting, reason: None, instance: None });
-        lock(&self.engines).insert(
-            ticket_id.clone(),
-            EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx),
-        );
+        let mut node = EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx);
+        node.user_files = files;
+        lock(&self.engines).insert(ticket_id.clone(), node);
         tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
 
         let build = EngineConnBuildRequest {
@@ -427,6 +463,7 @@ impl Manager {
             labels: req.labels.clone(),
             resource,
             properties: req.properties.clone(),
+            materials,
         };
         let launched_at = Instant::now();
         match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {

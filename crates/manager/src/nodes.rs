@@ -1,5 +1,6 @@
 //! Node records: engines and ECMs as the manager sees them.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -36,6 +37,9 @@ pub(crate) struct EngineNode {
     pub last_heartbeat: Instant,
     pub metrics: EngineMetrics,
     pub log_dir: String,
+    /// Digests of the user files localized for it: asks naming files it
+    /// lacks do not reuse it.
+    pub user_files: BTreeSet<String>,
     pub watch: watch::Sender<EngineView>,
 }
 
@@ -64,6 +68,7 @@ impl EngineNode {
             last_heartbeat: now,
             metrics: EngineMetrics::default(),
             log_dir: String::new(),
+            user_files: BTreeSet::new(),
             watch,
         }
     }

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use hangar_protocol::NodeStatus;
 use hangar_protocol::rpc::{
-    EcmToManager, EngineToManager, MANAGER_ECM_RPC_PATH, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION,
+    EcmToManager, EngineToManager, MANAGER_ECM_RPC_PATH, MANAGER_MATERIAL_PATH, MANAGER_RPC_PATH, ManagerReply,
+    RPC_TOKEN_HEADER, RPC_VERSION,
 };
 
 use crate::{Manager, lock};
@@ -23,7 +25,40 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route(MANAGER_RPC_PATH, post(handle))
         .route(MANAGER_ECM_RPC_PATH, post(handle_ecm))
+        .route(&format!("{MANAGER_MATERIAL_PATH}/{{sha256}}"), get(material))
         .with_state(manager)
+}
+
+/// An ECM fetches a material's bytes by digest, streamed from the blob file.
+async fn material(
+    State(m): State<Arc<Manager>>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Response, (StatusCode, String)> {
+    authorize(&m, &headers)?;
+    let path = m
+        .material_library()
+        .and_then(|lib| lib.blob_path(&sha256))
+        .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no material with sha256 {sha256}")))?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open material {sha256}: {e}")))?;
+    let len = file.metadata().await.map(|md| md.len()).unwrap_or(0);
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = vec![0u8; 64 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err::<axum::body::Bytes, _>(e), None)),
+        }
+    });
+    let body = axum::body::Body::from_stream(chunks);
+    Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
 async fn handle_ecm(

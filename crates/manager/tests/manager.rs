@@ -119,7 +119,7 @@ fn config(start_timeout_ms: u64, max_creations: usize) -> ManagerConfig {
 }
 
 fn setup(cfg: ManagerConfig, mode: Mode) -> (Arc<Manager>, Arc<FakeEcm>) {
-    let m = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], "t".into()).expect("manager");
+    let m = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], "t".into(), None).expect("manager");
     let ecm = Arc::new(FakeEcm {
         manager: OnceLock::new(),
         mode: Mutex::new(mode),

@@ -201,7 +201,52 @@ pub struct EngineConnBuildRequest {
     pub labels: LabelSet,
     pub resource: Resource,
     pub properties: BTreeMap<String, String>,
+    /// Materials the ECM localizes before launch (Linkis `bmlResources`).
+    #[serde(default)]
+    pub materials: Vec<MaterialRef>,
 }
+
+/// Where a localized material goes in an engine's work dir.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum MaterialKind {
+    /// A directory of the engine's plugin (`conf` or `lib`), shipped as a tar
+    /// archive and linked into the work dir under its name.
+    PluginDir,
+    /// A user's file from the material library, linked as `resources/<name>`.
+    UserFile,
+}
+
+/// One material an engine needs, named by the SHA-256 of its bytes: the ECM
+/// fetches it from the manager once, verifies it and shares it read-only
+/// between engines.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct MaterialRef {
+    pub kind: MaterialKind,
+    /// `conf`/`lib` for plugin dirs, the file name for user files.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the bytes served by the manager.
+    pub sha256: String,
+    pub size: u64,
+    /// Where it came from, for messages: `python/dist/python3/lib`, `resourceId@v000001`.
+    pub origin: String,
+}
+
+impl MaterialRef {
+    /// True for a 64-character lower-case hex digest (the only form used in paths).
+    pub fn valid_digest(d: &str) -> bool {
+        d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+
+    /// True for a name that is one plain path component.
+    pub fn valid_name(n: &str) -> bool {
+        !n.is_empty() && n.len() <= 255 && !n.starts_with('.') && !n.contains(['/', '\\', '\0'])
+    }
+}
+
+/// Path under the manager's address where ECMs fetch materials by digest.
+pub const MANAGER_MATERIAL_PATH: &str = "/rpc/manager/materials";
 
 /// Requests from the manager (or an operator) to an EngineConnManager.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

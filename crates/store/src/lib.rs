@@ -4,6 +4,8 @@
 //! parameters work on both). Status updates are guarded in SQL, so a job that
 //! reached a final state is never moved again, whoever writes late.
 
+mod bml;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 // Dynamic SQL here is only ever built from constants of this file.
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+
+pub use bml::{MaterialVersion, version_name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -176,7 +180,7 @@ impl Store {
         );
         sqlx::query(AssertSqlSafe(ddl)).execute(&self.pool).await?;
         self.pool.execute("CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)").await?;
-        Ok(())
+        self.migrate_bml().await
     }
 
     /// Store a new job (status Inited) and return its taskID.
@@ -411,5 +415,50 @@ mod tests {
             assert!(s.get_job(id + 1000).await.expect("get").is_none());
             assert!(s.unfinished_jobs().await.expect("u").iter().all(|j| j.id != id));
         }
+    }
+
+    #[tokio::test]
+    async fn material_versions_count_up_per_resource() {
+        for (s, _dir) in stores().await {
+            let rid = uuid_like();
+            let a = "a".repeat(64);
+            let b = "b".repeat(64);
+            let v1 = s.add_material_version(&rid, "alice", "x.py", &a, 3, 1).await.expect("v1");
+            let v2 = s.add_material_version(&rid, "alice", "x.py", &b, 4, 2).await.expect("v2");
+            assert_eq!((v1.version.as_str(), v2.version.as_str()), ("v000001", "v000002"));
+            let all = s.material_versions(&rid).await.expect("versions");
+            assert_eq!(all.iter().map(|v| v.sha256.clone()).collect::<Vec<_>>(), vec![a.clone(), b.clone()]);
+            assert!(
+                s.materials_of("alice")
+                    .await
+                    .expect("of")
+                    .iter()
+                    .any(|v| v.resource_id == rid && v.version == "v000002")
+            );
+            assert!(s.blob_in_use(&a).await.expect("in use"));
+            assert_eq!(s.delete_material(&rid, Some("v000001")).await.expect("del"), 1);
+            assert!(!s.blob_in_use(&a).await.expect("in use"));
+            // Concurrent writers all get distinct versions.
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..4 {
+                let s = s.clone();
+                let rid = rid.clone();
+                let b = b.clone();
+                set.spawn(async move { s.add_material_version(&rid, "alice", "x.py", &b, 4, 10 + i).await });
+            }
+            let mut got = Vec::new();
+            while let Some(r) = set.join_next().await {
+                got.push(r.expect("join").expect("insert").version);
+            }
+            got.sort();
+            got.dedup();
+            assert_eq!(got.len(), 4);
+            assert_eq!(s.delete_material(&rid, None).await.expect("del"), 5);
+            assert!(s.material_versions(&rid).await.expect("none").is_empty());
+        }
+    }
+
+    fn uuid_like() -> String {
+        format!("r{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos())
     }
 }

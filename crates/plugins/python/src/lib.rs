@@ -103,7 +103,21 @@ impl EngineConnPlugin for PythonPlugin {
 
     async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError> {
         let python = python_command(&ctx.options);
-        let paths = ctx.options.get(PYTHON_PATHS_KEY).map(|p| p.trim().to_string()).unwrap_or_default();
+        // The plugin's `lib` and the user's localized `resources` are importable.
+        let mut paths: Vec<String> = ctx
+            .options
+            .get(PYTHON_PATHS_KEY)
+            .map(|p| p.trim().to_string())
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect();
+        for d in ["lib", "resources"] {
+            let dir = ctx.work_dir.join(d);
+            if dir.is_dir() {
+                paths.push(dir.display().to_string());
+            }
+        }
+        let paths = paths.join(":");
         let interp = Interpreter::start(&python, &paths, &ctx.work_dir).await?;
         Ok(Arc::new(PythonSession { executor: Arc::new(PythonExecutor { interp }) }))
     }

@@ -123,6 +123,7 @@ mod tests {
             labels,
             resource: Resource::new(1, 1, 1),
             properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            materials: Vec::new(),
         }
     }
 
