@@ -57,6 +57,8 @@ pub struct EcmConfig {
     pub run_as_user: bool,
     /// The shared, checksum-keyed cache of localized materials.
     pub material_cache_dir: PathBuf,
+    /// Above this many bytes the cache evicts entries no engine uses.
+    pub material_cache_max_bytes: u64,
 }
 
 /// What the ECM reports to the manager on its own.
@@ -98,7 +100,8 @@ impl Ecm {
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<EcmEvent>), HangarError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let launches = tokio::sync::Semaphore::new(cfg.max_concurrent_launches.max(1));
-        let materials = MaterialCache::new(cfg.material_cache_dir.clone(), cfg.rpc_token.clone())?;
+        let materials =
+            MaterialCache::new(cfg.material_cache_dir.clone(), cfg.material_cache_max_bytes, cfg.rpc_token.clone())?;
         let this = Self {
             materials,
             cfg,
@@ -198,6 +201,13 @@ impl Ecm {
         // Materials first (`conf`, `lib` and `resources/*` become links into
         // the shared cache), then empty `conf`/`lib` where the plugin has none.
         self.materials.localize(&req.materials, manager_url, &work_dir).await?;
+        if !req.materials.is_empty() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let in_use = this.materials_in_use().await;
+                this.materials.prune(in_use).await;
+            });
+        }
         for d in ["conf", "lib"] {
             let p = work_dir.join(d);
             if tokio::fs::symlink_metadata(&p).await.is_err() {
@@ -330,6 +340,23 @@ impl Ecm {
         .await
         .map_err(|e| HangarError::internal(e.to_string()))?;
         found.map(Some).map_err(|m| start_failed(format!("{m} (ECM {})", self.cfg.instance)))
+    }
+
+    /// Digests of the cache entries linked from live engines' work dirs.
+    async fn materials_in_use(&self) -> std::collections::HashSet<String> {
+        let dirs: Vec<PathBuf> = self.engines().values().map(|r| r.work_dir.clone()).collect();
+        let root = self.cfg.material_cache_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut used = std::collections::HashSet::new();
+            for d in dirs {
+                let mut links = vec![d.join("conf"), d.join("lib")];
+                links.extend(std::fs::read_dir(d.join("resources")).into_iter().flatten().flatten().map(|e| e.path()));
+                used.extend(links.iter().filter_map(|l| materials::linked_digest(&root, l)));
+            }
+            used
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// Forget an ended engine and tell the manager how it ended, with the tail of its stderr.

@@ -29,6 +29,10 @@ use tokio::io::AsyncWriteExt;
 
 const MANIFEST: &str = "manifest.json";
 const DATA: &str = "data";
+/// Touched on every use; pruning evicts the least recently used first.
+const LAST_USED: &str = "last-used";
+/// Entries used this recently are never pruned (a launch may be linking them).
+const PRUNE_MIN_IDLE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct ManifestFile {
@@ -71,6 +75,7 @@ pub struct MaterialStats {
 
 pub struct MaterialCache {
     root: PathBuf,
+    max_bytes: u64,
     token: String,
     http: reqwest::Client,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -98,7 +103,7 @@ fn failed(message: String) -> HangarError {
 }
 
 impl MaterialCache {
-    pub fn new(root: PathBuf, token: String) -> Result<Self, HangarError> {
+    pub fn new(root: PathBuf, max_bytes: u64, token: String) -> Result<Self, HangarError> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
@@ -107,6 +112,7 @@ impl MaterialCache {
             .map_err(|e| HangarError::internal(format!("material client: {e}")))?;
         Ok(Self {
             root,
+            max_bytes,
             token,
             http,
             locks: Mutex::new(HashMap::new()),
@@ -139,7 +145,10 @@ impl MaterialCache {
             .await
             .map_err(|e| HangarError::internal(e.to_string()))?;
         match check {
-            Ok(()) => return Ok(entry.join(DATA)),
+            Ok(()) => {
+                let _ = tokio::fs::File::create(entry.join(LAST_USED)).await;
+                return Ok(entry.join(DATA));
+            }
             Err(Problem::Missing) => {}
             Err(Problem::Corrupt(why)) => {
                 self.stats.refetches.fetch_add(1, Ordering::Relaxed);
@@ -147,6 +156,7 @@ impl MaterialCache {
             }
         }
         self.fetch(m, manager_url, &entry).await?;
+        let _ = tokio::fs::File::create(entry.join(LAST_USED)).await;
         Ok(entry.join(DATA))
     }
 
@@ -263,6 +273,83 @@ impl MaterialCache {
         }
         Ok(())
     }
+}
+
+impl MaterialCache {
+    /// Keep the cache under its size limit: evict least recently used
+    /// entries that no engine in `in_use` links to and that were not used
+    /// in the last ten minutes. Returns the digests evicted.
+    pub async fn prune(&self, in_use: std::collections::HashSet<String>) -> Vec<String> {
+        let root = self.root.clone();
+        let max = self.max_bytes;
+        let entries = tokio::task::spawn_blocking(move || cache_entries(&root)).await.unwrap_or_default();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        let mut evicted = Vec::new();
+        for (digest, size, last_used) in entries {
+            if total <= max {
+                break;
+            }
+            if in_use.contains(&digest) || last_used.elapsed().unwrap_or_default() < PRUNE_MIN_IDLE {
+                continue;
+            }
+            // Never under a fetch or a check of the same entry.
+            let lock = self.lock_for(&digest);
+            let Ok(_held) = lock.try_lock() else { continue };
+            let path = self.root.join(&digest);
+            if tokio::task::spawn_blocking(move || remove_tree(&path)).await.is_ok_and(|r| r.is_ok()) {
+                total = total.saturating_sub(size);
+                self.verified.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest);
+                tracing::info!(sha256 = %digest, size, "evicted a material from the cache");
+                evicted.push(digest);
+            }
+        }
+        evicted
+    }
+
+    /// Remove what a crash may have left half-done (`.part-*`, `.new-*`, `.old-*`).
+    pub async fn clean_leftovers(&self) {
+        let root = self.root.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(".part-") || name.starts_with(".new-") || name.starts_with(".old-") {
+                    let _ = remove_tree(&e.path());
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// The digest of the cache entry a work-dir link points into, if any.
+pub(crate) fn linked_digest(root: &Path, link: &Path) -> Option<String> {
+    let target = std::fs::read_link(link).ok()?;
+    let entry = target.strip_prefix(root).ok()?.components().next()?;
+    let d = entry.as_os_str().to_str()?;
+    MaterialRef::valid_digest(d).then(|| d.to_string())
+}
+
+/// `(digest, bytes, last used)` of every entry, least recently used first.
+fn cache_entries(root: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !MaterialRef::valid_digest(&name) {
+            continue;
+        }
+        let p = e.path();
+        let size = std::fs::read_to_string(p.join(MANIFEST))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<ManifestFile>>(&t).ok())
+            .map_or(0, |files| files.iter().map(|f| f.size).sum());
+        let used = std::fs::metadata(p.join(LAST_USED))
+            .or_else(|_| std::fs::metadata(&p))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        out.push((name, size, used));
+    }
+    out.sort_by_key(|e| e.2);
+    out
 }
 
 #[derive(Debug)]
@@ -457,6 +544,29 @@ mod tests {
         assert!(matches!(verify(&entry, "x", &memo), Err(Problem::Corrupt(_))), "an extra file is corruption");
         remove_tree(&entry).expect("remove read-only tree");
         assert!(matches!(verify(&entry, "x", &memo), Err(Problem::Missing)));
+    }
+
+    #[tokio::test]
+    async fn prune_evicts_least_recently_used_idle_entries_only() {
+        let d = tempfile::tempdir().expect("tmp");
+        let cache = MaterialCache::new(d.path().to_path_buf(), 150, "t".into()).expect("cache");
+        let make = |c: char, age_secs: u64| {
+            let digest: String = std::iter::repeat_n(c, 64).collect();
+            let part = d.path().join(format!("src-{c}"));
+            std::fs::write(&part, vec![b'x'; 100]).expect("w");
+            stage(&part, &d.path().join(&digest), MaterialKind::UserFile).expect("stage");
+            let used = std::fs::File::create(d.path().join(&digest).join(LAST_USED)).expect("touch");
+            used.set_modified(std::time::SystemTime::now() - Duration::from_secs(age_secs)).expect("mtime");
+            digest
+        };
+        let (old, older_in_use, recent) = (make('a', 3600), make('b', 7200), make('c', 5));
+        std::fs::create_dir_all(d.path().join(".part-crashed")).expect("leftover");
+        let evicted = cache.prune([older_in_use.clone()].into_iter().collect()).await;
+        assert_eq!(evicted, vec![old.clone()], "only the idle, unused entry goes");
+        assert!(!d.path().join(&old).exists());
+        assert!(d.path().join(&older_in_use).join(DATA).is_file() && d.path().join(&recent).join(DATA).is_file());
+        cache.clean_leftovers().await;
+        assert!(!d.path().join(".part-crashed").exists());
     }
 
     #[test]

@@ -38,6 +38,7 @@ impl Ecm {
     /// stopped when `adopt_on_restart` is off); dead ones are reported ended.
     /// Returns the tickets now owned by this ECM.
     pub async fn recover(self: &Arc<Self>) -> Vec<String> {
+        self.materials.clean_leftovers().await;
         let root = self.cfg.engineconn_root.clone();
         let found = tokio::task::spawn_blocking(move || {
             work_dirs(&root)

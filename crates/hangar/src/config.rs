@@ -89,6 +89,7 @@ pub struct Ecm {
     pub labels: Vec<String>,
     /// Empty: `<data_dir>/engineconn-public`.
     pub material_cache_dir: String,
+    pub material_cache_max_size: String,
 }
 
 /// The material library of the control plane.
@@ -165,6 +166,7 @@ impl Default for Config {
                 heartbeat_interval_ms: 1_000,
                 labels: vec![],
                 material_cache_dir: String::new(),
+                material_cache_max_size: "10g".into(),
             },
             engineconn: EngineConn {
                 max_free_time_ms: 300_000,

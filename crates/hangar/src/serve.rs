@@ -165,6 +165,7 @@ fn build_ecm(
             protected_memory: protected,
             run_as_user: cfg.ecm.run_as_user,
             material_cache_dir: dir_or(&cfg.ecm.material_cache_dir, data_dir, "engineconn-public"),
+            material_cache_max_bytes: parse_bytes(&cfg.ecm.material_cache_max_size)?,
         },
         plugins,
     )?;
