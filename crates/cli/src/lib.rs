@@ -5,6 +5,9 @@ use std::io::Write;
 use std::time::Duration;
 
 pub mod linkis_cli;
+mod materials;
+
+pub use materials::{MaterialCmd, material};
 
 use anyhow::{Context, bail};
 use hangar_protocol::Envelope;

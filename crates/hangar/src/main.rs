@@ -58,6 +58,8 @@ enum Command {
     Resources(ConnOnly),
     /// Stop an engine by instance (host:port) or ticket.
     KillEngine(IdArgs),
+    /// Your files in the material library (upload, list, versions, download, delete).
+    Material(MaterialArgs),
     /// Linkis's `linkis-cli`, flag for flag (also run when this binary is called `linkis-cli`).
     #[command(name = "linkis-cli", disable_help_flag = true)]
     LinkisCli {
@@ -106,6 +108,42 @@ struct ConnArgs {
     /// Token (Token-Code).
     #[arg(long, env = "HANGAR_TOKEN", default_value = hangar_cli::DEFAULT_TOKEN, hide_env_values = true, global = true)]
     token: String,
+}
+
+#[derive(Args)]
+struct MaterialArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    action: MaterialAction,
+}
+
+#[derive(Subcommand)]
+enum MaterialAction {
+    /// Upload a file as a new resource, or as the next version of one (`--update ID`).
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        update: Option<String>,
+    },
+    /// Your resources, latest version of each.
+    List,
+    /// Every version of a resource.
+    Versions { id: String },
+    /// A resource's bytes (latest version unless `--version`), to stdout or `-o FILE`.
+    Download {
+        id: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Delete a resource, or one version of it.
+    Delete {
+        id: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -213,6 +251,7 @@ fn main() -> ExitCode {
         Command::Resources(a) => {
             client_runtime().and_then(|rt| rt.block_on(cmd_ops(&a.conn, hangar_cli::OpsView::Resources)))
         }
+        Command::Material(a) => client_runtime().and_then(|rt| rt.block_on(cmd_material(a))),
         Command::KillEngine(a) => client_runtime().and_then(|rt| {
             rt.block_on(async {
                 hangar_cli::kill_engine(&client(&a.conn)?, &a.id).await?;
@@ -228,6 +267,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+async fn cmd_material(a: MaterialArgs) -> anyhow::Result<i32> {
+    use hangar_cli::MaterialCmd;
+    let client = client(&a.conn)?;
+    let cmd = match &a.action {
+        MaterialAction::Upload { file, update } => MaterialCmd::Upload { file, update: update.as_deref() },
+        MaterialAction::List => MaterialCmd::List,
+        MaterialAction::Versions { id } => MaterialCmd::Versions { id },
+        MaterialAction::Download { id, version, output } => {
+            MaterialCmd::Download { id, version: version.as_deref(), out: output.as_deref() }
+        }
+        MaterialAction::Delete { id, version } => MaterialCmd::Delete { id, version: version.as_deref() },
+    };
+    hangar_cli::material(&client, cmd, &mut std::io::stdout().lock()).await?;
+    Ok(0)
 }
 
 fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {

@@ -134,3 +134,37 @@ async fn the_event_stream_carries_logs_progress_and_the_end_while_the_job_runs()
         assert_eq!(err.lines().filter(|x| x.contains(l)).count(), 1, "{l} once in:\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn material_commands_upload_use_version_and_delete() {
+    let s = Server::start(FAST).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("words.txt");
+    std::fs::write(&file, "first\n").expect("w");
+    let f = file.to_str().expect("path");
+    let out = hangar(&s, "alice", &["material", "upload", f]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let up = text(&out.stdout);
+    let id = up.split_whitespace().nth(1).expect("resource id").to_string();
+    assert!(up.contains("version v000001") && up.contains(&format!("hangar.engineconn.resources={id}")), "{up}");
+    std::fs::write(&file, "second\n").expect("w");
+    assert_eq!(hangar(&s, "alice", &["material", "upload", "--update", &id, f]).status.code(), Some(0));
+    let versions = text(&hangar(&s, "alice", &["material", "versions", &id]).stdout);
+    assert!(versions.contains("v000001") && versions.contains("v000002"), "{versions}");
+    assert!(text(&hangar(&s, "alice", &["material", "list"]).stdout).contains(&id));
+    let old = hangar(&s, "alice", &["material", "download", &id, "--version", "v000001"]);
+    assert_eq!(text(&old.stdout), "first\n");
+
+    let startup = format!("hangar.engineconn.resources={id}");
+    let out = hangar(&s, "alice", &["run", "--startup", &startup, "--code", "cat \"$HANGAR_RESOURCES_DIR/words.txt\""]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "second\n");
+
+    // Not bob's: every command says so and exits non-zero.
+    let theirs = hangar(&s, "bob", &["material", "download", &id]);
+    assert_ne!(theirs.status.code(), Some(0));
+    assert!(text(&theirs.stderr).contains("no resource"), "{}", text(&theirs.stderr));
+    assert_ne!(hangar(&s, "alice", &["material", "upload", "/nonexistent/file"]).status.code(), Some(0));
+    assert_eq!(hangar(&s, "alice", &["material", "delete", &id]).status.code(), Some(0));
+    assert_ne!(hangar(&s, "alice", &["material", "versions", &id]).status.code(), Some(0));
+}
