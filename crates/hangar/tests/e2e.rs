@@ -498,17 +498,9 @@ async fn a_bad_launch_command_fails_the_job_with_the_stderr_tail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engines_run_as_their_os_user_when_the_ecm_is_root() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: run_as_user needs a root ECM; CI runs as root");
-        return;
-    }
     let user = "hangarrun1";
-    if nix::unistd::User::from_name(user).ok().flatten().is_none() {
-        let st = std::process::Command::new("useradd")
-            .args(["-M", "-s", "/usr/sbin/nologin", user])
-            .status()
-            .expect("useradd");
-        assert!(st.success(), "useradd {user}");
+    if !common::os_user(user) {
+        return;
     }
     let s = Server::start(&FAST.replace("[ecm]\n", "[ecm]\nrun_as_user = true\n")).await;
     // The test's temp folder is private; let the engine's user through it.

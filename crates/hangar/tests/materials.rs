@@ -300,3 +300,36 @@ async fn a_remote_ecm_fetches_materials_from_the_control_plane() {
         .expect("get");
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_running_as_its_user_reads_materials_but_cannot_change_the_cache() {
+    let user = "hangarrun2";
+    if !common::os_user(user) {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let home = plugin_home(tmp.path());
+    let s = Server::start(&format!(
+        "{}\n[materials]\nengineconn_home = \"{}\"\n",
+        FAST.replace("[ecm]\n", "[ecm]\nrun_as_user = true\n"),
+        home.display()
+    ))
+    .await;
+    std::fs::set_permissions(s.data_dir.parent().expect("root"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let up = multipart(&s, "/bml/upload", user, "note.txt", b"for hangarrun2\n", &[]).await;
+    let rid = up["data"]["resourceId"].as_str().expect("resourceId").to_string();
+    let code = "id -un; \"$HANGAR_LIB_DIR/bin/tool.sh\" as-user; cat \"$HANGAR_RESOURCES_DIR/note.txt\"; \
+                (echo x >> \"$HANGAR_LIB_DIR/bin/tool.sh\") 2>/dev/null && echo changed || echo refused";
+    let (st, job, out) = run(&s, user, "IDE", code, json!({"hangar.engineconn.resources": rid})).await;
+    assert_eq!(st, "Succeed", "{job}\n{}", s.server_log());
+    assert_eq!(out, format!("{user}\ntool from the plugin lib: as-user\nfor hangarrun2\nrefused"));
+    // The work dir is the user's; the cache stays the ECM's.
+    use std::os::unix::fs::MetadataExt;
+    let wd = work_dir(&s, &job);
+    let uid = nix::unistd::User::from_name(user).ok().flatten().expect("user").uid.as_raw();
+    assert_eq!(std::fs::metadata(wd.join("logs")).expect("logs").uid(), uid);
+    let cached = std::fs::read_link(wd.join("lib")).expect("link").join("bin/tool.sh");
+    assert_eq!(std::fs::metadata(&cached).expect("cached").uid(), 0, "the cache was not handed to the user");
+}

@@ -294,3 +294,17 @@ pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Make sure OS user `name` exists (creating it); false when not root, so
+/// run-as-user tests skip.
+pub fn os_user(name: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: run_as_user needs a root ECM; CI runs as root");
+        return false;
+    }
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        let st = Command::new("useradd").args(["-M", "-s", "/usr/sbin/nologin", name]).status().expect("useradd");
+        assert!(st.success(), "useradd {name}");
+    }
+    true
+}
