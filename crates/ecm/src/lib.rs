@@ -409,6 +409,8 @@ impl Ecm {
             engines: self.running() as u32,
             launch_failures: self.launch_failures.load(std::sync::atomic::Ordering::Relaxed),
             protected: free_memory < self.cfg.protected_memory || load1 / f64::from(cores) > 4.0,
+            material_fetches: self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed),
+            material_refetches: self.materials.stats.refetches.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -289,6 +289,18 @@ async fn metrics(State(e): State<Arc<Entrance>>) -> Response {
             }
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP hangar_ecm_material_fetches_total Materials an ECM fetched into its cache (refetch: the cached copy was corrupt).\n# TYPE hangar_ecm_material_fetches_total counter"
+    );
+    for ecm in m.list_ecms() {
+        let Some(h) = ecm.health else { continue };
+        let _ = writeln!(
+            out,
+            "hangar_ecm_material_fetches_total{{ecm=\"{0}\",kind=\"all\"}} {1}\nhangar_ecm_material_fetches_total{{ecm=\"{0}\",kind=\"refetch\"}} {2}",
+            ecm.instance, h.material_fetches, h.material_refetches
+        );
+    }
     let (running, queued) = e.job_counts();
     let _ = writeln!(
         out,

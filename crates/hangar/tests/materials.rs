@@ -241,6 +241,17 @@ async fn plugin_and_user_materials_are_localized_shared_and_refetched_when_corru
     assert_eq!(st, "Succeed");
     assert!(conf_target.join("linkis-engineconn.properties").is_file(), "conf is back");
 
+    // The ECM's counters reach /metrics with its next heartbeat.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("{}/metrics", s.base)).await.expect("metrics").text().await.expect("text");
+        if metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 6") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 6"), "{metrics}");
+
     // The resource list, and deletion.
     let mine = s.call("GET", "/bml/getResources", "alice", None).await;
     assert_eq!(mine["data"]["Resources"].as_array().map(Vec::len), Some(1), "{mine}");

@@ -222,6 +222,7 @@ impl Manager {
             max,
             status: NodeStatus::Running,
             protected: false,
+            health: None,
             last_heartbeat: Instant::now(),
             client,
         });
@@ -238,6 +239,7 @@ impl Manager {
                         tracing::warn!(%instance, protected = h.protected, free_memory = h.free_memory, load1 = h.load1, "ECM protection changed");
                     }
                     e.protected = h.protected;
+                    e.health = Some(h.clone());
                 }
                 true
             }
@@ -665,6 +667,7 @@ impl Manager {
                     status: e.status,
                     resource: lr,
                     engines: engines.values().filter(|n| n.ecm_instance == e.instance).count(),
+                    health: e.health.clone(),
                 }
             })
             .collect()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hangar_protocol::label::{EM_INSTANCE, TENANT};
-use hangar_protocol::rpc::EngineMetrics;
+use hangar_protocol::rpc::{EcmHealth, EngineMetrics};
 use hangar_protocol::{LabelSet, NodeStatus, Resource, now_ms};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -135,6 +135,8 @@ pub(crate) struct EcmNode {
     pub status: NodeStatus,
     /// The ECM says its host is short of memory or CPU.
     pub protected: bool,
+    /// Its last health report.
+    pub health: Option<EcmHealth>,
     pub last_heartbeat: Instant,
     pub client: Arc<dyn EcmClient>,
 }
@@ -161,4 +163,5 @@ pub struct EcmInfo {
     pub status: NodeStatus,
     pub resource: LabelResource,
     pub engines: usize,
+    pub health: Option<EcmHealth>,
 }

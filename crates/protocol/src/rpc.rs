@@ -324,6 +324,12 @@ pub struct EcmHealth {
     pub launch_failures: u64,
     /// Short of memory or CPU: place no new engines here.
     pub protected: bool,
+    /// Materials fetched into the host's cache since the ECM started.
+    #[serde(default)]
+    pub material_fetches: u64,
+    /// Of those, fetched again because the cached copy was corrupt.
+    #[serde(default)]
+    pub material_refetches: u64,
 }
 
 #[cfg(test)]
