@@ -37,6 +37,9 @@ pub struct MaterialLibrary {
     engineconn_home: PathBuf,
     max_upload: u64,
     plugins: RwLock<HashMap<(String, String), Vec<MaterialRef>>>,
+    /// Held from a blob's write to its row's insert, and from a delete's
+    /// rows to its blob removal: a blob is never removed under a new version.
+    blob_lock: tokio::sync::Mutex<()>,
 }
 
 fn lower_hex(bytes: &[u8]) -> String {
@@ -95,6 +98,7 @@ impl MaterialLibrary {
             engineconn_home: engineconn_home.to_path_buf(),
             max_upload,
             plugins: RwLock::new(HashMap::new()),
+            blob_lock: tokio::sync::Mutex::new(()),
         });
         lib.refresh_plugins().await?;
         Ok(lib)
@@ -109,6 +113,7 @@ impl MaterialLibrary {
     pub async fn refresh_plugins(&self) -> Result<Vec<String>, HangarError> {
         let home = self.engineconn_home.clone();
         let blobs = self.blobs.clone();
+        let _held = self.blob_lock.lock().await;
         let found = blocking(move || scan_plugins(&home, &blobs)).await?;
         let mut summary = Vec::new();
         for ((t, v), refs) in &found {
@@ -174,6 +179,7 @@ impl MaterialLibrary {
             )));
         }
         let size = bytes.len() as u64;
+        let _held = self.blob_lock.lock().await;
         let sha = self.put_blob(bytes).await?;
         let now = chrono_ms();
         let v = self.store.add_material_version(resource_id, owner, file_name, &sha, size, now).await?;
@@ -225,6 +231,7 @@ impl MaterialLibrary {
             }
             None => versions.iter().map(|v| v.sha256.clone()).collect(),
         };
+        let _held = self.blob_lock.lock().await;
         self.store.delete_material(resource_id, version).await?;
         for sha in doomed {
             if !self.store.blob_in_use(&sha).await? && !self.plugin_digest(&sha) {

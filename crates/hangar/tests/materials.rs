@@ -241,16 +241,28 @@ async fn plugin_and_user_materials_are_localized_shared_and_refetched_when_corru
     assert_eq!(st, "Succeed");
     assert!(conf_target.join("linkis-engineconn.properties").is_file(), "conf is back");
 
+    // A new plugin conf takes effect for new engines after an admin's refreshAll.
+    std::fs::write(home.join("shell/dist/v1/conf/linkis-engineconn.properties"), "hangar.test.from_plugin=refreshed\n")
+        .expect("props");
+    let refused = s.call("GET", "/engineplugin/refreshAll", "alice", None).await;
+    assert_ne!(refused["status"], 0, "{refused}");
+    let refreshed = s.call("GET", "/engineplugin/refreshAll", "admin", None).await;
+    assert_eq!(refreshed["status"], 0, "{refreshed}");
+    let (st, job6, _) = run(&s, "alice", "Fourth", "true", json!({})).await;
+    assert_eq!(st, "Succeed");
+    let script = std::fs::read_to_string(work_dir(&s, &job6).join("engineConnExec.sh")).expect("script");
+    assert!(script.contains("hangar.test.from_plugin=refreshed"), "{script}");
+
     // The ECM's counters reach /metrics with its next heartbeat.
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = reqwest::get(format!("{}/metrics", s.base)).await.expect("metrics").text().await.expect("text");
-        if metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 6") {
+        if metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 7") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 6"), "{metrics}");
+    assert!(metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 7"), "{metrics}");
 
     // The resource list, and deletion.
     let mine = s.call("GET", "/bml/getResources", "alice", None).await;

@@ -21,6 +21,21 @@ pub struct MaterialVersion {
     pub created_ms: i64,
 }
 
+/// The material library's schema (run inside the store's migration).
+pub(crate) const DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS hangar_bml_version (
+        resource_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (resource_id, version)
+    )",
+    "CREATE INDEX IF NOT EXISTS hangar_bml_owner ON hangar_bml_version(owner)",
+];
+
 const COLUMNS: &str = "resource_id, version, owner, file_name, sha256, size, created_ms";
 
 /// `v000001` for 1: Linkis's version format.
@@ -33,27 +48,6 @@ fn version_number(v: &str) -> Option<u32> {
 }
 
 impl Store {
-    pub(crate) async fn migrate_bml(&self) -> Result<()> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS hangar_bml_version (
-                resource_id TEXT NOT NULL,
-                version TEXT NOT NULL,
-                owner TEXT NOT NULL,
-                file_name TEXT NOT NULL,
-                sha256 TEXT NOT NULL,
-                size BIGINT NOT NULL,
-                created_ms BIGINT NOT NULL,
-                PRIMARY KEY (resource_id, version)
-            )",
-        )
-        .execute(&self.pool)
-        .await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS hangar_bml_owner ON hangar_bml_version(owner)")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Add the next version of a resource (the first creates it). Two writers
     /// racing for the same version number: the loser tries the next one.
     pub async fn add_material_version(

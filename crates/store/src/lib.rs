@@ -178,9 +178,20 @@ impl Store {
                 metrics TEXT NOT NULL DEFAULT '{{}}'
             )"
         );
-        sqlx::query(AssertSqlSafe(ddl)).execute(&self.pool).await?;
-        self.pool.execute("CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)").await?;
-        self.migrate_bml().await
+        // One transaction, and on PostgreSQL one migrator at a time: servers
+        // (or tests) starting together against one database would otherwise
+        // race in `CREATE ... IF NOT EXISTS` and fail on pg_class.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7262024)").execute(&mut *tx).await?;
+        }
+        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+        sqlx::query("CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)").execute(&mut *tx).await?;
+        for ddl in bml::DDL {
+            sqlx::query(ddl).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Store a new job (status Inited) and return its taskID.
