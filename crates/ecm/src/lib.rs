@@ -228,6 +228,7 @@ impl Ecm {
         for (k, v) in engine_conf {
             conf.entry(k.clone()).or_insert_with(|| v.clone());
         }
+        conf.insert(hangar_protocol::rpc::ECM_INSTANCE_CONF.into(), self.cfg.instance.clone());
         conf.insert("hangar.resource.memory".into(), req.resource.memory.to_string());
         conf.insert("hangar.resource.cores".into(), req.resource.cores.to_string());
         conf.insert("hangar.resource.instances".into(), req.resource.instances.to_string());

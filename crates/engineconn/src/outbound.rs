@@ -10,7 +10,17 @@ use hangar_protocol::rpc::{
 use tokio::sync::{mpsc, oneshot};
 
 const MAX_BATCH: usize = 512;
-const RETRIES: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(250), Duration::from_secs(1)];
+/// Backoff between attempts to deliver task events: ~20 s in all, so a
+/// control plane that restarts meanwhile still gets them.
+const RETRIES: [Duration; 7] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(5),
+    Duration::from_secs(8),
+];
 
 enum Out {
     Event { callback_url: String, event: Box<TaskEvent> },

@@ -52,6 +52,7 @@ async fn handle(
         EngineRequest::Unlock { lock } => e.unlock(&lock),
         EngineRequest::Execute(task) => e.execute(task),
         EngineRequest::Kill { task_id } => e.kill(task_id),
+        EngineRequest::TaskStatus { task_id } => e.task_status(task_id),
         EngineRequest::Status => {
             let (status, metrics) = e.metrics();
             EngineReply::Status { status, metrics }

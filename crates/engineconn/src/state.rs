@@ -1,12 +1,14 @@
 //! The accessible executor: engine status, the timed lock, running tasks,
 //! the engine's own metrics, heartbeats and the reasons to exit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hangar_engineconn_plugin::{CancelSignal, EngineConnSession, EngineCreationContext};
-use hangar_protocol::rpc::{EngineMetrics, EngineReply, EngineToManager, TaskExecuteRequest};
+use hangar_protocol::rpc::{
+    ECM_INSTANCE_CONF, EngineMetrics, EngineReply, EngineToManager, RPC_VERSION, TaskExecuteRequest,
+};
 use hangar_protocol::{ErrorCode, JobStatus, NodeStatus, Resource, now_ms};
 use tokio::sync::watch;
 
@@ -47,7 +49,13 @@ struct Inner {
     last_manager_contact: Instant,
     tasks_done: u64,
     metrics: EngineMetrics,
+    /// The last tasks that ended here: `(task, status, error, lock)`, for an
+    /// Entrance that re-attaches after a restart.
+    finished: VecDeque<(i64, JobStatus, Option<String>, Option<String>)>,
 }
+
+/// How many ended tasks an engine remembers.
+const FINISHED_MEMORY: usize = 256;
 
 impl Engine {
     pub(crate) fn new(
@@ -88,6 +96,7 @@ impl Engine {
                 last_manager_contact: now,
                 tasks_done: 0,
                 metrics,
+                finished: VecDeque::new(),
             }),
             status_tx,
             exit: CancelSignal::default(),
@@ -284,12 +293,17 @@ impl Engine {
         EngineReply::Submitted { task_id }
     }
 
-    pub(crate) fn task_finished(&self, task_id: i64, status: JobStatus) {
+    pub(crate) fn task_finished(&self, task_id: i64, status: JobStatus, error: Option<String>) {
         if let Err(reason) = self.session.healthy() {
             self.request_exit(format!("engine session failed: {reason}"));
         }
         let mut g = self.inner();
         g.tasks.remove(&task_id);
+        let lock = if self.concurrent() { g.task_lock.get(&task_id).cloned() } else { g.lock.clone() };
+        g.finished.push_back((task_id, status, error, lock));
+        if g.finished.len() > FINISHED_MEMORY {
+            g.finished.pop_front();
+        }
         g.tasks_done += 1;
         match status {
             JobStatus::Succeed => g.metrics.succeed_tasks += 1,
@@ -310,6 +324,21 @@ impl Engine {
         let status = g.status;
         drop(g);
         self.status_tx.send_replace(status);
+    }
+
+    /// Where a task stands, with the lock it runs (or ran) under.
+    pub(crate) fn task_status(&self, task_id: i64) -> EngineReply {
+        let g = self.inner();
+        if g.tasks.contains_key(&task_id) {
+            let lock = if self.concurrent() { g.task_lock.get(&task_id).cloned() } else { g.lock.clone() };
+            return EngineReply::TaskStatus { status: Some(JobStatus::Running), error: None, lock };
+        }
+        match g.finished.iter().rev().find(|f| f.0 == task_id) {
+            Some((_, status, error, lock)) => {
+                EngineReply::TaskStatus { status: Some(*status), error: error.clone(), lock: lock.clone() }
+            }
+            None => EngineReply::TaskStatus { status: None, error: None, lock: None },
+        }
     }
 
     pub(crate) fn kill(&self, task_id: i64) -> EngineReply {
@@ -393,6 +422,32 @@ impl Engine {
             }
             let msg = EngineToManager::Heartbeat { ticket_id: self.ctx.ticket_id.clone(), status, metrics };
             match self.out.to_manager(&msg).await {
+                Ok(reply) if !reply.known && reply.rejoin => {
+                    // The manager restarted: take our record back to it.
+                    let (status, metrics) = self.metrics();
+                    let rejoin = EngineToManager::Rejoin {
+                        ticket_id: self.ctx.ticket_id.clone(),
+                        instance: self.instance.clone(),
+                        pid: std::process::id(),
+                        user: self.ctx.user.clone(),
+                        labels: self.ctx.labels.clone(),
+                        resource: self.resource,
+                        ecm_instance: self.ctx.options.get(ECM_INSTANCE_CONF).cloned().unwrap_or_default(),
+                        status,
+                        metrics,
+                        rpc_version: RPC_VERSION,
+                    };
+                    match self.out.to_manager(&rejoin).await {
+                        Ok(r) if r.known => {
+                            self.inner().last_manager_contact = Instant::now();
+                            tracing::info!("rejoined a restarted manager");
+                        }
+                        // Not yet (its ECM has not registered again): the next heartbeat tries again.
+                        Ok(r) if r.rejoin => tracing::info!("the manager cannot take this engine back yet"),
+                        Ok(_) => self.request_exit("the restarted manager did not take this engine back".into()),
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "rejoin failed"),
+                    }
+                }
                 Ok(reply) => {
                     self.inner().last_manager_contact = Instant::now();
                     if !reply.known {
@@ -432,7 +487,8 @@ impl Engine {
         while !self.inner().tasks.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.out.flush().await;
+        // Deliver what is queued, but do not wait out a gone Entrance's retries.
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.out.flush()).await;
         let final_status = if reason.starts_with("orphaned") { NodeStatus::Failed } else { NodeStatus::Success };
         self.set_status(final_status);
         let msg = EngineToManager::Exiting {

@@ -95,8 +95,8 @@ pub(crate) async fn run(
     };
     let final_progress = if status == JobStatus::Succeed { 1.0 } else { progress };
     engine.out.event(&cb, running_info(&engine, task_id, final_progress, Vec::new()));
-    engine.out.event(&cb, TaskEvent::Status { task_id, status, error });
-    engine.task_finished(task_id, status);
+    engine.out.event(&cb, TaskEvent::Status { task_id, status, error: error.clone() });
+    engine.task_finished(task_id, status, error);
 }
 
 fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec<JobProgressInfo>) -> TaskEvent {

@@ -32,6 +32,9 @@ pub struct EntranceConfig {
     pub session_timeout: Duration,
     /// Default creator when `userCreator` is absent (Linkis: IDE).
     pub default_creator: String,
+    /// After a restart, how long a running job waits for its engine to
+    /// answer and rejoin the manager before it is ended Failed.
+    pub reattach_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

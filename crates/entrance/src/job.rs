@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hangar_manager::{AskRequest, EngineGrant};
 use hangar_protocol::label::{CODE_TYPE, USER_CREATOR};
 use hangar_protocol::logline::{self, Level};
-use hangar_protocol::rpc::{EngineRequest, TaskEvent, TaskExecuteRequest};
+use hangar_protocol::rpc::{EngineReply, EngineRequest, TaskEvent, TaskExecuteRequest};
 use hangar_protocol::{ErrorCode, HangarError, JobStatus, LabelSet, exec_id, now_ms};
 use hangar_store::NewJob;
 use serde_json::{Map, Value, json};
@@ -272,6 +272,19 @@ impl Entrance {
         let mut metrics = Map::new();
         metrics.insert("submitTime".into(), json!(now_ms()));
         let outcome = self.run_inner(&job, &mut log, &mut metrics, events, kill, progress_info).await;
+        self.finish_job(task_id, &job.exec_id, &job.feed, &mut log, metrics, outcome).await;
+    }
+
+    /// Store a job's end, tell its followers, and forget it.
+    async fn finish_job(
+        &self,
+        task_id: i64,
+        exec_id: &str,
+        feed: &tokio::sync::broadcast::Sender<Value>,
+        log: &mut JobLog,
+        mut metrics: Map<String, Value>,
+        outcome: Result<(JobStatus, Option<HangarError>), HangarError>,
+    ) {
         let (status, error) = match outcome {
             Ok(s) => s,
             Err(e) => (JobStatus::Failed, Some(e)),
@@ -279,9 +292,9 @@ impl Entrance {
         metrics.insert("completeTime".into(), json!(now_ms()));
         match &error {
             Some(e) if status != JobStatus::Succeed => {
-                log.line(Level::Error, &format!("job {} ended {status}: {}", job.exec_id, e.message)).await
+                log.line(Level::Error, &format!("job {exec_id} ended {status}: {}", e.message)).await
             }
-            _ => log.line(Level::Info, &format!("job {} ended {status}", job.exec_id)).await,
+            _ => log.line(Level::Info, &format!("job {exec_id} ended {status}")).await,
         }
         log.flush().await;
         let progress = if status == JobStatus::Succeed { Some(1.0) } else { None };
@@ -292,7 +305,7 @@ impl Entrance {
             tracing::error!(task_id, error = %e, "cannot store the final job status");
         }
         let desc = error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| e.message.clone());
-        let _ = job.feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc}));
+        let _ = feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc}));
         lock(&self.jobs).remove(&task_id);
         tracing::info!(task_id, %status, "job finished");
     }
@@ -430,7 +443,7 @@ impl Entrance {
         ] {
             metrics.insert(k.into(), v);
         }
-        let Some(mut engine) = self.manager.watch_engine(&grant.ticket_id) else {
+        let Some(engine) = self.manager.watch_engine(&grant.ticket_id) else {
             return Err(HangarError::new(
                 ErrorCode::EngineLost,
                 format!("engine {} ended before the task was sent", grant.instance),
@@ -458,9 +471,42 @@ impl Entrance {
         };
         prepare_result_dir(job.result_dir.clone(), job.user.clone()).await;
         self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await?;
-
-        let mut kill_deadline: Option<tokio::time::Instant> = None;
         let run_timeout = label_seconds(&job.labels, "jobRunningTimeout")?;
+        let mut engine = engine;
+        self.follow(
+            task_id,
+            &job.feed,
+            log,
+            metrics,
+            grant,
+            run_timeout,
+            &mut engine,
+            events,
+            kill,
+            shutdown,
+            progress_info,
+        )
+        .await
+    }
+
+    /// Consume a running task's events until it ends, the user kills it, its
+    /// engine goes, its running timeout passes, or the server shuts down.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow(
+        &self,
+        task_id: i64,
+        feed: &tokio::sync::broadcast::Sender<Value>,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        grant: &EngineGrant,
+        run_timeout: Option<Duration>,
+        engine: &mut watch::Receiver<hangar_manager::EngineView>,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        kill: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let mut kill_deadline: Option<tokio::time::Instant> = None;
         let run_deadline = run_timeout.map(|d| tokio::time::Instant::now() + d);
         // Progress is stored at most every 500 ms; a short job's only write is its end.
         let mut last_progress_write = Instant::now();
@@ -490,7 +536,7 @@ impl Entrance {
                         TaskEvent::Log { lines, .. } => log.raw(&lines).await,
                         TaskEvent::RunningInfo(info) => {
                             *lock(&progress_info) = serde_json::to_value(&info.progress_info).unwrap_or_else(|_| json!([]));
-                            let _ = job.feed.send(json!({
+                            let _ = feed.send(json!({
                                 "type": "progress", "progress": info.progress, "progressInfo": info.progress_info,
                                 "resource": info.resource.to_linkis_json(), "engineMetrics": info.metrics,
                             }));
@@ -503,7 +549,7 @@ impl Entrance {
                             }
                         }
                         TaskEvent::ResultSet { alias, rows, .. } => {
-                            let _ = job.feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows}));
+                            let _ = feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows}));
                             log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
                         }
                         TaskEvent::Status { status, error, .. } => {
@@ -547,6 +593,117 @@ impl Entrance {
                 }
             }
         }
+    }
+
+    /// Follow a job of an earlier process again (see [`Entrance::recover`]).
+    pub(crate) fn reattach(self: &Arc<Self>, j: hangar_store::JobRecord) {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let progress_info = Arc::new(Mutex::new(json!([])));
+        let (feed, _) = tokio::sync::broadcast::channel(1024);
+        lock(&self.jobs).insert(
+            j.id,
+            JobHandle { events: events_tx, feed: feed.clone(), kill: kill_tx, progress_info: progress_info.clone() },
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut log = JobLog::open(Path::new(&j.log_path)).await;
+            log.feed = Some(feed.clone());
+            let mut metrics: Map<String, Value> = serde_json::from_str(&j.metrics).unwrap_or_default();
+            metrics.insert("reattached".into(), json!(true));
+            let outcome =
+                this.reattach_inner(&j, &feed, &mut log, &mut metrics, events_rx, kill_rx, progress_info).await;
+            this.finish_job(j.id, &j.exec_id, &feed, &mut log, metrics, outcome).await;
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn reattach_inner(
+        &self,
+        j: &hangar_store::JobRecord,
+        feed: &tokio::sync::broadcast::Sender<Value>,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        mut events: mpsc::UnboundedReceiver<TaskEvent>,
+        mut kill: watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let instance = j.engine_instance.clone().unwrap_or_default();
+        let ticket = j.ticket_id.clone().unwrap_or_default();
+        log.line(Level::Warn, &format!("the server restarted; re-attaching to engine {instance} (ticket {ticket})"))
+            .await;
+        let lost = |why: String| HangarError::new(ErrorCode::EngineLost, why);
+        let deadline = Instant::now() + self.cfg.reattach_timeout;
+        // Where does the task stand, and has the engine rejoined the manager?
+        let (status, error, lock_token, watch) = loop {
+            let reply =
+                self.manager.engine_client().call(&instance, &EngineRequest::TaskStatus { task_id: j.id }).await;
+            match reply {
+                Ok(EngineReply::TaskStatus { status: None, .. }) => {
+                    return Err(lost(format!("engine {instance} no longer knows this job's task")));
+                }
+                Ok(EngineReply::TaskStatus { status: Some(s), error, lock }) => {
+                    let watch = self.manager.watch_engine(&ticket);
+                    if s.is_completed() || watch.is_some() {
+                        break (s, error, lock, watch);
+                    }
+                }
+                Ok(other) => return Err(lost(format!("engine {instance} answered {other:?}"))),
+                Err(_) if self.manager.has_ended(&ticket) => {
+                    return Err(lost(format!("engine {instance} (ticket {ticket}) ended while the server was down")));
+                }
+                Err(e) => tracing::debug!(task_id = j.id, error = %e, "engine not reachable yet"),
+            }
+            if Instant::now() >= deadline {
+                return Err(lost(format!(
+                    "the server restarted and engine {instance} (ticket {ticket}) did not come back within {} ms",
+                    self.cfg.reattach_timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let grant = EngineGrant {
+            ticket_id: ticket.clone(),
+            instance: instance.clone(),
+            ecm_instance: j.ecm_instance.clone().unwrap_or_default(),
+            lock: lock_token.unwrap_or_default(),
+            reused: j.is_reuse.unwrap_or(false),
+            log_dir: String::new(),
+        };
+        log.line(Level::Info, &format!("re-attached: the task is {status} on engine {instance}")).await;
+        let result = match watch {
+            Some(mut engine) if !status.is_completed() => {
+                let mut shutdown = self.shutting_down.subscribe();
+                self.follow(
+                    j.id,
+                    feed,
+                    log,
+                    metrics,
+                    &grant,
+                    None,
+                    &mut engine,
+                    &mut events,
+                    &mut kill,
+                    &mut shutdown,
+                    progress_info,
+                )
+                .await
+            }
+            _ => {
+                // It ended while the server was down: keep what was delivered, then its end.
+                while let Ok(ev) = events.try_recv() {
+                    if let TaskEvent::Log { lines, .. } = ev {
+                        log.raw(&lines).await;
+                    }
+                }
+                let err = error.map(|m| HangarError::new(ErrorCode::Internal, m));
+                Ok((status, err))
+            }
+        };
+        if !grant.lock.is_empty() {
+            self.manager.unlock(&grant).await;
+        }
+        result
     }
 
     /// Ask a job to stop. False when it is not running in this process.

@@ -87,12 +87,23 @@ impl Entrance {
         }
     }
 
-    /// Jobs left unfinished by an earlier process are ended with a reason.
-    pub async fn recover(&self) -> Result<usize, hangar_protocol::HangarError> {
+    /// Jobs left unfinished by an earlier process: a job running on an
+    /// engine is re-attached to it (the engine is asked where the task
+    /// stands; events flow again); any other is ended Failed with the reason.
+    /// Returns `(re-attached, ended)`. Call before serving HTTP.
+    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), hangar_protocol::HangarError> {
         let jobs = self.store.unfinished_jobs().await?;
-        let n = jobs.len();
+        let (mut reattached, mut ended) = (0, 0);
         for j in jobs {
-            let reason = "the server restarted while this job was not finished; its engine is gone";
+            if j.status == hangar_protocol::JobStatus::Running
+                && let (Some(_), Some(_)) = (&j.engine_instance, &j.ticket_id)
+            {
+                self.reattach(j);
+                reattached += 1;
+                continue;
+            }
+            ended += 1;
+            let reason = "the server restarted before this job reached an engine; submit it again";
             job::append_log_line(&j.log_path, hangar_protocol::logline::Level::Error, reason).await;
             self.store
                 .update_status(
@@ -105,7 +116,7 @@ impl Entrance {
                 )
                 .await?;
         }
-        Ok(n)
+        Ok((reattached, ended))
     }
 
     /// Stop taking jobs; running and queued jobs end Failed with the reason.

@@ -56,6 +56,7 @@ pub struct Entrance {
     pub ask_retries: u32,
     pub max_code_bytes: usize,
     pub default_creator: String,
+    pub reattach_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +143,7 @@ impl Default for Config {
                 ask_retries: 3,
                 max_code_bytes: 4 << 20,
                 default_creator: "IDE".into(),
+                reattach_timeout_ms: 30_000,
             },
             manager: Manager {
                 user_max_memory: "20g".into(),

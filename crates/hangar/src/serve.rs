@@ -182,7 +182,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let roles = roles(&cfg)?;
     let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir))?;
     let rpc_token = match (cfg.auth.rpc_token.is_empty(), roles) {
-        (true, Roles::All) => uuid::Uuid::new_v4().simple().to_string(),
+        (true, Roles::All) => data_dir_rpc_token(&data_dir)?,
         (true, _) => {
             bail!("auth.rpc_token (HANGAR_AUTH_RPC_TOKEN) must be set, the same on every process, when roles are split")
         }
@@ -275,13 +275,18 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         users: users(&cfg)?,
         session_timeout: ms(cfg.auth.session_timeout_ms),
         default_creator: cfg.entrance.default_creator.clone(),
+        reattach_timeout: ms(cfg.entrance.reattach_timeout_ms),
     };
     std::fs::create_dir_all(&ecfg.results_dir)?;
     std::fs::create_dir_all(&ecfg.logs_dir)?;
     let entrance = Entrance::new(ecfg, store.clone(), manager.clone());
-    let recovered = entrance.recover().await?;
-    if recovered > 0 {
-        tracing::warn!(jobs = recovered, "ended jobs left unfinished by an earlier run");
+    let (reattached, ended) = entrance.recover().await?;
+    if reattached + ended > 0 {
+        tracing::warn!(
+            reattached,
+            ended,
+            "jobs left unfinished by an earlier run: re-attached to their engines or ended"
+        );
     }
 
     let app = hangar_entrance::router(entrance.clone())
@@ -459,6 +464,30 @@ fn spawn_http(listener: tokio::net::TcpListener, app: axum::Router) -> HttpServe
             .await
     });
     HttpServer { stop, task }
+}
+
+/// The all-in-one server's own RPC secret, kept in `<data_dir>/rpc-token`
+/// (mode 0600) so engines that outlive a restart still talk to it.
+fn data_dir_rpc_token(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("rpc-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
 }
 
 /// A configured directory, or `<data_dir>/<default>` when empty.

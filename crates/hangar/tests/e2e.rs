@@ -250,19 +250,69 @@ async fn an_idle_engine_exits_and_gives_its_resources_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_ends_unfinished_jobs_and_keeps_finished_ones() {
-    let s = Server::start(FAST).await;
+async fn a_restart_reattaches_running_jobs_and_ends_the_others_with_a_reason() {
+    let s =
+        Server::start(&format!("{FAST}\n[entrance]\nmax_running_per_group = 1\nreattach_timeout_ms = 15000\n")).await;
     let (done, done_task) = s.shell("alice", "echo kept").await;
     assert_eq!(s.wait_done("alice", &done).await, "Succeed");
-    let (long, long_task) = s.shell("alice", "sleep 60").await;
+    // One job runs across the restart; one waits behind it in its group (max 1 running).
+    let (long, long_task) = s.shell("alice", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done").await;
     s.wait_status("alice", &long, &["Running"], Duration::from_secs(20)).await;
+    let (_queued, queued_task) = s.shell("alice", "echo never").await;
+    // Another user's job whose engine dies while the server is down.
+    let (doomed, doomed_task) = s.shell("bob", "sleep 30").await;
+    s.wait_status("bob", &doomed, &["Running"], Duration::from_secs(20)).await;
+    let doomed_pid = {
+        let ticket = s.job("bob", doomed_task).await["ticketId"].as_str().expect("ticket").to_string();
+        let dir =
+            std::fs::read_dir(s.data_dir.join("engineconn/bob")).expect("bob").flatten().next().expect("day").path();
+        let json = std::fs::read_to_string(dir.join("shell").join(&ticket).join("engine.json")).expect("engine.json");
+        serde_json::from_str::<serde_json::Value>(&json).expect("json")["pid"].as_i64().expect("pid") as i32
+    };
+    let mut s = s;
+    s.kill9();
+    // The shell engine's process group: the engine and its `sleep`.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(doomed_pid), nix::sys::signal::Signal::SIGKILL);
     let s = s.restart().await;
+
+    // The running job was re-attached and finished on its engine, every tick in its result.
+    let st = s.wait_done("alice", &long).await;
+    if st != "Succeed" {
+        let job = s.job("alice", long_task).await;
+        let ticket = job["ticketId"].as_str().unwrap_or_default().to_string();
+        let mut stderr = String::new();
+        for e in walk(&s.data_dir.join("engineconn")) {
+            if e.to_string_lossy().contains(&ticket) && e.ends_with("stderr") {
+                stderr = std::fs::read_to_string(&e).unwrap_or_default();
+            }
+        }
+        panic!("{job}\nengine stderr:\n{stderr}\nserver:\n{}", s.server_log());
+    }
+    let ticks: Vec<String> = (1..=6).map(|i| format!("tick {i}")).collect();
+    let rs = s.results("alice", long_task).await;
+    assert_eq!(rs[0]["fileContent"], json!(ticks.iter().map(|t| vec![t.clone()]).collect::<Vec<_>>()));
+    let log = s.call("GET", &format!("/entrance/{long}/log?fromLine=0&size=-1"), "alice", None).await;
+    let all = log["data"]["log"][3].as_str().unwrap_or_default().to_string();
+    assert!(all.contains("re-attaching to engine") && all.contains("re-attached: the task is Running"), "{all}");
     let job = s.job("alice", long_task).await;
+    assert_eq!(job["status"], "Succeed", "{job}");
+    // The queued job had no engine: ended with the reason.
+    let job = s.job("alice", queued_task).await;
     assert_eq!(job["status"], "Failed", "{job}");
-    assert!(job["errDesc"].as_str().expect("d").contains("restarted"));
+    assert!(job["errDesc"].as_str().expect("d").contains("restarted before this job reached an engine"), "{job}");
+    // The job whose engine died while the server was down: Failed, naming its engine.
+    assert_eq!(s.wait_done("bob", &doomed).await, "Failed");
+    let desc = s.job("bob", doomed_task).await["errDesc"].as_str().expect("d").to_string();
+    assert!(desc.contains("ended while the server was down") || desc.contains("did not come back"), "{desc}");
+    // Earlier results intact; the rejoined engine serves new jobs (reused, not a new one).
     assert_eq!(s.job("alice", done_task).await["status"], "Succeed");
-    let rs = s.results("alice", done_task).await;
-    assert_eq!(rs[0]["fileContent"], json!([["kept"]]));
+    assert_eq!(s.results("alice", done_task).await[0]["fileContent"], json!([["kept"]]));
+    let (again, again_task) = s.shell("alice", "echo after").await;
+    assert_eq!(s.wait_done("alice", &again).await, "Succeed");
+    let job = s.job("alice", again_task).await;
+    assert_eq!(job["isReuse"], true, "{job}");
+    let engines = s.call("GET", "/linkisManager/listUserEngines", "alice", None).await;
+    assert_eq!(engines["data"]["engines"].as_array().map(Vec::len), Some(1), "{engines}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,4 +564,17 @@ async fn engines_run_as_their_os_user_when_the_ecm_is_root() {
     assert_eq!(s.wait_done("nosuchuserx", &exec).await, "Failed");
     let desc = s.job("nosuchuserx", task).await["errDesc"].as_str().expect("d").to_string();
     assert!(desc.contains("OS user 'nosuchuserx' does not exist"), "{desc}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -31,7 +31,7 @@ type Shared = Arc<Mutex<Seen>>;
 async fn manager_rpc(State(seen): State<Shared>, body: Bytes) -> axum::Json<ManagerReply> {
     let msg: EngineToManager = serde_json::from_slice(&body).expect("engine message");
     seen.lock().expect("seen").manager.push(msg);
-    axum::Json(ManagerReply { known: true })
+    axum::Json(ManagerReply::known(true))
 }
 
 async fn entrance_rpc(State(seen): State<Shared>, body: Bytes) -> &'static str {

@@ -140,7 +140,12 @@ pub struct Manager {
     pub stats: ManagerStats,
     rpc_token: String,
     materials: Option<Arc<MaterialLibrary>>,
+    /// Tickets this manager ended (most recent last): they may not rejoin.
+    ended: Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>,
 }
+
+/// How many ended tickets the manager remembers.
+const ENDED_MEMORY: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these mutexes is updated in short, check-then-write steps.
@@ -158,6 +163,7 @@ impl Manager {
     ) -> Result<Arc<Self>, HangarError> {
         Ok(Arc::new(Self {
             materials,
+            ended: Mutex::new(Default::default()),
             client: EngineClient::new(rpc_token.clone())?,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
@@ -561,6 +567,7 @@ impl Manager {
     /// End an engine's record: final status, resources released exactly once,
     /// watchers told the reason, and optionally its process killed.
     pub fn finish(&self, ticket_id: &str, status: NodeStatus, reason: String, kill: bool) {
+        self.remember_ended(ticket_id);
         let node = lock(&self.engines).remove(ticket_id);
         let released = self.rm.release(ticket_id);
         let Some(mut node) = node else { return };
@@ -580,6 +587,23 @@ impl Manager {
                 });
             }
         }
+    }
+
+    pub(crate) fn remember_ended(&self, ticket_id: &str) {
+        let mut g = lock(&self.ended);
+        if g.0.insert(ticket_id.to_string()) {
+            g.1.push_back(ticket_id.to_string());
+            if g.1.len() > ENDED_MEMORY
+                && let Some(old) = g.1.pop_front()
+            {
+                g.0.remove(&old);
+            }
+        }
+    }
+
+    /// True when this manager ended the engine (it may not rejoin).
+    pub fn has_ended(&self, ticket_id: &str) -> bool {
+        lock(&self.ended).0.contains(ticket_id)
     }
 
     /// The ECM saw an engine's process exit.

@@ -87,7 +87,7 @@ async fn handle_ecm(
             true
         }
     };
-    Ok(Json(ManagerReply { known }))
+    Ok(Json(ManagerReply::known(known)))
 }
 
 async fn handle(
@@ -98,12 +98,22 @@ async fn handle(
     authorize(&m, &headers)?;
     let msg: EngineToManager =
         serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
-    Ok(Json(ManagerReply { known: m.on_engine_message(msg) }))
+    Ok(Json(m.on_engine_message(msg)))
 }
 
 impl Manager {
-    /// Apply one engine message; false when the ticket is unknown.
-    pub fn on_engine_message(&self, msg: EngineToManager) -> bool {
+    /// Apply one engine message. An unknown ticket the manager never ended
+    /// (it restarted since) is asked to rejoin.
+    pub fn on_engine_message(&self, msg: EngineToManager) -> ManagerReply {
+        let ticket = msg.ticket_id().to_string();
+        if let EngineToManager::Rejoin { .. } = msg {
+            return self.rejoin(msg);
+        }
+        let known = self.apply_engine_message(msg);
+        ManagerReply { known, rejoin: !known && !self.has_ended(&ticket) }
+    }
+
+    fn apply_engine_message(&self, msg: EngineToManager) -> bool {
         let ticket = msg.ticket_id().to_string();
         match msg {
             EngineToManager::Ready { instance, pid, rpc_version, .. } => {
@@ -146,6 +156,64 @@ impl Manager {
                 self.finish(&ticket, status, reason, false);
                 true
             }
+            EngineToManager::Rejoin { .. } => false,
         }
+    }
+
+    /// Take back a running engine after a manager restart: its record comes
+    /// from the engine, its resource is charged again on its ECM and user.
+    fn rejoin(&self, msg: EngineToManager) -> ManagerReply {
+        let EngineToManager::Rejoin {
+            ticket_id,
+            instance,
+            pid,
+            user,
+            labels,
+            resource,
+            ecm_instance,
+            status,
+            metrics,
+            rpc_version,
+        } = msg
+        else {
+            return ManagerReply::known(false);
+        };
+        if lock(&self.engines).contains_key(&ticket_id) {
+            return ManagerReply::known(true);
+        }
+        if self.has_ended(&ticket_id) || rpc_version != RPC_VERSION || status.is_completed() {
+            return ManagerReply::known(false);
+        }
+        if !lock(&self.ecms).iter().any(|e| e.instance == ecm_instance) {
+            // Its ECM has not registered again yet: ask again later.
+            return ManagerReply { known: false, rejoin: true };
+        }
+        let Ok(user_label) = Self::user_label(&labels) else { return ManagerReply::known(false) };
+        if self.rm.label(&user_label).is_none() {
+            self.rm.set_max(&user_label, self.cfg.user_max);
+        }
+        if let Err(e) = self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource) {
+            tracing::warn!(ticket = %ticket_id, error = %e, "cannot take back an engine: its resource does not fit");
+            self.remember_ended(&ticket_id);
+            return ManagerReply::known(false);
+        }
+        self.rm.confirm(&ticket_id);
+        let (tx, _) = tokio::sync::watch::channel(crate::EngineView {
+            status: NodeStatus::Starting,
+            reason: None,
+            instance: Some(instance.clone()),
+        });
+        let mut node = crate::nodes::EngineNode::starting(&ticket_id, &user, &labels, &ecm_instance, resource, tx);
+        node.instance = Some(instance.clone());
+        node.pid = Some(pid);
+        node.reserved = false;
+        node.metrics = metrics;
+        node.set_status(NodeStatus::Unlock, None);
+        if status != NodeStatus::Unlock {
+            node.set_status(status, None);
+        }
+        lock(&self.engines).insert(ticket_id.clone(), node);
+        tracing::info!(ticket = %ticket_id, %instance, ecm = %ecm_instance, %status, "engine rejoined after a manager restart");
+        ManagerReply::known(true)
     }
 }

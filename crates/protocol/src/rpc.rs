@@ -37,6 +37,20 @@ pub enum EngineToManager {
     StartFailed { ticket_id: String, reason: String },
     /// The engine is exiting by itself (idle, orphaned, told to, executeOnce done).
     Exiting { ticket_id: String, status: NodeStatus, reason: String },
+    /// A manager that answered `rejoin` (it restarted and lost its records):
+    /// everything it needs to take the running engine back and account for it.
+    Rejoin {
+        ticket_id: String,
+        instance: String,
+        pid: u32,
+        user: String,
+        labels: LabelSet,
+        resource: Resource,
+        ecm_instance: String,
+        status: NodeStatus,
+        metrics: EngineMetrics,
+        rpc_version: u32,
+    },
 }
 
 impl EngineToManager {
@@ -45,7 +59,8 @@ impl EngineToManager {
             EngineToManager::Ready { ticket_id, .. }
             | EngineToManager::Heartbeat { ticket_id, .. }
             | EngineToManager::StartFailed { ticket_id, .. }
-            | EngineToManager::Exiting { ticket_id, .. } => ticket_id,
+            | EngineToManager::Exiting { ticket_id, .. }
+            | EngineToManager::Rejoin { ticket_id, .. } => ticket_id,
         }
     }
 }
@@ -53,9 +68,24 @@ impl EngineToManager {
 /// The manager's answer to an [`EngineToManager`] message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ManagerReply {
-    /// False when the manager does not know this ticket: the engine must exit.
+    /// False when the manager does not know this ticket: the engine must
+    /// exit, unless `rejoin` is set.
     pub known: bool,
+    /// The manager has no record of the ticket but never ended it (it
+    /// restarted): the engine should send [`EngineToManager::Rejoin`]; on a
+    /// reply to `Rejoin` it means "not yet, try again later".
+    #[serde(default)]
+    pub rejoin: bool,
 }
+
+impl ManagerReply {
+    pub fn known(known: bool) -> Self {
+        Self { known, rejoin: false }
+    }
+}
+
+/// Startup option the ECM gives every engine: its own `host:port`.
+pub const ECM_INSTANCE_CONF: &str = "hangar.ecm.instance";
 
 /// Requests to an engine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -73,6 +103,10 @@ pub enum EngineRequest {
         task_id: i64,
     },
     Status,
+    /// Where one task stands (an Entrance re-attaching after a restart).
+    TaskStatus {
+        task_id: i64,
+    },
     Shutdown {
         reason: String,
     },
@@ -82,12 +116,33 @@ pub enum EngineRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type")]
 pub enum EngineReply {
-    Lock { lock: Option<String>, message: String },
-    Unlocked { unlocked: bool },
-    Submitted { task_id: i64 },
-    Status { status: NodeStatus, metrics: EngineMetrics },
+    Lock {
+        lock: Option<String>,
+        message: String,
+    },
+    Unlocked {
+        unlocked: bool,
+    },
+    Submitted {
+        task_id: i64,
+    },
+    Status {
+        status: NodeStatus,
+        metrics: EngineMetrics,
+    },
+    /// `status` None: the engine does not know the task (never ran it, or
+    /// forgot it); Running while it runs; final with its error once ended.
+    /// `lock`: the lock the task ran under, to unlock the engine after it.
+    TaskStatus {
+        status: Option<JobStatus>,
+        error: Option<String>,
+        lock: Option<String>,
+    },
     Ack,
-    Error { code: crate::ErrorCode, message: String },
+    Error {
+        code: crate::ErrorCode,
+        message: String,
+    },
 }
 
 /// `RequestTaskExecute`: code to run under a lock.
