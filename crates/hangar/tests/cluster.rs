@@ -186,6 +186,32 @@ async fn engine_and_ecm_deaths_keep_accounting_consistent() {
     assert!(engine_pids(&ecm.data_dir).is_empty(), "no orphans");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_restart_keeps_remote_engines_and_their_running_jobs() {
+    let cp = Server::control_plane(CP).await;
+    let ecm = Server::ecm(&cp, "memory = \"4g\"").await;
+    wait_ecms(&cp, 1).await;
+    let alice = json!({"engineType": "shell-1", "userCreator": "alice-IDE"});
+    let body = json!({"executionContent": {"code": "sleep 2; echo survived", "runType": "shell"}, "labels": alice});
+    let v = cp.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
+    let exec = v["data"]["execID"].as_str().expect("exec").to_string();
+    let task = v["data"]["taskID"].as_i64().expect("task");
+    cp.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
+    let engine = cp.job("alice", task).await["engineInstance"].clone();
+
+    // The control plane dies and comes back; the ECM and its engine never stopped.
+    let cp = cp.restart().await;
+    assert_eq!(cp.wait_done("alice", &exec).await, "Succeed", "{}", cp.server_log());
+    assert_eq!(cp.results("alice", task).await[0]["fileContent"], json!([["survived"]]));
+    // The engine rejoined: it is listed, charged on its ECM, and reused.
+    let (st, j) = run(&cp, "alice", "echo again", alice.clone(), json!({})).await;
+    assert_eq!(st, "Succeed");
+    assert_eq!((j["engineInstance"].clone(), j["isReuse"].clone()), (engine, json!(true)), "{j}");
+    let ems = cp.call("GET", "/linkisManager/listAllEMs", "admin", None).await;
+    assert_eq!(ems["data"]["EMs"][0]["usedResource"]["instance"], 1, "{ems}");
+    assert_eq!(engine_pids(&ecm.data_dir).len(), 1, "one engine, no duplicate");
+}
+
 fn futures_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }

@@ -223,3 +223,50 @@ async fn a_burst_of_asks_creates_engines_at_most_n_at_a_time_and_reuses_after() 
     }
     assert_all_free(&m);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
+    use hangar_protocol::rpc::{EngineMetrics, ManagerReply};
+    let mut cfg = config(5_000, 2);
+    cfg.user_max = Resource::new(4 << 30, 4, 2);
+    let (m, _ecm) = setup(cfg, Mode::Ready { delay_ms: 0 });
+    let labels = ask(&BASE).labels;
+    let rejoin = |ticket: &str, ecm: &str, memory: u64| EngineToManager::Rejoin {
+        ticket_id: ticket.into(),
+        instance: "127.0.0.1:1".into(),
+        pid: 1,
+        user: "alice".into(),
+        labels: labels.clone(),
+        resource: Resource::new(memory, 1, 1),
+        ecm_instance: ecm.into(),
+        status: NodeStatus::Busy,
+        metrics: EngineMetrics::default(),
+        rpc_version: RPC_VERSION,
+    };
+    let heartbeat = |ticket: &str| EngineToManager::Heartbeat {
+        ticket_id: ticket.into(),
+        status: NodeStatus::Busy,
+        metrics: EngineMetrics::default(),
+    };
+    // Unknown, never ended: asked to rejoin; an unregistered ECM means "later".
+    assert_eq!(m.on_engine_message(heartbeat("t1")), ManagerReply { known: false, rejoin: true });
+    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:9", 1 << 30)), ManagerReply { known: false, rejoin: true });
+    // On its registered ECM it is taken back, charged, and known from then on.
+    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:1", 1 << 30)), ManagerReply::known(true));
+    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:1", 1 << 30)), ManagerReply::known(true), "idempotent");
+    assert_eq!(m.on_engine_message(heartbeat("t1")), ManagerReply::known(true));
+    let engines = m.list_engines();
+    assert_eq!(engines.len(), 1);
+    assert_eq!(engines[0].status, NodeStatus::Busy);
+    let used = m.resources().label("emInstance:ecm:1").expect("ecm label").used;
+    assert_eq!(used, Resource::new(1 << 30, 1, 1));
+    m.resources().check_invariants().expect("invariants");
+    // More than the user may hold: refused for good.
+    assert_eq!(m.on_engine_message(rejoin("t2", "ecm:1", 8 << 30)), ManagerReply::known(false));
+    assert_eq!(m.on_engine_message(heartbeat("t2")), ManagerReply::known(false));
+    // An engine the manager ended may not come back.
+    m.finish("t1", NodeStatus::Failed, "lost".into(), false);
+    assert_eq!(m.on_engine_message(heartbeat("t1")), ManagerReply::known(false));
+    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:1", 1 << 30)), ManagerReply::known(false));
+    assert_all_free(&m);
+}
