@@ -470,9 +470,27 @@ impl Entrance {
             callback_url: self.cfg.callback_url.clone(),
         };
         prepare_result_dir(job.result_dir.clone(), job.user.clone()).await;
-        self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await?;
-        let run_timeout = label_seconds(&job.labels, "jobRunningTimeout")?;
         let mut engine = engine;
+        if let Err(e) = self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await {
+            // An engine that died just now: its ECM reports how within moments; say that, not the transport error.
+            let ended = tokio::time::timeout(Duration::from_secs(2), engine.wait_for(|v| v.status.is_completed()))
+                .await
+                .ok()
+                .and_then(|r| r.ok().map(|v| v.reason.clone()));
+            return Err(match ended {
+                Some(reason) => HangarError::new(
+                    ErrorCode::EngineLost,
+                    format!(
+                        "engine {} (ticket {}) exited before it took the task: {}",
+                        grant.instance,
+                        grant.ticket_id,
+                        reason.unwrap_or_default()
+                    ),
+                ),
+                None => e,
+            });
+        }
+        let run_timeout = label_seconds(&job.labels, "jobRunningTimeout")?;
         self.follow(
             task_id,
             &job.feed,
