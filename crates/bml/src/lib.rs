@@ -135,13 +135,9 @@ impl MaterialLibrary {
         blocking(move || write_blob(&blobs, &bytes)).await
     }
 
-    /// The file holding a digest's bytes, when the library has it.
+    /// Where a digest's bytes are kept (they may be absent); None for a malformed digest.
     pub fn blob_path(&self, sha256: &str) -> Option<PathBuf> {
-        if !MaterialRef::valid_digest(sha256) {
-            return None;
-        }
-        let p = self.blobs.join(sha256);
-        p.is_file().then_some(p)
+        MaterialRef::valid_digest(sha256).then(|| self.blobs.join(sha256))
     }
 
     /// Upload a new resource (its first version).
@@ -419,6 +415,7 @@ mod tests {
         assert_eq!(refs.len(), 1);
         assert_eq!(refs[0].name, "conf");
         let blob = lib.blob_path(&refs[0].sha256).expect("blob");
+        assert!(blob.is_file());
         let (sha, _) = sha256_of(std::fs::File::open(blob).expect("open")).expect("hash");
         assert_eq!(sha, refs[0].sha256);
 
@@ -437,8 +434,8 @@ mod tests {
         assert!(lib.upload("alice", "../x", vec![1]).await.is_err());
         assert!(lib.upload("alice", "big", vec![0; 2048]).await.expect_err("too big").message.contains("limit"));
         lib.delete("alice", &v1.resource_id, Some("v000001")).await.expect("delete v1");
-        assert!(lib.blob_path(&v1.sha256).is_none(), "an unused blob goes");
-        assert!(lib.blob_path(&v2.sha256).is_some());
+        assert!(!lib.blob_path(&v1.sha256).expect("path").exists(), "an unused blob goes");
+        assert!(lib.blob_path(&v2.sha256).expect("path").is_file());
         assert!(lib.blob_path("../../etc/passwd").is_none());
     }
 }

@@ -31,8 +31,8 @@ pub(crate) fn routes(max_upload: u64) -> Router<Arc<Entrance>> {
         .route(&format!("{PREFIX}/bml/getVersions"), get(get_versions))
         .route(&format!("{PREFIX}/bml/getResources"), get(get_resources))
         .route(&format!("{PREFIX}/bml/getBasic"), get(get_basic))
-        .route(&format!("{PREFIX}/bml/deleteVersion"), post(delete_version))
-        .route(&format!("{PREFIX}/bml/deleteResource"), post(delete_resource))
+        .route(&format!("{PREFIX}/bml/deleteVersion"), post(delete_one))
+        .route(&format!("{PREFIX}/bml/deleteResource"), post(delete_one))
         .route(&format!("{PREFIX}/bml/deleteResources"), post(delete_resources))
         .route(&format!("{PREFIX}/engineplugin/refreshAll"), get(refresh_all).post(refresh_all))
 }
@@ -141,10 +141,9 @@ async fn download(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, 
         let caller = e.caller(&headers)?;
         let lib = library(&e)?;
         let v = lib.version(&caller.user, resource_id(&q)?, q.get("version").map(String::as_str)).await?;
-        let path = lib.blob_path(&v.sha256).ok_or_else(|| {
-            HangarError::internal(format!("the bytes of {}@{} are missing", v.resource_id, v.version))
-        })?;
-        let bytes = tokio::fs::read(&path).await.map_err(|err| HangarError::internal(format!("cannot read: {err}")))?;
+        let missing = || HangarError::internal(format!("the bytes of {}@{} are missing", v.resource_id, v.version));
+        let path = lib.blob_path(&v.sha256).ok_or_else(missing)?;
+        let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
         Ok((v, bytes))
     }
     .await;
@@ -208,22 +207,13 @@ fn field<'a>(body: &'a Value, key: &str) -> Result<&'a str, HangarError> {
         .ok_or_else(|| HangarError::invalid(format!("{key} is required")))
 }
 
-async fn delete_version(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+/// `deleteVersion` (`resourceId` + `version`) and `deleteResource` (`resourceId`: every version).
+async fn delete_one(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
         let body = parse_json(&body)?;
-        library(&e)?.delete(&caller.user, field(&body, "resourceId")?, Some(field(&body, "version")?)).await?;
-        Ok(json!({}))
-    }
-    .await;
-    reply(&uri, result)
-}
-
-async fn delete_resource(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let result = async {
-        let caller = e.caller(&headers)?;
-        let body = parse_json(&body)?;
-        library(&e)?.delete(&caller.user, field(&body, "resourceId")?, None).await?;
+        let version = if uri.path().ends_with("/deleteVersion") { Some(field(&body, "version")?) } else { None };
+        library(&e)?.delete(&caller.user, field(&body, "resourceId")?, version).await?;
         Ok(json!({}))
     }
     .await;

@@ -40,9 +40,10 @@ async fn material(
         .material_library()
         .and_then(|lib| lib.blob_path(&sha256))
         .ok_or_else(|| (StatusCode::NOT_FOUND, format!("no material with sha256 {sha256}")))?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open material {sha256}: {e}")))?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, format!("no material with sha256 {sha256}")),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open material {sha256}: {e}")),
+    })?;
     let len = file.metadata().await.map(|md| md.len()).unwrap_or(0);
     let chunks = futures_util::stream::unfold(Some(file), |file| async move {
         use tokio::io::AsyncReadExt;
