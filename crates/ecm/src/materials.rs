@@ -570,6 +570,21 @@ mod tests {
     }
 
     #[test]
+    fn work_dir_links_name_their_cache_entries() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().join("cache");
+        let digest = "c".repeat(64);
+        std::fs::create_dir_all(root.join(&digest).join(DATA)).expect("entry");
+        let wd = d.path().join("wd");
+        std::fs::create_dir_all(&wd).expect("wd");
+        std::os::unix::fs::symlink(root.join(&digest).join(DATA), wd.join("lib")).expect("link");
+        std::os::unix::fs::symlink("/etc", wd.join("conf")).expect("foreign link");
+        assert_eq!(linked_digest(&root, &wd.join("lib")), Some(digest));
+        assert_eq!(linked_digest(&root, &wd.join("conf")), None, "outside the cache");
+        assert_eq!(linked_digest(&root, &wd.join("missing")), None);
+    }
+
+    #[test]
     fn archives_cannot_escape() {
         let d = tempfile::tempdir().expect("tmp");
         let mut b = tar::Builder::new(Vec::new());

@@ -210,9 +210,24 @@ async fn plugin_and_user_materials_are_localized_shared_and_refetched_when_corru
     let err = job["errDesc"].as_str().unwrap_or_default();
     assert!(err.contains("hangar.engineconn.resources") && err.contains("no resource"), "{err}");
 
-    // Fetched once each: conf, lib, and the two versions of data.csv.
+    // Three engines starting at once with a new file: one fetch (single-flight per digest).
+    let up3 = multipart(&s, "/bml/upload", "alice", "burst.txt", b"burst\n", &[]).await;
+    let rid3 = up3["data"]["resourceId"].as_str().expect("resourceId").to_string();
+    let code = "cat \"$HANGAR_RESOURCES_DIR/burst.txt\"";
+    let startup = json!({"hangar.engineconn.resources": rid3});
+    let (b1, b2, b3) = tokio::join!(
+        run(&s, "alice", "B1", code, startup.clone()),
+        run(&s, "alice", "B2", code, startup.clone()),
+        run(&s, "alice", "B3", code, startup.clone())
+    );
+    for (st, job, out) in [b1, b2, b3] {
+        assert_eq!((st.as_str(), out.as_str()), ("Succeed", "burst"), "{job}");
+    }
+    assert_eq!(count(&s.server_log(), "material localized"), 5, "{}", s.server_log());
+
+    // Fetched once each: conf, lib, the two versions of data.csv, burst.txt.
     let log = s.server_log();
-    assert_eq!(count(&log, "material localized"), 4, "{log}");
+    assert_eq!(count(&log, "material localized"), 5, "{log}");
 
     // 3. Corrupt the cached tool (same size, other bytes): the next engine finds it and refetches.
     let tool = lib_target.join("bin/tool.sh");
@@ -257,16 +272,16 @@ async fn plugin_and_user_materials_are_localized_shared_and_refetched_when_corru
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = reqwest::get(format!("{}/metrics", s.base)).await.expect("metrics").text().await.expect("text");
-        if metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 7") {
+        if metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 8") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 7"), "{metrics}");
+    assert!(metrics.contains("kind=\"refetch\"} 1") && metrics.contains("kind=\"all\"} 8"), "{metrics}");
 
     // The resource list, and deletion.
     let mine = s.call("GET", "/bml/getResources", "alice", None).await;
-    assert_eq!(mine["data"]["Resources"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(mine["data"]["Resources"].as_array().map(Vec::len), Some(2), "{mine}");
     let del = s.call("POST", "/bml/deleteResource", "bob", Some(&json!({"resourceId": rid}).to_string())).await;
     assert_ne!(del["status"], 0, "bob cannot delete alice's resource");
     let del = s.call("POST", "/bml/deleteResource", "alice", Some(&json!({"resourceId": rid}).to_string())).await;
