@@ -154,12 +154,7 @@ impl Engine {
         m.running_tasks = g.tasks.len() as u32;
         let status = g.status;
         drop(g);
-        m.rss_kb = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            })
-            .unwrap_or(0);
+        m.rss_kb = rss_kb();
         m.unhealthy = self.session.healthy().err();
         (status, m)
     }
@@ -506,4 +501,15 @@ impl Engine {
     pub(crate) fn exit_reason(&self) -> Option<String> {
         self.exit_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// Resident memory of this process: one short procfs read (`statm`, in pages)
+/// rather than parsing `status`, since it runs on every heartbeat and report.
+fn rss_kb() -> u64 {
+    let page_kb =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4, |p| p as u64 / 1024);
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page_kb)
 }
