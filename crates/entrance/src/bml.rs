@@ -25,7 +25,7 @@ pub(crate) fn routes(max_upload: u64) -> Router<Arc<Entrance>> {
     let limit = usize::try_from(max_upload).unwrap_or(usize::MAX).saturating_add(64 << 10);
     Router::new()
         .route(&format!("{PREFIX}/bml/upload"), post(upload))
-        .route(&format!("{PREFIX}/bml/updateVersion"), post(update_version))
+        .route(&format!("{PREFIX}/bml/updateVersion"), post(upload))
         .layer(DefaultBodyLimit::max(limit))
         .route(&format!("{PREFIX}/bml/download"), get(download))
         .route(&format!("{PREFIX}/bml/getVersions"), get(get_versions))
@@ -85,26 +85,9 @@ async fn read_multipart(
     Ok((name, bytes, fields))
 }
 
+/// `upload` (a new resource) and `updateVersion` (`resourceId` in the query
+/// or the form: its next version), each one file as multipart/form-data.
 async fn upload(
-    State(e): State<Arc<Entrance>>,
-    uri: Uri,
-    headers: HeaderMap,
-    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
-) -> Response {
-    let result = async {
-        let caller = e.caller(&headers)?;
-        let lib = library(&e)?;
-        let mp =
-            mp.map_err(|r| HangarError::invalid(format!("send the file as multipart/form-data: {}", r.body_text())))?;
-        let (name, bytes, _) = read_multipart(mp, lib.max_upload()).await?;
-        let v = lib.upload(&caller.user, &name, bytes).await?;
-        Ok(json!({"resourceId": v.resource_id, "version": v.version, "sha256": v.sha256, "size": v.size}))
-    }
-    .await;
-    reply(&uri, result)
-}
-
-async fn update_version(
     State(e): State<Arc<Entrance>>,
     uri: Uri,
     headers: HeaderMap,
@@ -117,12 +100,16 @@ async fn update_version(
         let mp =
             mp.map_err(|r| HangarError::invalid(format!("send the file as multipart/form-data: {}", r.body_text())))?;
         let (name, bytes, fields) = read_multipart(mp, lib.max_upload()).await?;
-        let id = q
-            .get("resourceId")
-            .or_else(|| fields.get("resourceId"))
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| HangarError::invalid("resourceId is required"))?;
-        let v = lib.update(&caller.user, id, &name, bytes).await?;
+        let v = if uri.path().ends_with("/updateVersion") {
+            let id = q
+                .get("resourceId")
+                .or_else(|| fields.get("resourceId"))
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| HangarError::invalid("resourceId is required"))?;
+            lib.update(&caller.user, id, &name, bytes).await?
+        } else {
+            lib.upload(&caller.user, &name, bytes).await?
+        };
         Ok(json!({"resourceId": v.resource_id, "version": v.version, "sha256": v.sha256, "size": v.size}))
     }
     .await;
