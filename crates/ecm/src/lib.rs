@@ -200,8 +200,10 @@ impl Ecm {
         }
         // Materials first (`conf`, `lib` and `resources/*` become links into
         // the shared cache), then empty `conf`/`lib` where the plugin has none.
+        let fetched_before = self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed);
         self.materials.localize(&req.materials, manager_url, &work_dir).await?;
-        if !req.materials.is_empty() {
+        // Only new bytes can push the cache over its limit.
+        if self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed) != fetched_before {
             let this = self.clone();
             tokio::spawn(async move {
                 let in_use = this.materials_in_use().await;
