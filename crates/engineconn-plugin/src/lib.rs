@@ -13,6 +13,7 @@
 
 pub mod code;
 mod context;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

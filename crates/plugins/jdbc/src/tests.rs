@@ -2,10 +2,8 @@
 
 use std::time::Instant;
 
-use hangar_engineconn_plugin::{CancelSignal, ExecutorEvent};
+use hangar_engineconn_plugin::testing::{TaskRun as Run, TaskSpec, run_task};
 use hangar_protocol::LabelSet;
-use hangar_protocol::dolphin;
-use tokio::sync::mpsc;
 
 use super::*;
 
@@ -21,37 +19,6 @@ fn pg_url() -> String {
 fn unique(prefix: &str) -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos();
     format!("{prefix}_{n:x}_{}", std::process::id())
-}
-
-/// What one task produced.
-struct Run {
-    res: Result<(), String>,
-    events: Vec<ExecutorEvent>,
-}
-
-impl Run {
-    fn result_sets(&self) -> Vec<dolphin::ResultSet> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ExecutorEvent::ResultSet { path, .. } => {
-                    Some(dolphin::decode(&std::fs::read(path).expect("result file")).expect("dolphin"))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ExecutorEvent::Log(l) => Some(l.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 }
 
 struct Engine {
@@ -81,36 +48,14 @@ impl Engine {
     /// Run every statement of `code` as the runtime does; cancel after `kill_after`.
     async fn run(&mut self, code: &str, kill_after: Option<Duration>) -> Run {
         self.tasks += 1;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancelSignal::default();
-        let mut ctx = ExecutionContext::new(
-            self.tasks,
-            "alice".into(),
-            self.props.clone(),
-            self.dir.path().join(self.tasks.to_string()),
-            self.max_rows,
-            tx,
-            cancel.clone(),
-        );
-        if let Some(after) = kill_after {
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                cancel.cancel();
-            });
-        }
-        let mut res = Ok(());
-        for stmt in self.exec.split(code) {
-            res = self.exec.execute(&mut ctx, &stmt).await;
-            if res.is_err() {
-                break;
-            }
-        }
-        drop(ctx);
-        let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
-            events.push(e);
-        }
-        Run { res, events }
+        let spec = TaskSpec {
+            task_id: self.tasks,
+            properties: self.props.clone(),
+            result_dir: self.dir.path().join(self.tasks.to_string()),
+            max_rows: self.max_rows,
+            cancel_after: kill_after,
+        };
+        run_task(&self.exec, spec, code).await
     }
 
     fn pids(&self) -> Vec<i32> {

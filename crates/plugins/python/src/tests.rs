@@ -1,5 +1,6 @@
 use std::time::Instant;
 
+use hangar_engineconn_plugin::testing::{TaskRun as Run, TaskSpec, run_task};
 use hangar_engineconn_plugin::{CancelSignal, ExecutorEvent};
 use hangar_protocol::LabelSet;
 use hangar_protocol::dolphin;
@@ -11,50 +12,6 @@ struct Engine {
     session: Arc<dyn EngineConnSession>,
     dir: tempfile::TempDir,
     tasks: i64,
-}
-
-/// What one task produced.
-struct Run {
-    res: Result<(), String>,
-    events: Vec<ExecutorEvent>,
-}
-
-impl Run {
-    /// The result sets, in alias order.
-    fn result_sets(&self) -> Vec<dolphin::ResultSet> {
-        let mut sets: Vec<(u32, &String)> = self
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                ExecutorEvent::ResultSet { path, alias, .. } => Some((*alias, path)),
-                _ => None,
-            })
-            .collect();
-        sets.sort();
-        sets.into_iter()
-            .map(|(_, path)| dolphin::decode(&std::fs::read(path).expect("result file")).expect("dolphin"))
-            .collect()
-    }
-
-    /// The rows of the TEXT result sets.
-    fn text(&self) -> Vec<String> {
-        self.result_sets()
-            .into_iter()
-            .filter(|rs| rs.rs_type == dolphin::TEXT)
-            .flat_map(|rs| rs.rows)
-            .filter_map(|r| r.into_iter().next().flatten())
-            .collect()
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ExecutorEvent::Log(l) => Some(l.clone()),
-                _ => None,
-            })
-            .collect()
-    }
 }
 
 async fn engine_with(options: &[(&str, &str)]) -> Result<Engine, HangarError> {
@@ -75,6 +32,7 @@ async fn engine() -> Engine {
 }
 
 impl Engine {
+    /// A context whose events a test reads while the task runs.
     fn context(&mut self) -> (ExecutionContext, mpsc::UnboundedReceiver<ExecutorEvent>, CancelSignal) {
         self.tasks += 1;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -85,21 +43,16 @@ impl Engine {
     }
 
     async fn run_cancel(&mut self, code: &str, cancel_after: Option<Duration>) -> Run {
+        self.tasks += 1;
         let exec = self.session.executor("python").expect("executor");
-        let (mut ctx, mut rx, cancel) = self.context();
-        if let Some(after) = cancel_after {
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                cancel.cancel();
-            });
-        }
-        let res = exec.execute(&mut ctx, code).await;
-        drop(ctx);
-        let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
-            events.push(e);
-        }
-        Run { res, events }
+        let spec = TaskSpec {
+            task_id: self.tasks,
+            properties: BTreeMap::new(),
+            result_dir: self.dir.path().join(format!("res-{}", self.tasks)),
+            max_rows: 1000,
+            cancel_after,
+        };
+        run_task(exec.as_ref(), spec, code).await
     }
 
     async fn run(&mut self, code: &str) -> Run {
@@ -331,7 +284,7 @@ async fn logs_mention_the_interrupt() {
     let mut e = engine().await;
     let r = e.run_cancel("import time\ntime.sleep(30)", Some(Duration::from_millis(200))).await;
     assert_eq!(r.res, Err("killed".to_string()));
-    assert!(r.logs().iter().any(|l| l.contains("KeyboardInterrupt")), "{:?}", r.logs());
+    assert!(r.log_lines().iter().any(|l| l.contains("KeyboardInterrupt")), "{:?}", r.log_lines());
     // A KeyboardInterrupt raised by the cell itself is an ordinary failure.
     let r = e.run("raise KeyboardInterrupt").await;
     assert_eq!(r.res, Err("KeyboardInterrupt".to_string()));

@@ -2,41 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use hangar_engineconn_plugin::{CancelSignal, ExecutorEvent};
+use hangar_engineconn_plugin::testing::{TaskRun as Run, TaskSpec, run_task};
 use hangar_protocol::dolphin;
 
 use super::*;
-
-/// What one task produced.
-struct Run {
-    res: Result<(), String>,
-    events: Vec<ExecutorEvent>,
-}
-
-impl Run {
-    fn result_sets(&self) -> Vec<dolphin::ResultSet> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ExecutorEvent::ResultSet { path, .. } => {
-                    Some(dolphin::decode(&std::fs::read(path).expect("result file")).expect("dolphin"))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn logs(&self) -> String {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                ExecutorEvent::Log(l) => Some(l.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
 
 struct Engine {
     session: SqlSession,
@@ -61,36 +30,14 @@ impl Engine {
     async fn run(&mut self, code: &str, kill_after: Option<Duration>) -> Run {
         self.tasks += 1;
         let exec = self.session.executor("sql").expect("executor");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancelSignal::default();
-        let mut ctx = ExecutionContext::new(
-            self.tasks,
-            "alice".into(),
-            BTreeMap::new(),
-            self.dir.path().join(self.tasks.to_string()),
-            self.max_rows,
-            tx,
-            cancel.clone(),
-        );
-        if let Some(after) = kill_after {
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                cancel.cancel();
-            });
-        }
-        let mut res = Ok(());
-        for stmt in exec.split(code) {
-            res = exec.execute(&mut ctx, &stmt).await;
-            if res.is_err() {
-                break;
-            }
-        }
-        drop(ctx);
-        let mut events = Vec::new();
-        while let Some(e) = rx.recv().await {
-            events.push(e);
-        }
-        Run { res, events }
+        let spec = TaskSpec {
+            task_id: self.tasks,
+            properties: BTreeMap::new(),
+            result_dir: self.dir.path().join(self.tasks.to_string()),
+            max_rows: self.max_rows,
+            cancel_after: kill_after,
+        };
+        run_task(exec.as_ref(), spec, code).await
     }
 
     fn csv(&self) -> String {
