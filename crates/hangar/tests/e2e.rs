@@ -291,8 +291,7 @@ async fn a_restart_reattaches_running_jobs_and_ends_the_others_with_a_reason() {
     let ticks: Vec<String> = (1..=6).map(|i| format!("tick {i}")).collect();
     let rs = s.results("alice", long_task).await;
     assert_eq!(rs[0]["fileContent"], json!(ticks.iter().map(|t| vec![t.clone()]).collect::<Vec<_>>()));
-    let log = s.call("GET", &format!("/entrance/{long}/log?fromLine=0&size=-1"), "alice", None).await;
-    let all = log["data"]["log"][3].as_str().unwrap_or_default().to_string();
+    let all = s.full_log("alice", &long).await;
     assert!(all.contains("re-attaching to engine") && all.contains("re-attached: the task is Running"), "{all}");
     let job = s.job("alice", long_task).await;
     assert_eq!(job["status"], "Succeed", "{job}");

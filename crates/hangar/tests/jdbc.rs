@@ -34,16 +34,7 @@ async fn sql(s: &Server, code: &str) -> (String, i64) {
         }}},
         "labels": {"engineType": "jdbc-4", "userCreator": "alice-IDE"},
     });
-    let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
-    assert_eq!(v["status"], 0, "submit failed: {v}");
-    (v["data"]["execID"].as_str().expect("execID").to_string(), v["data"]["taskID"].as_i64().expect("taskID"))
-}
-
-/// The whole log of a job (all levels).
-async fn log(s: &Server, exec: &str) -> String {
-    let v = s.call("GET", &format!("/entrance/{exec}/log?fromLine=0&size=-1"), "alice", None).await;
-    assert_eq!(v["status"], 0, "log: {v}");
-    v["data"]["log"][3].as_str().unwrap_or_default().to_string()
+    s.submit_json("alice", &body).await
 }
 
 /// One value from the test server through psql, on a connection of its own.
@@ -68,7 +59,7 @@ fn result_files(job: &Value) -> Vec<(String, Vec<u8>)> {
 /// The password is nowhere in what a client sees of a job: its log, its job
 /// history (apart from the submitted parameters) and its result files.
 async fn assert_no_password(s: &Server, exec: &str, task: i64) {
-    let text = log(s, exec).await;
+    let text = s.full_log("alice", exec).await;
     assert!(!text.contains(PASSWORD), "password in the job log:\n{text}");
     let job = s.job("alice", task).await;
     assert!(!job["errDesc"].as_str().unwrap_or_default().contains(PASSWORD), "password in errDesc: {job}");
@@ -96,8 +87,8 @@ async fn jdbc_jobs_run_sql_on_postgres() {
          select * from {t} order by id"
     );
     let (e1, t1) = sql(&s, &code).await;
-    assert_eq!(s.wait_done("alice", &e1).await, "Succeed", "{}", log(&s, &e1).await);
-    let text = log(&s, &e1).await;
+    assert_eq!(s.wait_done("alice", &e1).await, "Succeed", "{}", s.full_log("alice", &e1).await);
+    let text = s.full_log("alice", &e1).await;
     assert!(text.contains("2 rows affected"), "{text}");
     let rs = s.results("alice", t1).await;
     assert_eq!(rs.len(), 1, "only the query makes a result set: {rs:?}");
@@ -136,7 +127,7 @@ async fn jdbc_jobs_run_sql_on_postgres() {
     let active = format!("select count(*) from pg_stat_activity where pid = {pid} and state = 'active'");
     let deadline = Instant::now() + Duration::from_secs(20);
     while psql(&format!("{active} and query = 'select pg_sleep(60)'")) != "1" {
-        assert!(Instant::now() < deadline, "the query never ran on backend {pid}:\n{}", log(&s, &e3).await);
+        assert!(Instant::now() < deadline, "the query never ran on backend {pid}:\n{}", s.full_log("alice", &e3).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let t0 = Instant::now();
@@ -151,11 +142,11 @@ async fn jdbc_jobs_run_sql_on_postgres() {
     assert_no_password(&s, &e3, t3).await;
 
     let (e4, t4) = sql(&s, &format!("select count(*) as n from {t}; drop table {t}")).await;
-    assert_eq!(s.wait_done("alice", &e4).await, "Succeed", "{}", log(&s, &e4).await);
+    assert_eq!(s.wait_done("alice", &e4).await, "Succeed", "{}", s.full_log("alice", &e4).await);
     assert_eq!(s.results("alice", t4).await[0]["fileContent"], json!([["2"]]));
     let j4 = s.job("alice", t4).await;
     assert_eq!(j4["engineInstance"], engine, "the same engine serves the next job");
-    assert!(!log(&s, &e4).await.contains("connecting to"), "the connection was reused");
+    assert!(!s.full_log("alice", &e4).await.contains("connecting to"), "the connection was reused");
     assert_no_password(&s, &e4, t4).await;
 
     // (d) Nothing the server wrote to its data folder holds the password, apart

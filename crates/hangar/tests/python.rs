@@ -14,16 +14,7 @@ async fn python(s: &Server, code: &str) -> (String, i64) {
         "executionContent": {"code": code, "runType": "python"},
         "labels": {"engineType": "python-python3", "userCreator": "alice-IDE"},
     });
-    let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
-    assert_eq!(v["status"], 0, "submit failed: {v}");
-    (v["data"]["execID"].as_str().expect("execID").to_string(), v["data"]["taskID"].as_i64().expect("taskID"))
-}
-
-/// The whole log of a job (all levels).
-async fn log(s: &Server, exec: &str) -> String {
-    let v = s.call("GET", &format!("/entrance/{exec}/log?fromLine=0&size=-1"), "alice", None).await;
-    assert_eq!(v["status"], 0, "log: {v}");
-    v["data"]["log"][3].as_str().unwrap_or_default().to_string()
+    s.submit_json("alice", &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,9 +23,9 @@ async fn python_jobs_share_one_interpreter_per_engine() {
 
     // (a) State set by one job is seen by the next on the same engine.
     let (e1, t1) = python(&s, "x = 41\ndef f(): return x + 1").await;
-    assert_eq!(s.wait_done("alice", &e1).await, "Succeed", "{}", log(&s, &e1).await);
+    assert_eq!(s.wait_done("alice", &e1).await, "Succeed", "{}", s.full_log("alice", &e1).await);
     let (e2, t2) = python(&s, "print(f())").await;
-    assert_eq!(s.wait_done("alice", &e2).await, "Succeed", "{}", log(&s, &e2).await);
+    assert_eq!(s.wait_done("alice", &e2).await, "Succeed", "{}", s.full_log("alice", &e2).await);
     let rs = s.results("alice", t2).await;
     assert_eq!(rs.len(), 1);
     assert_eq!(rs[0]["type"], "1");
@@ -61,13 +52,13 @@ async fn python_jobs_share_one_interpreter_per_engine() {
     assert!(t0.elapsed() < Duration::from_secs(2), "kill took {:?}", t0.elapsed());
     assert_eq!(s.job("alice", t4).await["engineInstance"], engine);
     let (e5, t5) = python(&s, "print(x)").await;
-    assert_eq!(s.wait_done("alice", &e5).await, "Succeed", "{}", log(&s, &e5).await);
+    assert_eq!(s.wait_done("alice", &e5).await, "Succeed", "{}", s.full_log("alice", &e5).await);
     assert_eq!(s.results("alice", t5).await[0]["fileContent"], json!([["41"]]));
     assert_eq!(s.job("alice", t5).await["engineInstance"], engine, "the same engine serves the next job");
 
     // (d) show_table makes a TABLE result set with types and NULLs.
     let (e6, t6) = python(&s, "show_table([[1,'a',None],[2,'b',1.5]], columns=['id','name','score'])").await;
-    assert_eq!(s.wait_done("alice", &e6).await, "Succeed", "{}", log(&s, &e6).await);
+    assert_eq!(s.wait_done("alice", &e6).await, "Succeed", "{}", s.full_log("alice", &e6).await);
     let rs = s.results("alice", t6).await;
     let table: &Value = rs.iter().find(|r| r["type"] == "2").unwrap_or_else(|| panic!("no TABLE result set: {rs:?}"));
     let meta: Vec<(&str, &str)> = table["metadata"]
@@ -91,7 +82,7 @@ async fn python_jobs_share_one_interpreter_per_engine() {
     })
     .await;
     let (e8, t8) = python(&s, "print('x' in globals())").await;
-    assert_eq!(s.wait_done("alice", &e8).await, "Succeed", "{}", log(&s, &e8).await);
+    assert_eq!(s.wait_done("alice", &e8).await, "Succeed", "{}", s.full_log("alice", &e8).await);
     assert_eq!(s.results("alice", t8).await[0]["fileContent"], json!([["False"]]));
     assert_eq!(s.job("alice", t8).await["isReuse"], false);
 
@@ -110,7 +101,7 @@ async fn python_output_and_logs_stream_while_the_job_runs() {
     s.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = log(&s, &exec).await;
+        let text = s.full_log("alice", &exec).await;
         if text.contains("warn 0") {
             break;
         }
@@ -119,7 +110,7 @@ async fn python_output_and_logs_stream_while_the_job_runs() {
     }
     assert_eq!(s.status("alice", &exec).await, "Running", "the stderr line was in the log before the end");
     assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
-    let text = log(&s, &exec).await;
+    let text = s.full_log("alice", &exec).await;
     assert!(text.contains("warn 0") && text.contains("warn 2"), "{text}");
     let rs = s.results("alice", task).await;
     assert_eq!(rs[0]["fileContent"], json!([["line 0"], ["line 1"], ["line 2"]]));

@@ -27,15 +27,7 @@ async fn sql(s: &Server, code: &str) -> (String, i64) {
         "executionContent": {"code": code, "runType": "sql"},
         "labels": {"engineType": "datafusion-1", "userCreator": "alice-IDE"},
     });
-    let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
-    assert_eq!(v["status"], 0, "submit failed: {v}");
-    (v["data"]["execID"].as_str().expect("execID").to_string(), v["data"]["taskID"].as_i64().expect("taskID"))
-}
-
-async fn log(s: &Server, exec: &str) -> String {
-    let v = s.call("GET", &format!("/entrance/{exec}/log?fromLine=0&size=-1"), "alice", None).await;
-    assert_eq!(v["status"], 0, "log: {v}");
-    v["data"]["log"][3].as_str().unwrap_or_default().to_string()
+    s.submit_json("alice", &body).await
 }
 
 fn metadata(rs: &Value) -> Vec<(String, String)> {
@@ -62,7 +54,7 @@ async fn datafusion_jobs_query_files_and_keep_tables() {
         csv.display()
     );
     let (e1, t1) = sql(&s, &code).await;
-    assert_eq!(s.wait_done("alice", &e1).await, "Succeed", "{}\n{}", log(&s, &e1).await, s.server_log());
+    assert_eq!(s.wait_done("alice", &e1).await, "Succeed", "{}\n{}", s.full_log("alice", &e1).await, s.server_log());
     let rs = s.results("alice", t1).await;
     assert_eq!(rs.len(), 1, "only the query makes a result set: {rs:?}");
     assert_eq!(rs[0]["type"], "2");
@@ -74,7 +66,7 @@ async fn datafusion_jobs_query_files_and_keep_tables() {
 
     // The table is still there for the next job on the same engine.
     let (e2, t2) = sql(&s, "SELECT count(*) AS n FROM people").await;
-    assert_eq!(s.wait_done("alice", &e2).await, "Succeed", "{}", log(&s, &e2).await);
+    assert_eq!(s.wait_done("alice", &e2).await, "Succeed", "{}", s.full_log("alice", &e2).await);
     let rs = s.results("alice", t2).await;
     assert_eq!(metadata(&rs[0]), [("n".into(), "bigint".into())]);
     assert_eq!(rs[0]["fileContent"], json!([["3"]]));
@@ -92,7 +84,12 @@ async fn datafusion_jobs_query_files_and_keep_tables() {
     let (e4, t4) = sql(&s, "SELECT count(*) FROM range(1000000000) a, range(1000) b WHERE a.value + b.value > 0").await;
     s.wait_status("alice", &e4, &["Running"], Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(s.status("alice", &e4).await, "Running", "the query runs for minutes: {}", log(&s, &e4).await);
+    assert_eq!(
+        s.status("alice", &e4).await,
+        "Running",
+        "the query runs for minutes: {}",
+        s.full_log("alice", &e4).await
+    );
     let t0 = Instant::now();
     let v = s.call("GET", &format!("/entrance/{e4}/kill"), "alice", None).await;
     assert_eq!(v["status"], 0, "{v}");
@@ -101,7 +98,7 @@ async fn datafusion_jobs_query_files_and_keep_tables() {
     assert_eq!(s.job("alice", t4).await["engineInstance"], engine);
 
     let (e5, t5) = sql(&s, "SELECT name FROM people WHERE score IS NULL").await;
-    assert_eq!(s.wait_done("alice", &e5).await, "Succeed", "{}", log(&s, &e5).await);
+    assert_eq!(s.wait_done("alice", &e5).await, "Succeed", "{}", s.full_log("alice", &e5).await);
     assert_eq!(s.results("alice", t5).await[0]["fileContent"], json!([["bob"]]));
     assert_eq!(s.job("alice", t5).await["engineInstance"], engine, "the same engine after the kill");
 }

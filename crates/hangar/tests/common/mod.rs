@@ -184,10 +184,21 @@ impl Server {
     }
 
     pub async fn submit(&self, user: &str, code: &str, labels: Value) -> (String, i64) {
-        let body = json!({"executionContent": {"code": code, "runType": "shell"}, "labels": labels});
+        self.submit_json(user, &json!({"executionContent": {"code": code, "runType": "shell"}, "labels": labels})).await
+    }
+
+    /// Submit a whole request body; returns `(execID, taskID)`.
+    pub async fn submit_json(&self, user: &str, body: &Value) -> (String, i64) {
         let v = self.call("POST", "/entrance/submit", user, Some(&body.to_string())).await;
         assert_eq!(v["status"], 0, "submit failed: {v}");
         (v["data"]["execID"].as_str().expect("execID").to_string(), v["data"]["taskID"].as_i64().expect("taskID"))
+    }
+
+    /// The whole log of a job (all levels).
+    pub async fn full_log(&self, user: &str, exec: &str) -> String {
+        let v = self.call("GET", &format!("/entrance/{exec}/log?fromLine=0&size=-1"), user, None).await;
+        assert_eq!(v["status"], 0, "log: {v}");
+        v["data"]["log"][3].as_str().unwrap_or_default().to_string()
     }
 
     pub async fn shell(&self, user: &str, code: &str) -> (String, i64) {
