@@ -190,6 +190,24 @@ pub fn same_binary_launch(req: &EngineConnBuildRequest) -> Result<EngineConnLaun
     })
 }
 
+/// For a session with one executor for all its run types: that executor, or
+/// an error naming the run types the engine takes.
+pub fn executor_for(
+    engine: &str,
+    run_types: &[&str],
+    run_type: &str,
+    executor: Arc<dyn Executor>,
+) -> Result<Arc<dyn Executor>, HangarError> {
+    if run_types.contains(&run_type) {
+        Ok(executor)
+    } else {
+        Err(HangarError::invalid(format!(
+            "the {engine} engine runs codeType {}, not '{run_type}'",
+            run_types.join(", ")
+        )))
+    }
+}
+
 /// Look up a plugin by engine type, or fail naming the ones available.
 pub fn find_plugin<'a>(
     plugins: &'a [Arc<dyn EngineConnPlugin>],

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use hangar_engineconn_plugin::{
     EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
-    EngineResourceRequest, ExecutionContext, Executor, ResultSetWriter, resource_from,
+    EngineResourceRequest, ExecutionContext, Executor, ResultSetWriter, executor_for, resource_from,
 };
 use hangar_protocol::dolphin::Column;
 use hangar_protocol::{ErrorCode, HangarError, Resource};
@@ -94,14 +94,7 @@ struct JdbcSession {
 
 impl EngineConnSession for JdbcSession {
     fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError> {
-        if RUN_TYPES.contains(&run_type) {
-            Ok(self.executor.clone())
-        } else {
-            Err(HangarError::new(
-                ErrorCode::InvalidRequest,
-                format!("the jdbc engine runs codeType {}, not '{run_type}'", RUN_TYPES.join(", ")),
-            ))
-        }
+        executor_for("jdbc", RUN_TYPES, run_type, self.executor.clone())
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_engineconn_plugin::{
     EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
-    EngineResourceRequest, ExecutionContext, Executor, ResultSetWriter, resource_from,
+    EngineResourceRequest, ExecutionContext, Executor, ResultSetWriter, executor_for, resource_from,
 };
 use hangar_protocol::dolphin::Column;
 use hangar_protocol::{ErrorCode, HangarError, Resource};
@@ -141,13 +141,7 @@ struct PythonSession {
 
 impl EngineConnSession for PythonSession {
     fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError> {
-        match run_type {
-            "python" | "py" => Ok(self.executor.clone()),
-            other => Err(HangarError::new(
-                ErrorCode::InvalidRequest,
-                format!("the python engine runs codeType python or py, not '{other}'"),
-            )),
-        }
+        executor_for("python", PythonPlugin.run_types(), run_type, self.executor.clone())
     }
 
     fn healthy(&self) -> Result<(), String> {

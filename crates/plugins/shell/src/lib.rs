@@ -13,9 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_engineconn_plugin::{
     EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
-    EngineResourceRequest, ExecutionContext, Executor, resource_from,
+    EngineResourceRequest, ExecutionContext, Executor, executor_for, resource_from,
 };
-use hangar_protocol::{ErrorCode, HangarError, Resource};
+use hangar_protocol::{HangarError, Resource};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -81,13 +81,7 @@ struct ShellSession {
 
 impl EngineConnSession for ShellSession {
     fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError> {
-        match run_type {
-            "shell" | "sh" => Ok(self.executor.clone()),
-            other => Err(HangarError::new(
-                ErrorCode::InvalidRequest,
-                format!("the shell engine runs codeType shell or sh, not '{other}'"),
-            )),
-        }
+        executor_for("shell", ShellPlugin.run_types(), run_type, self.executor.clone())
     }
 }
 

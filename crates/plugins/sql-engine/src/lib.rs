@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use hangar_engineconn_plugin::code::split_sql;
 use hangar_engineconn_plugin::{
     EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
-    EngineResourceRequest, ExecutionContext, Executor, ResultSetWriter,
+    EngineResourceRequest, ExecutionContext, Executor, ResultSetWriter, executor_for,
 };
 use hangar_plugin_sql::{DEFAULT_MEMORY, MEMORY_KEY, PARTITIONS_KEY, RUN_TYPES, SqlPlugin};
 use hangar_protocol::dolphin::Column;
@@ -140,14 +140,7 @@ impl SqlSession {
 
 impl EngineConnSession for SqlSession {
     fn executor(&self, run_type: &str) -> Result<Arc<dyn Executor>, HangarError> {
-        if RUN_TYPES.contains(&run_type) {
-            Ok(self.executor.clone())
-        } else {
-            Err(HangarError::new(
-                ErrorCode::InvalidRequest,
-                format!("the datafusion engine runs codeType {}, not '{run_type}'", RUN_TYPES.join(", ")),
-            ))
-        }
+        executor_for("datafusion", RUN_TYPES, run_type, self.executor.clone())
     }
 }
 
