@@ -10,6 +10,7 @@
 //! any left-over process that carries the engine's ticket in its environment,
 //! after checking identity by pid + start time, never by name.
 
+mod identity;
 mod materials;
 mod process;
 mod recover;
@@ -25,14 +26,16 @@ use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, find_pl
 use hangar_protocol::{ErrorCode, HangarError};
 use tokio::sync::{mpsc, watch};
 
+pub use identity::{Account, Identity, RunAs, account_name};
 pub use materials::{MaterialCache, MaterialStats};
 pub use process::{pid_alive, proc_start_time};
 pub use server::router;
 
 /// Env var carrying the engine's ticket into every process of the engine.
 pub const TICKET_ENV: &str = "HANGAR_ENGINE_TICKET";
-/// Env var carrying the internal RPC secret to the engine (never written to disk).
-pub const RPC_TOKEN_ENV: &str = "HANGAR_RPC_TOKEN";
+/// Variables an engine's environment takes from the ECM's (everything else
+/// starts empty: no server secret reaches an engine or the code it runs).
+const INHERITED_ENV: [&str; 4] = ["PATH", "LANG", "LANGUAGE", "TZ"];
 const STDERR_TAIL_LINES: usize = 30;
 /// Engine defaults shipped in a plugin's `conf` material (Linkis's file name).
 pub const PLUGIN_PROPERTIES: &str = "linkis-engineconn.properties";
@@ -45,7 +48,8 @@ pub struct EcmConfig {
     pub engineconn_root: PathBuf,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
-    pub rpc_token: String,
+    /// This ECM's credential towards the manager (material fetches).
+    pub ecm_token: String,
     /// Launches at once; more wait up to `launch_queue_timeout`.
     pub max_concurrent_launches: usize,
     pub launch_queue_timeout: Duration,
@@ -53,8 +57,10 @@ pub struct EcmConfig {
     pub adopt_on_restart: bool,
     /// Below this much free memory the ECM reports itself protected.
     pub protected_memory: u64,
-    /// When the ECM runs as root, run each engine as its requesting OS user.
-    pub run_as_user: bool,
+    /// Which OS account each engine runs as.
+    pub identity: Identity,
+    /// Further variables engines inherit from the ECM's environment.
+    pub env_passthrough: Vec<String>,
     /// The shared, checksum-keyed cache of localized materials.
     pub material_cache_dir: PathBuf,
     /// Above this many bytes the cache evicts entries no engine uses.
@@ -74,6 +80,10 @@ pub struct Launched {
     pub work_dir: PathBuf,
     pub log_dir: PathBuf,
 }
+
+/// Work and log folders: the account's alone; their parents traversable only.
+const PRIVATE_DIR: u32 = 0o700;
+const PARENT_DIR: u32 = 0o711;
 
 struct ProcessRecord {
     pid: u32,
@@ -101,7 +111,7 @@ impl Ecm {
         let (tx, rx) = mpsc::unbounded_channel();
         let launches = tokio::sync::Semaphore::new(cfg.max_concurrent_launches.max(1));
         let materials =
-            MaterialCache::new(cfg.material_cache_dir.clone(), cfg.material_cache_max_bytes, cfg.rpc_token.clone())?;
+            MaterialCache::new(cfg.material_cache_dir.clone(), cfg.material_cache_max_bytes, cfg.ecm_token.clone())?;
         let this = Self {
             materials,
             cfg,
@@ -193,11 +203,28 @@ impl Ecm {
         }
         let work_dir = self.work_dir(&req)?;
         let log_dir = work_dir.join("logs");
-        for d in ["logs", "tmp"] {
-            tokio::fs::create_dir_all(work_dir.join(d))
-                .await
-                .map_err(|e| start_failed(format!("cannot create {}: {e}", work_dir.join(d).display())))?;
-        }
+        // The account first: an engine that may not run fails before any folder exists.
+        let account = self.account_for(&req.user).await?;
+        // Root-owned parents (traverse only), the work dir root's until it is
+        // handed over: nothing below is reached through a user's symlink.
+        let rel = work_dir.strip_prefix(&self.cfg.engineconn_root).unwrap_or(&work_dir).to_path_buf();
+        let root = self.cfg.engineconn_root.clone();
+        let logs = tokio::task::spawn_blocking(move || -> Result<std::os::fd::OwnedFd, HangarError> {
+            let dir = |r: &Path| {
+                hangar_fsguard::create_dirs(
+                    &root,
+                    r,
+                    hangar_fsguard::Perms::mode(PARENT_DIR),
+                    hangar_fsguard::Perms::mode(PRIVATE_DIR),
+                )
+                .map_err(|e| start_failed(format!("cannot create the work dir: {e}")))
+            };
+            dir(&rel)?;
+            dir(&rel.join("tmp"))?;
+            dir(&rel.join("logs"))
+        })
+        .await
+        .map_err(|e| HangarError::internal(e.to_string()))??;
         // Materials first (`conf`, `lib` and `resources/*` become links into
         // the shared cache), then empty `conf`/`lib` where the plugin has none.
         let fetched_before = self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed);
@@ -242,26 +269,16 @@ impl Ecm {
         for pair in req.labels.to_pairs() {
             args.extend(["--label".into(), pair]);
         }
-        // Secrets go to the engine through its environment, never onto its
-        // command line or into the startup script on disk.
+        // Secrets (the engine key, passwords) go to the engine on its standard
+        // input, never onto its command line, into its environment or on disk.
         let (secret, public): (BTreeMap<String, String>, BTreeMap<String, String>) =
-            conf.into_iter().partition(|(k, _)| hangar_protocol::is_secret_key(k));
+            conf.into_iter().partition(|(k, v)| hangar_protocol::is_secret_value(k, v));
         for (k, v) in &public {
             args.extend(["--conf".into(), format!("{k}={v}")]);
         }
-        let mut env = launch.environment.clone();
-        env.insert("USER".into(), req.user.clone());
-        env.insert("PWD".into(), work_dir.display().to_string());
-        env.insert("LOG_DIRS".into(), log_dir.display().to_string());
-        env.insert("TEMP_DIRS".into(), work_dir.join("tmp").display().to_string());
-        env.insert("TMPDIR".into(), work_dir.join("tmp").display().to_string());
-        env.insert("HANGAR_CONF_DIR".into(), work_dir.join("conf").display().to_string());
-        env.insert("HANGAR_LIB_DIR".into(), work_dir.join("lib").display().to_string());
-        env.insert("HANGAR_RESOURCES_DIR".into(), work_dir.join("resources").display().to_string());
-        env.insert(TICKET_ENV.into(), req.ticket_id.clone());
-        if let Some(u) = self.run_as(&req.user, &work_dir).await? {
-            env.insert("HOME".into(), u.dir.display().to_string());
-            // Drop to the user's uid, gid and groups right before the engine starts.
+        let env = self.engine_env(&launch, &req, &work_dir, account.as_ref());
+        if let Some(u) = &account {
+            // Drop to the account's uid, gid and groups right before the engine starts.
             let mut wrapped = vec![
                 "setpriv".to_string(),
                 format!("--reuid={}", u.uid),
@@ -272,24 +289,52 @@ impl Ecm {
             wrapped.extend(args);
             args = wrapped;
         }
-        let script = startup_script(&env, &args);
         let script_path = work_dir.join("engineConnExec.sh");
-        tokio::fs::write(&script_path, script)
+        tokio::fs::write(&script_path, startup_script(&env, &args))
             .await
             .map_err(|e| start_failed(format!("cannot write {}: {e}", script_path.display())))?;
+        let owner = account.as_ref().map(|a| (a.uid, a.gid));
+        let (stdout, stderr) = {
+            let dir = work_dir.clone();
+            tokio::task::spawn_blocking(move || -> Result<(std::fs::File, std::fs::File), HangarError> {
+                let perms = hangar_fsguard::Perms { mode: 0o600, owner };
+                let open = |name: &str| {
+                    hangar_fsguard::append_file_at(&logs, name, perms)
+                        .map_err(|e| start_failed(format!("cannot open the engine's {name} log: {e}")))
+                };
+                let files = (open("stdout")?, open("stderr")?);
+                if let Some((uid, gid)) = owner {
+                    chown_tree(&dir, nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid))
+                        .map_err(|e| start_failed(format!("cannot hand {} to uid {uid}: {e}", dir.display())))?;
+                }
+                Ok(files)
+            })
+            .await
+            .map_err(|e| HangarError::internal(e.to_string()))??
+        };
 
         let mut cmd = tokio::process::Command::new("/bin/bash");
         cmd.arg(&script_path)
             .current_dir(&work_dir)
-            .env(RPC_TOKEN_ENV, &self.cfg.rpc_token)
-            .env(hangar_protocol::SECRET_CONF_ENV, serde_json::to_string(&secret).unwrap_or_default())
-            .env(TICKET_ENV, &req.ticket_id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env_clear()
+            .env("PATH", env.get("PATH").map_or("/usr/bin:/bin", String::as_str))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
             .process_group(0);
         let mut child = cmd.spawn().map_err(|e| start_failed(format!("cannot run {}: {e}", script_path.display())))?;
         let pid = child.id().ok_or_else(|| start_failed("the engine process vanished at once".into()))?;
+        let secrets = hangar_protocol::credential::EngineSecrets {
+            engine_key: req.engine_key.expose().to_string(),
+            conf: secret,
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let bytes = serde_json::to_vec(&secrets).unwrap_or_default();
+            // The engine reads it at once; a dead engine is reported by the watcher below.
+            if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut stdin, &bytes).await {
+                tracing::warn!(ticket = %req.ticket_id, error = %e, "cannot hand the engine its secrets");
+            }
+        }
         let start_time = proc_start_time(pid).unwrap_or(0);
         let (exit_tx, exit_rx) = watch::channel(false);
         self.engines().insert(
@@ -297,8 +342,16 @@ impl Ecm {
             ProcessRecord { pid, start_time, killing: false, work_dir: work_dir.clone(), exited: exit_rx },
         );
         let record = serde_json::json!({"ticketId": req.ticket_id, "pid": pid, "startTime": start_time, "user": req.user, "ecm": self.cfg.instance});
-        let _ = tokio::fs::write(work_dir.join("engine.json"), record.to_string()).await;
-        tracing::info!(ticket = %req.ticket_id, pid, work_dir = %work_dir.display(), "engine process started");
+        // Never through a link the engine's account may have put there.
+        let record_path = work_dir.join("engine.json");
+        let written = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&record_path).await;
+        match written {
+            Ok(mut f) => {
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut f, record.to_string().as_bytes()).await;
+            }
+            Err(e) => tracing::warn!(ticket = %req.ticket_id, error = %e, "cannot write engine.json"),
+        }
+        tracing::info!(ticket = %req.ticket_id, pid, work_dir = %work_dir.display(), account = ?account.as_ref().map(|a| &a.name), "engine process started");
 
         let this = self.clone();
         let ticket = req.ticket_id.clone();
@@ -319,30 +372,62 @@ impl Ecm {
         Ok(Launched { pid, work_dir, log_dir })
     }
 
-    /// The OS user an engine runs as, when that is on and possible; its work
-    /// dir is handed to that user. An unknown user is refused.
-    async fn run_as(&self, user: &str, work_dir: &Path) -> Result<Option<nix::unistd::User>, HangarError> {
-        if !self.cfg.run_as_user {
+    /// The engine's whole environment: a short allowlist from the ECM's own
+    /// (locale, time zone, `PATH`, `ecm.engine_env_passthrough`, the plugin's
+    /// necessary variables), the plugin's variables, the account's identity
+    /// and the work dir's folders. Nothing else: no server secret.
+    fn engine_env(
+        &self,
+        launch: &hangar_engineconn_plugin::EngineConnLaunchRequest,
+        req: &EngineConnBuildRequest,
+        work_dir: &Path,
+        account: Option<&Account>,
+    ) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for (k, v) in std::env::vars() {
+            let inherited = INHERITED_ENV.contains(&k.as_str())
+                || k.starts_with("LC_")
+                || self.cfg.env_passthrough.contains(&k)
+                || launch.necessary_environment.contains(&k);
+            if inherited {
+                env.insert(k, v);
+            }
+        }
+        env.extend(launch.environment.clone());
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten();
+        let (name, home) = match account {
+            Some(a) => (a.name.clone(), a.home.clone().unwrap_or_else(|| work_dir.to_path_buf())),
+            None => match &me {
+                Some(u) => (u.name.clone(), u.dir.clone()),
+                None => (req.user.clone(), work_dir.to_path_buf()),
+            },
+        };
+        env.insert("USER".into(), name.clone());
+        env.insert("LOGNAME".into(), name);
+        env.insert("HOME".into(), home.display().to_string());
+        env.insert("PWD".into(), work_dir.display().to_string());
+        env.insert("LOG_DIRS".into(), work_dir.join("logs").display().to_string());
+        env.insert("TEMP_DIRS".into(), work_dir.join("tmp").display().to_string());
+        env.insert("TMPDIR".into(), work_dir.join("tmp").display().to_string());
+        env.insert("HANGAR_CONF_DIR".into(), work_dir.join("conf").display().to_string());
+        env.insert("HANGAR_LIB_DIR".into(), work_dir.join("lib").display().to_string());
+        env.insert("HANGAR_RESOURCES_DIR".into(), work_dir.join("resources").display().to_string());
+        env.insert("HANGAR_USER".into(), req.user.clone());
+        env.insert(TICKET_ENV.into(), req.ticket_id.clone());
+        env
+    }
+
+    /// The account a user's engines run as (None: the ECM's own).
+    async fn account_for(&self, user: &str) -> Result<Option<Account>, HangarError> {
+        if !self.cfg.identity.switches() {
             return Ok(None);
         }
-        if !nix::unistd::geteuid().is_root() {
-            tracing::warn!(%user, "ecm.run_as_user is on but the ECM is not root: the engine runs as the ECM's user");
-            return Ok(None);
-        }
+        let identity = self.cfg.identity.clone();
         let name = user.to_string();
-        let dir = work_dir.to_path_buf();
-        let found = tokio::task::spawn_blocking(move || -> Result<nix::unistd::User, String> {
-            let u = nix::unistd::User::from_name(&name)
-                .map_err(|e| format!("cannot look up OS user '{name}': {e}"))?
-                .ok_or_else(|| {
-                format!("OS user '{name}' does not exist on this host: the engine cannot run as that user")
-            })?;
-            chown_tree(&dir, u.uid, u.gid).map_err(|e| format!("cannot hand {} to '{name}': {e}", dir.display()))?;
-            Ok(u)
-        })
-        .await
-        .map_err(|e| HangarError::internal(e.to_string()))?;
-        found.map(Some).map_err(|m| start_failed(format!("{m} (ECM {})", self.cfg.instance)))
+        tokio::task::spawn_blocking(move || identity.account_for(&name))
+            .await
+            .map_err(|e| HangarError::internal(e.to_string()))?
+            .map_err(|m| start_failed(format!("{m} (ECM {})", self.cfg.instance)))
     }
 
     /// Digests of the cache entries linked from live engines' work dirs.
@@ -435,7 +520,18 @@ impl Ecm {
             })?,
         };
         let path = dir.join("logs").join(log_type);
-        let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+        // The engine's account owns its work dir: never follow its links.
+        let rel = PathBuf::from("logs").join(log_type);
+        let bytes = tokio::task::spawn_blocking(move || hangar_fsguard::read_tail(&dir, &rel, 64 << 20))
+            .await
+            .map_err(|e| HangarError::internal(e.to_string()))?;
+        let text = match bytes {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(hangar_fsguard::FsGuardError::NotFound(_)) => String::new(),
+            Err(e) => {
+                return Err(HangarError::new(ErrorCode::PermissionDenied, format!("cannot read the engine log: {e}")));
+            }
+        };
         let from = from_line.max(1);
         let logs: Vec<String> =
             text.lines().skip(from - 1).take(page_size.clamp(1, 10_000)).map(str::to_string).collect();
@@ -532,14 +628,18 @@ fn startup_script(env: &BTreeMap<String, String>, args: &[String]) -> String {
     for (k, v) in env {
         s.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
-    s.push_str("exec 1>>\"$LOG_DIRS/stdout\" 2>>\"$LOG_DIRS/stderr\"\n");
     let cmd: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
     s.push_str(&format!("exec {}\n", cmd.join(" ")));
     s
 }
 
+/// The last lines of an engine's stderr, read without following links (the
+/// engine's account owns its work dir).
 pub(crate) async fn stderr_tail(log_dir: &Path) -> String {
-    let Ok(bytes) = tokio::fs::read(log_dir.join("stderr")).await else { return String::new() };
+    let dir = log_dir.to_path_buf();
+    let read =
+        tokio::task::spawn_blocking(move || hangar_fsguard::read_tail(&dir, Path::new("stderr"), 64 * 1024)).await;
+    let Ok(Ok(bytes)) = read else { return String::new() };
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..].join("\n")

@@ -49,6 +49,15 @@ pub(crate) fn kill_by_ticket(key: &str, ticket: &str) -> usize {
     killed
 }
 
+/// Whether the process was started with `--ticket-id <ticket>` (readable even
+/// for a non-dumpable engine, whose environment only root may read).
+pub(crate) fn cmdline_has_ticket(pid: u32, ticket: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+        args.windows(2).any(|w| w[0] == b"--ticket-id" && w[1] == ticket.as_bytes())
+    })
+}
+
 /// Whether the process's environment holds `key=value`.
 pub(crate) fn environ_has(pid: u32, key: &str, value: &str) -> bool {
     let needle = format!("{key}={value}");

@@ -44,12 +44,15 @@ impl Ecm {
             work_dirs(&root)
                 .into_iter()
                 .filter_map(|d| {
-                    let text = std::fs::read_to_string(d.join("engine.json")).ok()?;
-                    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+                    // The work dir is the engine account's: never follow its links.
+                    let text = hangar_fsguard::read_tail(&d, Path::new("engine.json"), 64 * 1024).ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
                     let ticket = v.get("ticketId")?.as_str()?.to_string();
                     let pid = u32::try_from(v.get("pid")?.as_u64()?).ok()?;
                     let start = v.get("startTime")?.as_u64()?;
-                    let alive = process::same_process(pid, start) && process::environ_has(pid, TICKET_ENV, &ticket);
+                    let alive = process::same_process(pid, start)
+                        && (process::cmdline_has_ticket(pid, &ticket)
+                            || process::environ_has(pid, TICKET_ENV, &ticket));
                     Some((d, ticket, pid, start, alive))
                 })
                 .collect::<Vec<_>>()

@@ -20,9 +20,10 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<EcmReply>) {
-    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == ecm.cfg.rpc_token);
-    if !ok {
-        let r = EcmReply::Error { code: ErrorCode::Unauthenticated, message: "bad internal RPC token".into() };
+    // Only the manager holds the ECM token.
+    let presented = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
+    if !hangar_protocol::credential::matches(&ecm.cfg.ecm_token, presented) {
+        let r = EcmReply::Error { code: ErrorCode::Unauthenticated, message: "bad ECM token".into() };
         return (StatusCode::UNAUTHORIZED, Json(r));
     }
     let req: EcmRequest = match serde_json::from_slice(&body) {

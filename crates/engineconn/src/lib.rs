@@ -27,8 +27,6 @@ use hangar_protocol::{LabelSet, NodeStatus};
 
 pub use options::EngineOptions;
 
-/// The environment variable that carries the internal RPC secret.
-pub const RPC_TOKEN_ENV: &str = "HANGAR_RPC_TOKEN";
 /// Every process of an engine carries its ticket in this variable, so the ECM
 /// can find and kill left-over children by identity rather than by name.
 pub const TICKET_ENV: &str = "HANGAR_ENGINE_TICKET";
@@ -42,7 +40,8 @@ pub struct EngineConnArgs {
     pub labels: Vec<String>,
     pub conf: Vec<String>,
     pub work_dir: PathBuf,
-    pub rpc_token: String,
+    /// This engine's own key (never in the environment or on the command line).
+    pub engine_key: String,
 }
 
 /// The command line an ECM starts an engine with, after the program's own
@@ -64,16 +63,44 @@ pub struct LaunchArgs {
 }
 
 impl LaunchArgs {
-    /// Complete the arguments from the launch environment.
+    /// Complete the arguments with the secrets the ECM writes to standard
+    /// input (read to the end, once, before anything else runs), and make the
+    /// process non-dumpable so code it runs cannot read them from its memory.
     pub fn into_args(self) -> anyhow::Result<EngineConnArgs> {
-        EngineConnArgs::from_launch(self.ticket_id, self.user, self.manager_url, self.work_dir, self.labels, self.conf)
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)
+            .context("cannot read the engine's secrets from standard input")?;
+        let secrets: hangar_protocol::credential::EngineSecrets = serde_json::from_str(&text)
+            .context("standard input carries no engine secrets: engines are started by an EngineConnManager")?;
+        harden_process();
+        EngineConnArgs::from_launch(
+            self.ticket_id,
+            self.user,
+            self.manager_url,
+            self.work_dir,
+            self.labels,
+            self.conf,
+            secrets,
+        )
+    }
+}
+
+/// The OS account this engine runs as.
+pub(crate) fn own_account() -> hangar_protocol::rpc::OsAccount {
+    hangar_protocol::rpc::OsAccount { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
+}
+
+/// Other processes of the engine's account (the user code it runs) may not
+/// read this process's memory or `/proc` entries, nor attach to it.
+fn harden_process() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the engine process non-dumpable");
     }
 }
 
 impl EngineConnArgs {
-    /// The arguments an ECM launched this process with, completed from its
-    /// environment: the RPC secret and the secret options (never on the
-    /// command line).
+    /// The arguments an ECM launched this process with, completed with the
+    /// secrets it handed over: the engine key and the secret options.
     pub fn from_launch(
         ticket_id: String,
         user: String,
@@ -81,15 +108,13 @@ impl EngineConnArgs {
         work_dir: PathBuf,
         labels: Vec<String>,
         mut conf: Vec<String>,
+        secrets: hangar_protocol::credential::EngineSecrets,
     ) -> anyhow::Result<Self> {
-        let rpc_token = std::env::var(RPC_TOKEN_ENV)
-            .context("HANGAR_RPC_TOKEN is not set: engines are started by an EngineConnManager")?;
-        if let Ok(secret) = std::env::var(hangar_protocol::SECRET_CONF_ENV) {
-            let map: BTreeMap<String, String> =
-                serde_json::from_str(&secret).context("HANGAR_ENGINE_SECRET_CONF is not a JSON object of strings")?;
-            conf.extend(map.into_iter().map(|(k, v)| format!("{k}={v}")));
+        if secrets.engine_key.is_empty() {
+            anyhow::bail!("the engine's secrets carry no engine key");
         }
-        Ok(Self { ticket_id, user, manager_url, labels, conf, work_dir, rpc_token })
+        conf.extend(secrets.conf.into_iter().map(|(k, v)| format!("{k}={v}")));
+        Ok(Self { ticket_id, user, manager_url, labels, conf, work_dir, engine_key: secrets.engine_key })
     }
 }
 
@@ -109,7 +134,7 @@ pub fn init_tracing(default: &str) {
 /// Run an engine until it exits; the error, if any, has already been reported
 /// to the manager when that was possible.
 pub async fn run(args: EngineConnArgs, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
-    let outbound = outbound::Outbound::new(args.manager_url.clone(), args.rpc_token.clone())?;
+    let outbound = outbound::Outbound::new(args.manager_url.clone(), args.engine_key.clone())?;
     match start(&args, &plugins, &outbound).await {
         Ok(engine) => {
             let reason = engine.run_until_exit().await;
@@ -172,13 +197,14 @@ async fn start(
     let addr = listener.local_addr()?;
     let instance = format!("{}:{}", opts.bind_host, addr.port());
     let engine = state::Engine::new(ctx.clone(), instance.clone(), session, concurrency, opts, outbound.clone());
-    server::spawn(listener, engine.clone(), args.rpc_token.clone());
+    server::spawn(listener, engine.clone(), args.engine_key.clone());
 
     let ready = EngineToManager::Ready {
         ticket_id: args.ticket_id.clone(),
         instance,
         pid: std::process::id(),
         rpc_version: RPC_VERSION,
+        account: Some(own_account()),
     };
     // Ready means lockable: become Unlock before telling the manager, which
     // locks the engine as soon as it hears.

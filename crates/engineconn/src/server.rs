@@ -34,9 +34,10 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<EngineReply>) {
-    let authorized = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == &*ctx.token);
-    if !authorized {
-        let reply = EngineReply::Error { code: ErrorCode::Unauthenticated, message: "bad internal RPC token".into() };
+    // Only the control plane (and this engine itself) holds this engine's key.
+    let presented = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
+    if !hangar_protocol::credential::matches(&ctx.token, presented) {
+        let reply = EngineReply::Error { code: ErrorCode::Unauthenticated, message: "bad engine key".into() };
         return (StatusCode::UNAUTHORIZED, Json(reply));
     }
     let req: EngineRequest = match serde_json::from_slice(&body) {

@@ -431,6 +431,7 @@ impl Engine {
                         status,
                         metrics,
                         rpc_version: RPC_VERSION,
+                        account: Some(crate::own_account()),
                     };
                     match self.out.to_manager(&rejoin).await {
                         Ok(r) if r.known => {

@@ -508,16 +508,19 @@ async fn open_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, 
 }
 
 async fn task_events(State(e): State<Arc<Entrance>>, headers: HeaderMap, body: Bytes) -> Response {
-    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == e.manager.rpc_token());
-    if !ok {
-        return (StatusCode::UNAUTHORIZED, "bad internal RPC token").into_response();
+    let batch = match serde_json::from_slice::<TaskEventBatch>(&body) {
+        Ok(batch) => batch,
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("bad task events: {err}")).into_response(),
+    };
+    // Events come from one engine, with its own key, about its own tasks.
+    let presented = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
+    if !e.manager.verify_engine_key(&batch.ticket_id, presented) {
+        tracing::warn!(ticket = %batch.ticket_id, "task events refused: wrong key for this ticket");
+        return (StatusCode::UNAUTHORIZED, "bad engine key for this ticket").into_response();
     }
-    match serde_json::from_slice::<TaskEventBatch>(&body) {
-        Ok(batch) => {
-            e.on_task_events(batch.events);
-            StatusCode::OK.into_response()
-        }
-        Err(err) => (StatusCode::BAD_REQUEST, format!("bad task events: {err}")).into_response(),
+    match e.on_task_events(&batch.ticket_id, batch.events) {
+        0 => StatusCode::OK.into_response(),
+        n => (StatusCode::FORBIDDEN, format!("{n} events are about tasks not sent to this engine")).into_response(),
     }
 }
 

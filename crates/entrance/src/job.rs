@@ -188,7 +188,13 @@ impl Entrance {
         let (feed, _) = tokio::sync::broadcast::channel(1024);
         lock(&self.jobs).insert(
             task_id,
-            JobHandle { events: events_tx, feed: feed.clone(), kill: kill_tx, progress_info: progress_info.clone() },
+            JobHandle {
+                events: events_tx,
+                feed: feed.clone(),
+                kill: kill_tx,
+                progress_info: progress_info.clone(),
+                ticket: Default::default(),
+            },
         );
         let prepared = Prepared {
             feed,
@@ -469,9 +475,15 @@ impl Entrance {
             result_dir: job.result_dir.display().to_string(),
             callback_url: self.cfg.callback_url.clone(),
         };
-        prepare_result_dir(job.result_dir.clone(), job.user.clone()).await;
+        prepare_result_dir(&self.cfg.results_dir, &job.result_dir, grant.account).await?;
+        // From now on only this engine's events reach the job.
+        if let Some(h) = lock(&self.jobs).get(&task_id) {
+            let _ = h.ticket.set(grant.ticket_id.clone());
+        }
         let mut engine = engine;
-        if let Err(e) = self.manager.engine_client().call(&grant.instance, &EngineRequest::Execute(req)).await {
+        if let Err(e) =
+            self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Execute(req)).await
+        {
             // An engine that died just now: its ECM reports how within moments; say that, not the transport error.
             let ended = tokio::time::timeout(Duration::from_secs(2), engine.wait_for(|v| v.status.is_completed()))
                 .await
@@ -545,7 +557,7 @@ impl Entrance {
                 _ = run_timer, if kill_deadline.is_none() => {
                     let secs = run_timeout.map_or(0, |d| d.as_secs());
                     log.line(Level::Warn, &format!("the job ran longer than jobRunningTimeout = {secs} s; stopping it")).await;
-                    let _ = self.manager.engine_client().call(&grant.instance, &EngineRequest::Kill { task_id }).await;
+                    let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
                     return Ok((JobStatus::Timeout, Some(HangarError::new(ErrorCode::Timeout, format!("the job ran longer than jobRunningTimeout = {secs} s")))));
                 }
                 ev = events.recv() => {
@@ -598,7 +610,7 @@ impl Entrance {
                 _ = fired(kill), if kill_deadline.is_none() => {
                     log.line(Level::Warn, "kill requested by user").await;
                     kill_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
-                    if let Err(e) = self.manager.engine_client().call(&grant.instance, &EngineRequest::Kill { task_id }).await {
+                    if let Err(e) = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await {
                         tracing::debug!(error = %e, "kill request to engine failed");
                     }
                 }
@@ -606,7 +618,7 @@ impl Entrance {
                     return Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, "killed by user (engine did not confirm in 3 s)"))));
                 }
                 _ = fired(shutdown) => {
-                    let _ = self.manager.engine_client().call(&grant.instance, &EngineRequest::Kill { task_id }).await;
+                    let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
                     return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job ran"));
                 }
             }
@@ -621,7 +633,13 @@ impl Entrance {
         let (feed, _) = tokio::sync::broadcast::channel(1024);
         lock(&self.jobs).insert(
             j.id,
-            JobHandle { events: events_tx, feed: feed.clone(), kill: kill_tx, progress_info: progress_info.clone() },
+            JobHandle {
+                events: events_tx,
+                feed: feed.clone(),
+                kill: kill_tx,
+                progress_info: progress_info.clone(),
+                ticket: Arc::new(std::sync::OnceLock::from(j.ticket_id.clone().unwrap_or_default())),
+            },
         );
         let this = self.clone();
         tokio::spawn(async move {
@@ -652,10 +670,16 @@ impl Entrance {
             .await;
         let lost = |why: String| HangarError::new(ErrorCode::EngineLost, why);
         let deadline = Instant::now() + self.cfg.reattach_timeout;
-        // Where does the task stand, and has the engine rejoined the manager?
-        let (status, error, lock_token, watch) = loop {
-            let reply =
-                self.manager.engine_client().call(&instance, &EngineRequest::TaskStatus { task_id: j.id }).await;
+        // Has the engine rejoined the manager (its key is known then), and
+        // where does the task stand?
+        let (status, error, lock_token, watch, key) = loop {
+            let key = self.manager.engine_key(&ticket);
+            let reply = match &key {
+                Some(k) => {
+                    self.manager.engine_client().call(&instance, k, &EngineRequest::TaskStatus { task_id: j.id }).await
+                }
+                None => Err(HangarError::new(ErrorCode::EngineLost, "the engine has not rejoined yet")),
+            };
             match reply {
                 Ok(EngineReply::TaskStatus { status: None, .. }) => {
                     return Err(lost(format!("engine {instance} no longer knows this job's task")));
@@ -663,7 +687,7 @@ impl Entrance {
                 Ok(EngineReply::TaskStatus { status: Some(s), error, lock }) => {
                     let watch = self.manager.watch_engine(&ticket);
                     if s.is_completed() || watch.is_some() {
-                        break (s, error, lock, watch);
+                        break (s, error, lock, watch, key.unwrap_or_default());
                     }
                 }
                 Ok(other) => return Err(lost(format!("engine {instance} answered {other:?}"))),
@@ -682,6 +706,8 @@ impl Entrance {
         };
         let grant = EngineGrant {
             ticket_id: ticket.clone(),
+            key: hangar_protocol::credential::Secret(key),
+            account: None,
             instance: instance.clone(),
             ecm_instance: j.ecm_instance.clone().unwrap_or_default(),
             lock: lock_token.unwrap_or_default(),
@@ -760,27 +786,32 @@ fn redact_secrets(v: Value) -> Value {
 
 /// Create the job's result folder; when this process is root and the job's
 /// user exists on the host, hand it to that user (engines may run as them).
-async fn prepare_result_dir(dir: PathBuf, user: String) {
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot create result folder");
-            return;
-        }
-        if nix::unistd::geteuid().is_root()
-            && let Ok(Some(u)) = nix::unistd::User::from_name(&user)
-        {
-            // The user's own folder and everything below it.
-            let mut p = dir.as_path();
-            for _ in 0..4 {
-                let _ = nix::unistd::chown(p, Some(u.uid), Some(u.gid));
-                match p.parent() {
-                    Some(parent) => p = parent,
-                    None => break,
-                }
-            }
-        }
+/// Create a task's result folder below the results root without following
+/// a link: parents root-owned and traverse-only, the folder itself private to
+/// the account the engine runs as (it writes the result sets there).
+async fn prepare_result_dir(
+    root: &Path,
+    dir: &Path,
+    account: Option<hangar_protocol::rpc::OsAccount>,
+) -> Result<(), HangarError> {
+    let root = root.to_path_buf();
+    let rel = dir.strip_prefix(&root).map_err(|_| HangarError::internal("result folder outside the results root"))?;
+    let rel = rel.to_path_buf();
+    let me = nix::unistd::geteuid().as_raw();
+    // Only a root server hands folders to other accounts.
+    let owner = account.filter(|a| a.uid != me && me == 0).map(|a| (a.uid, a.gid));
+    tokio::task::spawn_blocking(move || {
+        hangar_fsguard::create_dirs(
+            &root,
+            &rel,
+            hangar_fsguard::Perms::mode(0o711),
+            hangar_fsguard::Perms { mode: 0o700, owner },
+        )
+        .map(drop)
+        .map_err(|e| HangarError::internal(format!("cannot create the result folder: {e}")))
     })
-    .await;
+    .await
+    .map_err(|e| HangarError::internal(e.to_string()))?
 }
 
 /// A job-strategy label in seconds (`jobQueuingTimeout`, `jobRunningTimeout`).

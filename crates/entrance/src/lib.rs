@@ -31,6 +31,8 @@ pub(crate) struct JobHandle {
     pub feed: tokio::sync::broadcast::Sender<serde_json::Value>,
     pub kill: watch::Sender<bool>,
     pub progress_info: Arc<Mutex<serde_json::Value>>,
+    /// The engine the task was sent to: only its events are taken.
+    pub ticket: Arc<std::sync::OnceLock<String>>,
 }
 
 /// A consumer group: running slots and a count of waiting jobs.
@@ -74,17 +76,25 @@ impl Entrance {
         (live, queued)
     }
 
-    /// Route engine events to their jobs.
-    pub fn on_task_events(&self, events: Vec<TaskEvent>) {
+    /// Route events from engine `ticket` (already authenticated with its
+    /// key) to their jobs: only to jobs whose task was sent to that engine.
+    /// Returns how many events were refused.
+    pub fn on_task_events(&self, ticket: &str, events: Vec<TaskEvent>) -> usize {
         let jobs = lock(&self.jobs);
+        let mut refused = 0;
         for ev in events {
             match jobs.get(&ev.task_id()) {
-                Some(h) => {
+                Some(h) if h.ticket.get().is_some_and(|t| t == ticket) => {
                     let _ = h.events.send(ev);
+                }
+                Some(_) => {
+                    refused += 1;
+                    tracing::warn!(task = ev.task_id(), %ticket, "refused an event from an engine the task was not sent to");
                 }
                 None => tracing::debug!(task = ev.task_id(), "event for a job not running here"),
             }
         }
+        refused
     }
 
     /// Jobs left unfinished by an earlier process: a job running on an

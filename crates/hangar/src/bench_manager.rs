@@ -66,12 +66,14 @@ impl EcmClient for FakeEcm {
         let pid = self.pid.fetch_add(1, Ordering::Relaxed) as u32;
         let instance = self.engine_addr.clone();
         tokio::spawn(async move {
-            m.on_engine_message(EngineToManager::Ready {
+            let ready = EngineToManager::Ready {
                 ticket_id: req.ticket_id,
                 instance,
                 pid,
                 rpc_version: RPC_VERSION,
-            });
+                account: None,
+            };
+            m.on_engine_message(ready, Some(req.engine_key.expose()));
         });
         Ok(LaunchedEngine { pid, log_dir: String::new() })
     }
@@ -106,7 +108,7 @@ fn cpu_seconds() -> f64 {
 }
 
 pub async fn heartbeats(engines: usize, beats: usize) -> anyhow::Result<HeartbeatResult> {
-    let token = "bench-rpc".to_string();
+    let secrets = hangar_manager::ControlPlaneSecrets { rpc_secret: "bench-rpc".into(), ecm_token: "bench-ecm".into() };
     // A fake engine endpoint that grants every lock.
     let engine_app = axum::Router::new().route(
         ENGINE_RPC_PATH,
@@ -131,7 +133,7 @@ pub async fn heartbeats(engines: usize, beats: usize) -> anyhow::Result<Heartbea
         engine_conf: Vec::new(),
         admins: Vec::new(),
     };
-    let manager = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], token.clone(), None)?;
+    let manager = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], secrets, None)?;
     let ecm = Arc::new(FakeEcm { manager: std::sync::OnceLock::new(), engine_addr, pid: AtomicU64::new(1_000_000) });
     let _ = ecm.manager.set(manager.clone());
     manager.register_ecm("sim-ecm:1", LabelSet::default(), Resource::new(1 << 50, 1 << 24, 1 << 24), ecm);
@@ -159,7 +161,7 @@ pub async fn heartbeats(engines: usize, beats: usize) -> anyhow::Result<Heartbea
                 };
                 let grant = m.ask(&ask).await?;
                 m.unlock(&grant).await;
-                tickets.push(grant.ticket_id);
+                tickets.push((grant.ticket_id.clone(), grant.key.expose().to_string()));
             }
         });
     }
@@ -177,18 +179,18 @@ pub async fn heartbeats(engines: usize, beats: usize) -> anyhow::Result<Heartbea
     let clients = 8;
     let mut set = tokio::task::JoinSet::new();
     for c in 0..clients {
-        let (http, url, token, tickets) = (http.clone(), url.clone(), token.clone(), tickets.clone());
+        let (http, url, tickets) = (http.clone(), url.clone(), tickets.clone());
         set.spawn(async move {
             let mut lat = Vec::with_capacity(beats / clients + 1);
             for i in (c..beats).step_by(clients) {
-                let ticket = &tickets[i % tickets.len()];
+                let (ticket, key) = &tickets[i % tickets.len()];
                 let msg = EngineToManager::Heartbeat {
                     ticket_id: ticket.clone(),
                     status: if i % 2 == 0 { NodeStatus::Unlock } else { NodeStatus::Idle },
                     metrics: EngineMetrics { ticket_id: ticket.clone(), ..Default::default() },
                 };
                 let s = Instant::now();
-                let r = http.post(&url).header(RPC_TOKEN_HEADER, &token).json(&msg).send().await?;
+                let r = http.post(&url).header(RPC_TOKEN_HEADER, key).json(&msg).send().await?;
                 let ok: serde_json::Value = r.json().await?;
                 if ok["known"] != true {
                     anyhow::bail!("manager forgot a simulated engine");

@@ -37,8 +37,12 @@ pub struct Server {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
-    /// Secret shared by the processes of one Hangar (manager, ECMs, engines); empty = random, all-in-one only.
+    /// The control plane's secret engine keys are derived from (never leaves
+    /// the control plane); empty = random and kept in the data dir, all-in-one only.
     pub rpc_token: String,
+    /// What ECMs and the manager authenticate each other with; empty =
+    /// derived from `rpc_token`, all-in-one only.
+    pub ecm_token: String,
     pub token: String,
     pub token_users: Vec<String>,
     pub admins: Vec<String>,
@@ -84,7 +88,16 @@ pub struct Ecm {
     pub max_concurrent_launches: usize,
     pub launch_queue_timeout_ms: u64,
     pub adopt_on_restart: bool,
-    pub run_as_user: bool,
+    /// `auto`, `server`, `user` or `account` (see docs/configuration.md).
+    pub run_as: String,
+    /// Prefix of the per-user engine accounts of `run_as = "account"`.
+    pub account_prefix: String,
+    /// Engines never run as an account with a smaller uid (nor as root).
+    pub min_uid: u32,
+    /// Let a root ECM run engines as root with `run_as = "server"`.
+    pub allow_root_engines: bool,
+    /// Variables engines inherit from the server's environment besides PATH, locale and TZ.
+    pub engine_env_passthrough: Vec<String>,
     pub heartbeat_interval_ms: u64,
     /// `key=value` labels of this ECM; asks must carry the same to land here.
     pub labels: Vec<String>,
@@ -130,6 +143,7 @@ impl Default for Config {
             },
             auth: Auth {
                 rpc_token: String::new(),
+                ecm_token: String::new(),
                 token: hangar_cli::DEFAULT_TOKEN.into(),
                 token_users: vec!["*".into()],
                 admins: vec![],
@@ -164,7 +178,11 @@ impl Default for Config {
                 max_concurrent_launches: 8,
                 launch_queue_timeout_ms: 30_000,
                 adopt_on_restart: true,
-                run_as_user: false,
+                run_as: "auto".into(),
+                account_prefix: "hangar-".into(),
+                min_uid: 1000,
+                allow_root_engines: false,
+                engine_env_passthrough: Vec::new(),
                 heartbeat_interval_ms: 1_000,
                 labels: vec![],
                 material_cache_dir: String::new(),

@@ -140,31 +140,49 @@ fn build_ecm(
     cfg: &Config,
     data_dir: &Path,
     instance: &str,
-    rpc_token: &str,
+    ecm_token: &str,
     plugins: Vec<Arc<dyn EngineConnPlugin>>,
 ) -> anyhow::Result<(Arc<Ecm>, mpsc::UnboundedReceiver<EcmEvent>, LabelSet, Resource)> {
     let protected = parse_bytes(&cfg.ecm.protected_memory)?;
     prepare_plugins(&plugins);
+    let identity = hangar_ecm::Identity::from_config(
+        &cfg.ecm.run_as,
+        &cfg.ecm.account_prefix,
+        cfg.ecm.min_uid,
+        cfg.ecm.allow_root_engines,
+    )
+    .map_err(anyhow::Error::msg)?;
     let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_default();
-    match (cfg.ecm.run_as_user, nix::unistd::geteuid().is_root()) {
-        (true, true) => tracing::info!("engines run as their requesting OS users"),
-        (true, false) => {
-            tracing::warn!(user = %me, "ecm.run_as_user is on but the ECM is not root: engines run as {me}")
+    match &identity.run_as {
+        hangar_ecm::RunAs::Server => tracing::info!(user = %me, "engines run as the server's own account {me}"),
+        hangar_ecm::RunAs::User => tracing::info!("engines run as the OS accounts named like their Hangar users"),
+        hangar_ecm::RunAs::Account { prefix } => {
+            tracing::info!(
+                "engines run as one unprivileged account per Hangar user ({prefix}<user>, created on first use)"
+            )
         }
-        (false, _) => tracing::info!(user = %me, "engines run as the ECM's user {me} (ecm.run_as_user is off)"),
+    }
+    let engineconn_root = data_dir.join("engineconn");
+    let cache_dir = dir_or(&cfg.ecm.material_cache_dir, data_dir, "engineconn-public");
+    // Engines traverse these (their own folders and cache entries below are named, not listed).
+    private_dir(&engineconn_root, 0o711)?;
+    private_dir(&cache_dir, 0o711)?;
+    if identity.switches() {
+        engines_can_reach(&[&engineconn_root, &data_dir.join("results"), &std::env::current_exe()?])?;
     }
     let (ecm, events) = Ecm::new(
         EcmConfig {
             instance: instance.to_string(),
-            engineconn_root: data_dir.join("engineconn"),
+            engineconn_root,
             kill_grace: ms(cfg.ecm.kill_grace_ms),
-            rpc_token: rpc_token.to_string(),
+            ecm_token: ecm_token.to_string(),
             max_concurrent_launches: cfg.ecm.max_concurrent_launches,
             launch_queue_timeout: ms(cfg.ecm.launch_queue_timeout_ms),
             adopt_on_restart: cfg.ecm.adopt_on_restart,
             protected_memory: protected,
-            run_as_user: cfg.ecm.run_as_user,
-            material_cache_dir: dir_or(&cfg.ecm.material_cache_dir, data_dir, "engineconn-public"),
+            identity,
+            env_passthrough: cfg.ecm.engine_env_passthrough.clone(),
+            material_cache_dir: cache_dir,
             material_cache_max_bytes: parse_bytes(&cfg.ecm.material_cache_max_size)?,
         },
         plugins,
@@ -180,14 +198,19 @@ fn build_ecm(
 
 pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
     let roles = roles(&cfg)?;
-    let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir))?;
-    let rpc_token = match (cfg.auth.rpc_token.is_empty(), roles) {
-        (true, Roles::All) => data_dir_rpc_token(&data_dir)?,
-        (true, _) => {
-            bail!("auth.rpc_token (HANGAR_AUTH_RPC_TOKEN) must be set, the same on every process, when roles are split")
-        }
-        (false, _) => cfg.auth.rpc_token.clone(),
-    };
+    // Everything the server creates is its own unless made otherwise on purpose
+    // (the store, job logs, secrets: 0600; folders 0700).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let switches = roles != Roles::ControlPlane
+        && hangar_ecm::Identity::from_config(
+            &cfg.ecm.run_as,
+            &cfg.ecm.account_prefix,
+            cfg.ecm.min_uid,
+            cfg.ecm.allow_root_engines,
+        )
+        .is_ok_and(|i| i.switches());
+    let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir), switches)?;
+    let secrets = control_plane_secrets(&cfg, roles, &data_dir)?;
     let listener = tokio::net::TcpListener::bind((cfg.server.bind.as_str(), cfg.server.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
@@ -201,7 +224,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         );
     }
     if roles == Roles::Ecm {
-        return serve_ecm(cfg, plugins, data_dir, listener, instance, rpc_token).await;
+        return serve_ecm(cfg, plugins, data_dir, listener, instance, secrets.ecm_token).await;
     }
 
     let store_url = if cfg.server.store_url.is_empty() {
@@ -238,10 +261,11 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     )
     .await
     .context("cannot open the material library")?;
-    let manager = Manager::new(mcfg, plugins.clone(), rpc_token.clone(), Some(library))?;
+    let ecm_token = secrets.ecm_token.clone();
+    let manager = Manager::new(mcfg, plugins.clone(), secrets, Some(library))?;
 
     let local_ecm = if roles == Roles::All {
-        let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &rpc_token, plugins)?;
+        let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins)?;
         manager.register_ecm(&instance, labels, max, Arc::new(LocalEcm(ecm.clone())));
         spawn_local_ecm_links(
             manager.clone(),
@@ -277,8 +301,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         default_creator: cfg.entrance.default_creator.clone(),
         reattach_timeout: ms(cfg.entrance.reattach_timeout_ms),
     };
-    std::fs::create_dir_all(&ecfg.results_dir)?;
-    std::fs::create_dir_all(&ecfg.logs_dir)?;
+    private_dir(&ecfg.results_dir, 0o711)?;
+    private_dir(&ecfg.logs_dir, 0o700)?;
     let entrance = Entrance::new(ecfg, store.clone(), manager.clone());
     let (reattached, ended) = entrance.recover().await?;
     if reattached + ended > 0 {
@@ -316,16 +340,16 @@ async fn serve_ecm(
     data_dir: PathBuf,
     listener: tokio::net::TcpListener,
     instance: String,
-    rpc_token: String,
+    ecm_token: String,
 ) -> anyhow::Result<()> {
     if cfg.server.manager_url.is_empty() {
         bail!("server.manager_url (--manager) is required with --roles ecm");
     }
-    let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &rpc_token, plugins)?;
+    let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins)?;
     let adopted = ecm.recover().await;
     let app = hangar_ecm::router(ecm.clone()).route("/health", axum::routing::get(|| async { "ok" }));
     let server = spawn_http(listener, app);
-    let link = ManagerLink::new(cfg.server.manager_url.clone(), rpc_token)?;
+    let link = ManagerLink::new(cfg.server.manager_url.clone(), ecm_token)?;
     let register =
         EcmToManager::Register { instance: instance.clone(), labels, max, rpc_version: RPC_VERSION, engines: adopted };
     tokio::spawn(link.clone().run(ecm.clone(), register, events, ms(cfg.ecm.heartbeat_interval_ms)));
@@ -495,9 +519,92 @@ fn dir_or(configured: &str, data_dir: &Path, default: &str) -> PathBuf {
     if configured.is_empty() { data_dir.join(default) } else { PathBuf::from(configured) }
 }
 
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+/// The data dir: private to the server (0700); traverse-only (0711) for a
+/// root server whose engines run as other accounts and must reach their own
+/// work and result folders inside it (nothing in it is listable by them).
+fn prepare_data_dir(dir: &Path, engines_switch: bool) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data dir {}", dir.display()))?;
-    std::fs::canonicalize(dir).with_context(|| format!("cannot resolve the data dir {}", dir.display()))
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("cannot resolve the data dir {}", dir.display()))?;
+    private_dir(&dir, if engines_switch { 0o711 } else { 0o700 })?;
+    Ok(dir)
+}
+
+/// Create a server-owned folder (if missing) and set its mode.
+fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let md = std::fs::symlink_metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+    if !md.is_dir() {
+        bail!("{} must be a directory, not a link", dir.display());
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))
+}
+
+/// Engines running as other accounts must reach the binaries and their
+/// folders: every ancestor searchable by others. Say which one is not.
+fn engines_can_reach(paths: &[&Path]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for p in paths {
+        for a in p.ancestors().skip(1) {
+            let Ok(md) = std::fs::metadata(a) else { continue };
+            if md.permissions().mode() & 0o001 == 0 {
+                bail!(
+                    "engines run as unprivileged accounts (ecm.run_as) and cannot reach {} because {} is not \
+                     searchable by others (mode {:o}); put the data dir and the hangar binary under a folder others \
+                     may traverse (for example --data-dir /var/lib/hangar), or run the server as a normal user",
+                    p.display(),
+                    a.display(),
+                    md.permissions().mode() & 0o7777
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The control plane's secrets (and an ECM's token), by role.
+fn control_plane_secrets(
+    cfg: &Config,
+    roles: Roles,
+    data_dir: &Path,
+) -> anyhow::Result<hangar_manager::ControlPlaneSecrets> {
+    let ecm_token = cfg.auth.ecm_token.clone();
+    match roles {
+        Roles::All => {
+            let rpc_secret =
+                if cfg.auth.rpc_token.is_empty() { data_dir_rpc_token(data_dir)? } else { cfg.auth.rpc_token.clone() };
+            let ecm_token = if ecm_token.is_empty() {
+                hangar_protocol::credential::derived_token(rpc_secret.as_bytes(), "ecm")
+            } else {
+                ecm_token
+            };
+            Ok(hangar_manager::ControlPlaneSecrets { rpc_secret, ecm_token })
+        }
+        Roles::Ecm => {
+            if ecm_token.is_empty() {
+                bail!("auth.ecm_token (HANGAR_AUTH_ECM_TOKEN) must be set on an ECM, the same as on its control plane")
+            }
+            if !cfg.auth.rpc_token.is_empty() {
+                tracing::warn!(
+                    "auth.rpc_token is set on an ECM: ECMs need only auth.ecm_token; remove it from this host"
+                );
+            }
+            Ok(hangar_manager::ControlPlaneSecrets { rpc_secret: String::new(), ecm_token })
+        }
+        Roles::ControlPlane => {
+            if cfg.auth.rpc_token.is_empty() || ecm_token.is_empty() {
+                bail!(
+                    "auth.rpc_token (HANGAR_AUTH_RPC_TOKEN, the control plane's own secret) and auth.ecm_token \
+                     (HANGAR_AUTH_ECM_TOKEN, shared with the ECMs) must both be set when roles are split"
+                )
+            }
+            if cfg.auth.rpc_token == ecm_token {
+                bail!("auth.rpc_token and auth.ecm_token must differ: ECMs must not hold the control plane's secret")
+            }
+            Ok(hangar_manager::ControlPlaneSecrets { rpc_secret: cfg.auth.rpc_token.clone(), ecm_token })
+        }
+    }
 }
 
 async fn wait_for_signal() {

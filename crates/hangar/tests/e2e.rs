@@ -551,7 +551,7 @@ async fn engines_run_as_their_os_user_when_the_ecm_is_root() {
     if !common::os_user(user) {
         return;
     }
-    let s = Server::start(&FAST.replace("[ecm]\n", "[ecm]\nrun_as_user = true\n")).await;
+    let s = Server::start(&FAST.replace("[ecm]\n", "[ecm]\nrun_as = \"user\"\n")).await;
     // The test's temp folder is private; let the engine's user through it.
     use std::os::unix::fs::PermissionsExt;
     let root = s.data_dir.parent().expect("tmp root");

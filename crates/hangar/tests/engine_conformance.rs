@@ -67,9 +67,8 @@ impl Harness {
             .args(["--conf", "hangar.engineconn.running_info_interval_ms=100"])
             .args(["--conf", "hangar.engineconn.heartbeat_interval_ms=200"])
             .args(["--conf", "hangar.engineconn.log_push_interval_ms=20"])
-            .env("HANGAR_RPC_TOKEN", TOKEN)
             .env("HANGAR_ENGINE_TICKET", "t-1")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr"));
         for l in labels {
@@ -78,7 +77,12 @@ impl Harness {
         for c in conf {
             cmd.args(["--conf", c]);
         }
-        let child = cmd.spawn().expect("spawn engine");
+        let mut child = cmd.spawn().expect("spawn engine");
+        // The engine's key arrives on standard input, as an ECM hands it over.
+        let secrets = hangar_protocol::credential::EngineSecrets { engine_key: TOKEN.into(), conf: Default::default() };
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, &serde_json::to_vec(&secrets).expect("json")).expect("write secrets");
+        drop(stdin);
         let deadline = Instant::now() + Duration::from_secs(20);
         let (instance, pid) = loop {
             let ready = seen.lock().expect("seen").manager.iter().find_map(|m| match m {

@@ -318,21 +318,28 @@ async fn a_remote_ecm_fetches_materials_from_the_control_plane() {
     assert_eq!(count(&ecm.server_log(), "material localized"), 3, "conf, lib, hello.txt");
     assert!(ecm.data_dir.join("engineconn-public").is_dir());
 
-    // The material endpoint wants the internal secret.
+    // The material endpoint wants the ECM token (the control plane's own secret is not it).
     let sha = up["data"]["sha256"].as_str().expect("sha");
     let url = format!("{}/rpc/manager/materials/{sha}", cp.base);
     let denied = reqwest::Client::new().get(&url).send().await.expect("get");
     assert_eq!(denied.status(), 401);
-    let ok = reqwest::Client::new()
+    let wrong = reqwest::Client::new()
         .get(&url)
         .header(hangar_protocol::rpc::RPC_TOKEN_HEADER, common::RPC_SECRET)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(wrong.status(), 401);
+    let ok = reqwest::Client::new()
+        .get(&url)
+        .header(hangar_protocol::rpc::RPC_TOKEN_HEADER, common::ECM_TOKEN)
         .send()
         .await
         .expect("get");
     assert_eq!(ok.bytes().await.expect("bytes").as_ref(), b"hello from the library\n");
     let missing = reqwest::Client::new()
         .get(format!("{}/rpc/manager/materials/{}", cp.base, "0".repeat(64)))
-        .header(hangar_protocol::rpc::RPC_TOKEN_HEADER, common::RPC_SECRET)
+        .header(hangar_protocol::rpc::RPC_TOKEN_HEADER, common::ECM_TOKEN)
         .send()
         .await
         .expect("get");
@@ -350,7 +357,7 @@ async fn an_engine_running_as_its_user_reads_materials_but_cannot_change_the_cac
     let home = plugin_home(tmp.path());
     let s = Server::start(&format!(
         "{}\n[materials]\nengineconn_home = \"{}\"\n",
-        FAST.replace("[ecm]\n", "[ecm]\nrun_as_user = true\n"),
+        FAST.replace("[ecm]\n", "[ecm]\nrun_as = \"user\"\n"),
         home.display()
     ))
     .await;

@@ -1,4 +1,5 @@
 //! HTTP client of the engines' RPC endpoint, shared by the manager and the Entrance.
+//! Every call carries the key of the engine it goes to.
 
 use std::time::Duration;
 
@@ -8,33 +9,33 @@ use hangar_protocol::{ErrorCode, HangarError};
 #[derive(Clone)]
 pub struct EngineClient {
     http: reqwest::Client,
-    token: String,
 }
 
 impl EngineClient {
-    pub fn new(token: String) -> Result<Self, HangarError> {
+    pub fn new() -> Result<Self, HangarError> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| HangarError::internal(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { http, token })
+        Ok(Self { http })
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
-    /// Send one request to the engine at `instance` (`host:port`).
-    pub async fn call(&self, instance: &str, req: &EngineRequest) -> Result<EngineReply, HangarError> {
+    /// Send one request to the engine at `instance` (`host:port`), with that
+    /// engine's own key: no other engine accepts it.
+    pub async fn call(&self, instance: &str, key: &str, req: &EngineRequest) -> Result<EngineReply, HangarError> {
         let url = format!("http://{instance}{ENGINE_RPC_PATH}");
         let lost =
             |e: String| HangarError::new(ErrorCode::EngineLost, format!("engine {instance} cannot be reached: {e}"));
         let resp = self
             .http
             .post(&url)
-            .header(RPC_TOKEN_HEADER, &self.token)
+            .header(RPC_TOKEN_HEADER, key)
             .json(req)
             .send()
             .await

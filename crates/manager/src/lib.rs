@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hangar_bml::MaterialLibrary;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, EngineResourceRequest, find_plugin};
-use hangar_protocol::rpc::{EcmHealth, MaterialKind, MaterialRef};
+use hangar_protocol::rpc::{EcmHealth, MaterialKind, MaterialRef, OsAccount};
 use hangar_protocol::rpc::{EngineReply, EngineRequest};
 use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
@@ -88,6 +88,10 @@ pub struct AskRequest {
 #[derive(Debug, Clone)]
 pub struct EngineGrant {
     pub ticket_id: String,
+    /// The engine's own key, for the caller's requests to it.
+    pub key: hangar_protocol::credential::Secret,
+    /// The OS account the engine runs as (its task's result folder is handed to it).
+    pub account: Option<hangar_protocol::rpc::OsAccount>,
     pub instance: String,
     pub ecm_instance: String,
     pub lock: String,
@@ -138,7 +142,7 @@ pub struct Manager {
     gates: Mutex<HashMap<String, Arc<Semaphore>>>,
     client: EngineClient,
     pub stats: ManagerStats,
-    rpc_token: String,
+    secrets: ControlPlaneSecrets,
     materials: Option<Arc<MaterialLibrary>>,
     /// Tickets this manager ended (most recent last): they may not rejoin.
     ended: Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>,
@@ -146,6 +150,20 @@ pub struct Manager {
 
 /// How many ended tickets the manager remembers.
 const ENDED_MEMORY: usize = 100_000;
+
+/// The control plane's credentials: the secret engine keys are derived from
+/// (it never leaves the control plane) and the token ECMs present.
+#[derive(Clone)]
+pub struct ControlPlaneSecrets {
+    pub rpc_secret: String,
+    pub ecm_token: String,
+}
+
+impl std::fmt::Debug for ControlPlaneSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlPlaneSecrets(***)")
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these mutexes is updated in short, check-then-write steps.
@@ -158,13 +176,16 @@ impl Manager {
     pub fn new(
         cfg: ManagerConfig,
         plugins: Vec<Arc<dyn EngineConnPlugin>>,
-        rpc_token: String,
+        secrets: ControlPlaneSecrets,
         materials: Option<Arc<MaterialLibrary>>,
     ) -> Result<Arc<Self>, HangarError> {
+        if secrets.rpc_secret.is_empty() || secrets.ecm_token.is_empty() {
+            return Err(HangarError::invalid("the manager needs an RPC secret and an ECM token"));
+        }
         Ok(Arc::new(Self {
             materials,
             ended: Mutex::new(Default::default()),
-            client: EngineClient::new(rpc_token.clone())?,
+            client: EngineClient::new()?,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
             plugins,
@@ -173,7 +194,7 @@ impl Manager {
             ecms: Mutex::new(Vec::new()),
             gates: Mutex::new(HashMap::new()),
             stats: ManagerStats::default(),
-            rpc_token,
+            secrets,
         }))
     }
 
@@ -181,8 +202,33 @@ impl Manager {
         &self.client
     }
 
-    pub fn rpc_token(&self) -> &str {
-        &self.rpc_token
+    /// The token ECMs authenticate with.
+    pub fn ecm_token(&self) -> &str {
+        &self.secrets.ecm_token
+    }
+
+    /// The key an engine with this record must hold.
+    fn derive_key(
+        &self,
+        ticket_id: &str,
+        user: &str,
+        labels: &LabelSet,
+        ecm_instance: &str,
+        resource: &Resource,
+    ) -> String {
+        let b = hangar_protocol::credential::EngineBinding { ticket_id, user, labels, ecm_instance, resource };
+        hangar_protocol::credential::engine_key(self.secrets.rpc_secret.as_bytes(), &b)
+    }
+
+    /// The key of a known engine (None once it ended or before it rejoined).
+    pub fn engine_key(&self, ticket_id: &str) -> Option<String> {
+        lock(&self.engines).get(ticket_id).map(|n| n.key.clone())
+    }
+
+    /// Whether `presented` is the key of engine `ticket_id` (constant time).
+    pub fn verify_engine_key(&self, ticket_id: &str, presented: Option<&str>) -> bool {
+        let expected = self.engine_key(ticket_id).unwrap_or_default();
+        hangar_protocol::credential::matches(&expected, presented)
     }
 
     pub fn plugins(&self) -> &[Arc<dyn EngineConnPlugin>] {
@@ -258,7 +304,7 @@ impl Manager {
         let client = remote_ecm::RemoteEcm {
             instance: instance.to_string(),
             http: self.client.http().clone(),
-            token: self.rpc_token.clone(),
+            token: self.secrets.ecm_token.clone(),
         };
         self.register_ecm(instance, labels, max, Arc::new(client));
     }
@@ -337,7 +383,8 @@ impl Manager {
 
     async fn try_reuse(&self, labels: &LabelSet, files: &BTreeSet<String>) -> Option<EngineGrant> {
         let want = labels.core();
-        let mut candidates: Vec<(u8, String, String, String, String)> = lock(&self.engines)
+        #[allow(clippy::type_complexity)]
+        let mut candidates: Vec<(u8, String, String, String, String, String, Option<OsAccount>)> = lock(&self.engines)
             .values()
             .filter(|n| !n.reserved && matches!(n.status, NodeStatus::Unlock | NodeStatus::Idle))
             .filter(|n| n.metrics.unhealthy.is_none())
@@ -348,17 +395,35 @@ impl Manager {
                     return None;
                 }
                 let rank = if n.status == NodeStatus::Unlock { 0 } else { 1 };
-                Some((rank, n.ticket_id.clone(), inst, n.ecm_instance.clone(), n.log_dir.clone()))
+                Some((
+                    rank,
+                    n.ticket_id.clone(),
+                    inst,
+                    n.ecm_instance.clone(),
+                    n.log_dir.clone(),
+                    n.key.clone(),
+                    n.account,
+                ))
             })
             .collect();
         candidates.sort();
-        for (_, ticket_id, instance, ecm_instance, log_dir) in candidates {
+        for (_, ticket_id, instance, ecm_instance, log_dir, key, account) in candidates {
             let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
-            match self.client.call(&instance, &EngineRequest::Lock { timeout_ms }).await {
+            match self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await {
                 Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
                     self.note_status(&ticket_id, NodeStatus::Idle);
                     self.stats.reuse_hits.fetch_add(1, Ordering::Relaxed);
-                    return Some(EngineGrant { ticket_id, instance, ecm_instance, lock, reused: true, log_dir });
+                    let key = hangar_protocol::credential::Secret(key);
+                    return Some(EngineGrant {
+                        ticket_id,
+                        key,
+                        account,
+                        instance,
+                        ecm_instance,
+                        lock,
+                        reused: true,
+                        log_dir,
+                    });
                 }
                 Ok(_) => continue,
                 Err(e) => tracing::debug!(%instance, error = %e, "reuse candidate refused"),
@@ -460,7 +525,9 @@ impl Manager {
         let ticket_id = uuid::Uuid::new_v4().to_string();
         self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource)?;
         let (tx, mut rx) = watch::channel(EngineView { status: NodeStatus::Starting, reason: None, instance: None });
-        let mut node = EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx);
+        let key = self.derive_key(&ticket_id, &req.user, &req.labels, &ecm_instance, &resource);
+        let mut node =
+            EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx, key.clone());
         node.user_files = files;
         lock(&self.engines).insert(ticket_id.clone(), node);
         tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
@@ -472,6 +539,7 @@ impl Manager {
             resource,
             properties: req.properties.clone(),
             materials,
+            engine_key: hangar_protocol::credential::Secret(key.clone()),
         };
         let launched_at = Instant::now();
         match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {
@@ -520,21 +588,22 @@ impl Manager {
         };
         lock(&self.start_times).observe(launched_at.elapsed().as_secs_f64());
         let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
-        let lock_reply = self.client.call(&instance, &EngineRequest::Lock { timeout_ms }).await;
-        let log_dir = {
+        let lock_reply = self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await;
+        let (log_dir, account) = {
             let mut engines = lock(&self.engines);
             match engines.get_mut(&ticket_id) {
                 Some(n) => {
                     n.reserved = false;
-                    n.log_dir.clone()
+                    (n.log_dir.clone(), n.account)
                 }
-                None => String::new(),
+                None => (String::new(), None),
             }
         };
         match lock_reply {
             Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
                 self.note_status(&ticket_id, NodeStatus::Idle);
-                Ok(EngineGrant { ticket_id, instance, ecm_instance, lock, reused: false, log_dir })
+                let key = hangar_protocol::credential::Secret(key);
+                Ok(EngineGrant { ticket_id, key, account, instance, ecm_instance, lock, reused: false, log_dir })
             }
             Ok(other) => Err(HangarError::new(
                 ErrorCode::LockRejected,
@@ -546,7 +615,8 @@ impl Manager {
 
     /// Give the engine back after a job (Linkis `RequestManagerUnlock`).
     pub async fn unlock(&self, grant: &EngineGrant) {
-        match self.client.call(&grant.instance, &EngineRequest::Unlock { lock: grant.lock.clone() }).await {
+        let req = EngineRequest::Unlock { lock: grant.lock.clone() };
+        match self.client.call(&grant.instance, grant.key.expose(), &req).await {
             Ok(EngineReply::Unlocked { unlocked: true }) => self.note_status(&grant.ticket_id, NodeStatus::Unlock),
             Ok(other) => tracing::debug!(instance = %grant.instance, ?other, "unlock refused"),
             Err(e) => tracing::debug!(instance = %grant.instance, error = %e, "unlock failed"),

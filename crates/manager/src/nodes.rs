@@ -41,6 +41,10 @@ pub(crate) struct EngineNode {
     /// lacks do not reuse it.
     pub user_files: BTreeSet<String>,
     pub watch: watch::Sender<EngineView>,
+    /// The engine's own credential (`credential::engine_key`).
+    pub key: String,
+    /// The OS account it runs as, as it reported.
+    pub account: Option<hangar_protocol::rpc::OsAccount>,
 }
 
 impl EngineNode {
@@ -51,6 +55,7 @@ impl EngineNode {
         ecm_instance: &str,
         resource: Resource,
         watch: watch::Sender<EngineView>,
+        key: String,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -70,6 +75,8 @@ impl EngineNode {
             log_dir: String::new(),
             user_files: BTreeSet::new(),
             watch,
+            key,
+            account: None,
         }
     }
 

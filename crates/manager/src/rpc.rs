@@ -16,9 +16,17 @@ use hangar_protocol::rpc::{
 
 use crate::{Manager, lock};
 
-fn authorize(m: &Manager, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
-    let ok = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()).is_some_and(|v| v == m.rpc_token);
-    if ok { Ok(()) } else { Err((StatusCode::UNAUTHORIZED, "bad internal RPC token".into())) }
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// ECM traffic: the ECM token, and nothing else.
+fn authorize_ecm(m: &Manager, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    if hangar_protocol::credential::matches(m.ecm_token(), presented(headers)) {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "bad ECM token".into()))
+    }
 }
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -35,7 +43,7 @@ async fn material(
     headers: HeaderMap,
     Path(sha256): Path<String>,
 ) -> Result<Response, (StatusCode, String)> {
-    authorize(&m, &headers)?;
+    authorize_ecm(&m, &headers)?;
     let path = m
         .material_library()
         .and_then(|lib| lib.blob_path(&sha256))
@@ -67,7 +75,7 @@ async fn handle_ecm(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ManagerReply>, (StatusCode, String)> {
-    authorize(&m, &headers)?;
+    authorize_ecm(&m, &headers)?;
     let msg: EcmToManager =
         serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
     let known = match msg {
@@ -96,28 +104,38 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<ManagerReply>, (StatusCode, String)> {
-    authorize(&m, &headers)?;
     let msg: EngineToManager =
         serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad message: {e}")))?;
-    Ok(Json(m.on_engine_message(msg)))
+    m.on_engine_message(msg, presented(&headers))
+        .map(Json)
+        .ok_or_else(|| (StatusCode::UNAUTHORIZED, "bad engine key for this ticket".to_string()))
 }
 
 impl Manager {
-    /// Apply one engine message. An unknown ticket the manager never ended
-    /// (it restarted since) is asked to rejoin.
-    pub fn on_engine_message(&self, msg: EngineToManager) -> ManagerReply {
+    /// Apply one engine message presented with `key`; None when the key is
+    /// not the key of the ticket the message is about. A message about an
+    /// unknown ticket changes nothing: the manager never ended it (it
+    /// restarted since) and asks it to rejoin, or it answers "unknown".
+    pub fn on_engine_message(&self, msg: EngineToManager, key: Option<&str>) -> Option<ManagerReply> {
         let ticket = msg.ticket_id().to_string();
         if let EngineToManager::Rejoin { .. } = msg {
-            return self.rejoin(msg);
+            return self.rejoin(msg, key);
+        }
+        if self.engine_key(&ticket).is_none() {
+            return Some(ManagerReply { known: false, rejoin: !self.has_ended(&ticket) });
+        }
+        if !self.verify_engine_key(&ticket, key) {
+            tracing::warn!(%ticket, "engine message refused: wrong key for this ticket");
+            return None;
         }
         let known = self.apply_engine_message(msg);
-        ManagerReply { known, rejoin: !known && !self.has_ended(&ticket) }
+        Some(ManagerReply { known, rejoin: !known && !self.has_ended(&ticket) })
     }
 
     fn apply_engine_message(&self, msg: EngineToManager) -> bool {
         let ticket = msg.ticket_id().to_string();
         match msg {
-            EngineToManager::Ready { instance, pid, rpc_version, .. } => {
+            EngineToManager::Ready { instance, pid, rpc_version, account, .. } => {
                 if rpc_version != RPC_VERSION {
                     self.finish(
                         &ticket,
@@ -131,6 +149,7 @@ impl Manager {
                 let Some(n) = engines.get_mut(&ticket) else { return false };
                 n.instance = Some(instance);
                 n.pid = Some(pid);
+                n.account = account;
                 n.last_heartbeat = Instant::now();
                 let ready = n.set_status(NodeStatus::Unlock, None);
                 drop(engines);
@@ -163,7 +182,7 @@ impl Manager {
 
     /// Take back a running engine after a manager restart: its record comes
     /// from the engine, its resource is charged again on its ECM and user.
-    fn rejoin(&self, msg: EngineToManager) -> ManagerReply {
+    fn rejoin(&self, msg: EngineToManager, key: Option<&str>) -> Option<ManagerReply> {
         let EngineToManager::Rejoin {
             ticket_id,
             instance,
@@ -175,28 +194,36 @@ impl Manager {
             status,
             metrics,
             rpc_version,
+            account,
         } = msg
         else {
-            return ManagerReply::known(false);
+            return Some(ManagerReply::known(false));
         };
+        // The key binds the whole record: a rejoin that claims another user,
+        // other labels, another ECM or a smaller resource does not match.
+        let expected = self.derive_key(&ticket_id, &user, &labels, &ecm_instance, &resource);
+        if !hangar_protocol::credential::matches(&expected, key) {
+            tracing::warn!(ticket = %ticket_id, "rejoin refused: the key does not match the record");
+            return None;
+        }
         if lock(&self.engines).contains_key(&ticket_id) {
-            return ManagerReply::known(true);
+            return Some(ManagerReply::known(true));
         }
         if self.has_ended(&ticket_id) || rpc_version != RPC_VERSION || status.is_completed() {
-            return ManagerReply::known(false);
+            return Some(ManagerReply::known(false));
         }
         if !lock(&self.ecms).iter().any(|e| e.instance == ecm_instance) {
             // Its ECM has not registered again yet: ask again later.
-            return ManagerReply { known: false, rejoin: true };
+            return Some(ManagerReply { known: false, rejoin: true });
         }
-        let Ok(user_label) = Self::user_label(&labels) else { return ManagerReply::known(false) };
+        let Ok(user_label) = Self::user_label(&labels) else { return Some(ManagerReply::known(false)) };
         if self.rm.label(&user_label).is_none() {
             self.rm.set_max(&user_label, self.cfg.user_max);
         }
         if let Err(e) = self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource) {
             tracing::warn!(ticket = %ticket_id, error = %e, "cannot take back an engine: its resource does not fit");
             self.remember_ended(&ticket_id);
-            return ManagerReply::known(false);
+            return Some(ManagerReply::known(false));
         }
         self.rm.confirm(&ticket_id);
         let (tx, _) = tokio::sync::watch::channel(crate::EngineView {
@@ -204,9 +231,11 @@ impl Manager {
             reason: None,
             instance: Some(instance.clone()),
         });
-        let mut node = crate::nodes::EngineNode::starting(&ticket_id, &user, &labels, &ecm_instance, resource, tx);
+        let mut node =
+            crate::nodes::EngineNode::starting(&ticket_id, &user, &labels, &ecm_instance, resource, tx, expected);
         node.instance = Some(instance.clone());
         node.pid = Some(pid);
+        node.account = account;
         node.reserved = false;
         node.metrics = metrics;
         node.set_status(NodeStatus::Unlock, None);
@@ -215,6 +244,6 @@ impl Manager {
         }
         lock(&self.engines).insert(ticket_id.clone(), node);
         tracing::info!(ticket = %ticket_id, %instance, ecm = %ecm_instance, %status, "engine rejoined after a manager restart");
-        ManagerReply::known(true)
+        Some(ManagerReply::known(true))
     }
 }

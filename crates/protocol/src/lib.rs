@@ -6,6 +6,7 @@
 //! `.dolphin` result-set codec all live here so that every process agrees on
 //! them by construction.
 
+pub mod credential;
 pub mod dolphin;
 pub mod envelope;
 pub mod error;
@@ -29,8 +30,17 @@ pub fn is_secret_key(key: &str) -> bool {
     ["password", "passwd", "secret", "token", "credential"].iter().any(|w| k.contains(w))
 }
 
-/// The environment variable that carries an engine's secret options (JSON object).
-pub const SECRET_CONF_ENV: &str = "HANGAR_ENGINE_SECRET_CONF";
+/// Whether a configuration value must be kept secret: a secret key, or a URL
+/// that carries a password (`user:pw@host`, `password=`).
+pub fn is_secret_value(key: &str, value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    is_secret_key(key)
+        || v.contains("password=")
+        || v.contains("pwd=")
+        || v.split_once("://").is_some_and(|(_, rest)| {
+            rest.split(['/', '?']).next().is_some_and(|auth| auth.contains(':') && auth.contains('@'))
+        })
+}
 
 /// Milliseconds since the Unix epoch, the time unit of every wire message.
 pub fn now_ms() -> i64 {

@@ -1,8 +1,10 @@
 //! Internal RPC messages between the components' processes.
 //!
 //! One style everywhere: an HTTP `POST` of one JSON message, tagged by `type`,
-//! answered by one JSON reply. Every request carries the shared secret header
-//! [`RPC_TOKEN_HEADER`] so nothing else on the host can drive an engine.
+//! answered by one JSON reply. Every request carries a credential in the
+//! header [`RPC_TOKEN_HEADER`]: between an engine and the control plane it is
+//! that engine's own key (see [`crate::credential`]), between an ECM and the
+//! manager the ECM token.
 //!
 //! * EngineConn -> LinkisManager: [`EngineToManager`] at [`MANAGER_RPC_PATH`].
 //! * LinkisManager / Entrance -> EngineConn: [`EngineRequest`] at [`ENGINE_RPC_PATH`].
@@ -30,7 +32,15 @@ pub const RPC_VERSION: u32 = 1;
 #[serde(tag = "type")]
 pub enum EngineToManager {
     /// The engine listens at `instance` (`host:port`) and is ready (status Unlock).
-    Ready { ticket_id: String, instance: String, pid: u32, rpc_version: u32 },
+    Ready {
+        ticket_id: String,
+        instance: String,
+        pid: u32,
+        rpc_version: u32,
+        /// The OS account the engine runs as (its result folders are handed to it).
+        #[serde(default)]
+        account: Option<OsAccount>,
+    },
     /// Periodic and on every status change.
     Heartbeat { ticket_id: String, status: NodeStatus, metrics: EngineMetrics },
     /// A start-up phase failed; the engine exits after sending this.
@@ -50,7 +60,16 @@ pub enum EngineToManager {
         status: NodeStatus,
         metrics: EngineMetrics,
         rpc_version: u32,
+        #[serde(default)]
+        account: Option<OsAccount>,
     },
+}
+
+/// A uid and gid on the engine's host.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OsAccount {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl EngineToManager {
@@ -259,6 +278,10 @@ pub struct EngineConnBuildRequest {
     /// Materials the ECM localizes before launch (Linkis `bmlResources`).
     #[serde(default)]
     pub materials: Vec<MaterialRef>,
+    /// The engine's own credential (see [`crate::credential`]); the ECM hands
+    /// it to the engine on standard input.
+    #[serde(default)]
+    pub engine_key: crate::credential::Secret,
 }
 
 /// Where a localized material goes in an engine's work dir.
@@ -399,6 +422,7 @@ mod tests {
                 instance: "127.0.0.1:1".into(),
                 pid: 7,
                 rpc_version: RPC_VERSION,
+                account: Some(OsAccount { uid: 1001, gid: 1001 }),
             },
             EngineToManager::Heartbeat {
                 ticket_id: "t".into(),

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 pub const TOKEN: &str = "test-token";
 pub const RPC_SECRET: &str = "cluster-secret";
+pub const ECM_TOKEN: &str = "ecm-secret";
 
 pub struct Server {
     pub child: Option<Child>,
@@ -78,14 +79,15 @@ impl Server {
 
     /// Entrance + manager without an ECM of their own.
     pub async fn control_plane(extra_toml: &str) -> Server {
-        Self::start_custom("roles = \"entrance,manager\"", &format!("rpc_token = \"{RPC_SECRET}\""), extra_toml).await
+        let auth = format!("rpc_token = \"{RPC_SECRET}\"\necm_token = \"{ECM_TOKEN}\"");
+        Self::start_custom("roles = \"entrance,manager\"", &auth, extra_toml).await
     }
 
     /// An ECM process registered with `manager`.
     pub async fn ecm(manager: &Server, ecm_keys: &str) -> Server {
         let server_keys = format!("roles = \"ecm\"\nmanager_url = \"{}\"", manager.base);
         let extra = format!("[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\n{ecm_keys}\n");
-        Self::start_custom(&server_keys, &format!("rpc_token = \"{RPC_SECRET}\""), &extra).await
+        Self::start_custom(&server_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), &extra).await
     }
 
     async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf) -> Server {

@@ -124,14 +124,21 @@ impl EngineConnPlugin for PythonPlugin {
 }
 
 /// The interpreter to run: `hangar.python.path`, else Linkis's `python.version`
-/// when it names a path, else `python3` from `PATH` (as resolved by the server).
+/// when it names a path, else `python3` from `PATH` (as resolved by the server
+/// when the engine's account can run that).
 fn python_command(options: &BTreeMap<String, String>) -> String {
     options
         .get(PYTHON_PATH_KEY)
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .or_else(|| options.get(LINKIS_PYTHON_VERSION_KEY).map(|p| p.trim().to_string()).filter(|p| p.contains('/')))
-        .or_else(|| std::env::var(RESOLVED_PYTHON_ENV).ok().filter(|p| !p.is_empty()))
+        // The server's interpreter, when this engine's account may run it (an
+        // engine running as another account looks `python3` up on PATH).
+        .or_else(|| {
+            std::env::var(RESOLVED_PYTHON_ENV)
+                .ok()
+                .filter(|p| !p.is_empty() && nix::unistd::access(p.as_str(), nix::unistd::AccessFlags::X_OK).is_ok())
+        })
         .unwrap_or_else(|| DEFAULT_PYTHON.to_string())
 }
 

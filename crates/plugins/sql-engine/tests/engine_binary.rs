@@ -8,7 +8,7 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_hangar-sql-engine");
 
 #[test]
-fn takes_the_engineconn_arguments_and_needs_the_rpc_token() {
+fn takes_the_engineconn_arguments_and_needs_its_secrets_on_stdin() {
     let help = Command::new(BIN).args(["engineconn", "--help"]).output().expect("run");
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
@@ -22,10 +22,10 @@ fn takes_the_engineconn_arguments_and_needs_the_rpc_token() {
         .arg("--work-dir")
         .arg(dir.path())
         .args(["--label", "engineType=datafusion-1", "--conf", "hangar.sql.memory=64m"])
-        .env_remove("HANGAR_RPC_TOKEN")
+        .stdin(std::process::Stdio::null())
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("HANGAR_RPC_TOKEN is not set"), "{err}");
+    assert!(err.contains("standard input carries no engine secrets"), "{err}");
 }

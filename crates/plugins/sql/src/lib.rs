@@ -124,6 +124,7 @@ mod tests {
             resource: Resource::new(1, 1, 1),
             properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             materials: Vec::new(),
+            engine_key: Default::default(),
         }
     }
 
