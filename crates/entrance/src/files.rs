@@ -13,12 +13,14 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 
+/// The one answer for a path that does not exist and one that is not the
+/// caller's, so paths cannot be probed.
 fn denied(raw: &str) -> HangarError {
-    HangarError::new(ErrorCode::PermissionDenied, format!("path '{raw}' is outside your own folder"))
+    HangarError::new(ErrorCode::PermissionDenied, format!("path '{raw}' does not exist or is not yours"))
 }
 
-/// `file:///abs` or `/abs` to a canonical path that exists.
-fn canonical(raw: &str) -> Result<PathBuf, HangarError> {
+/// `file:///abs` or `/abs`, absolute, without `.` or `..` parts.
+fn lexical(raw: &str) -> Result<PathBuf, HangarError> {
     let p = if let Some(rest) = raw.strip_prefix("file://") {
         rest
     } else if raw.contains("://") {
@@ -33,26 +35,48 @@ fn canonical(raw: &str) -> Result<PathBuf, HangarError> {
     if !p.is_absolute() {
         return Err(HangarError::invalid(format!("path '{raw}' must be absolute")));
     }
-    std::fs::canonicalize(p).map_err(|_| HangarError::not_found(format!("path '{raw}' does not exist")))
-}
-
-/// A result path the caller may read.
-pub(crate) fn result_path(results_root: &Path, caller: &Caller, raw: &str) -> Result<PathBuf, HangarError> {
-    let path = canonical(raw)?;
-    let root = std::fs::canonicalize(results_root).map_err(|_| denied(raw))?;
-    let allowed = if caller.admin { root } else { root.join(&caller.user) };
-    if path.starts_with(&allowed) { Ok(path) } else { Err(denied(raw)) }
-}
-
-/// A job log path the caller may read.
-pub(crate) fn log_path(logs_root: &Path, caller: &Caller, raw: &str) -> Result<PathBuf, HangarError> {
-    let path = canonical(raw)?;
-    let root = std::fs::canonicalize(logs_root).map_err(|_| denied(raw))?;
-    if !path.starts_with(&root) || !path.is_file() {
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir | std::path::Component::CurDir)) {
         return Err(denied(raw));
     }
+    Ok(p.to_path_buf())
+}
+
+/// A path below a trusted root, opened only by walking it without
+/// following links (users own their result folders and may put links there).
+#[derive(Debug, Clone)]
+pub(crate) struct GuardedPath {
+    pub root: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl GuardedPath {
+    pub fn full(&self) -> PathBuf {
+        self.root.join(&self.rel)
+    }
+}
+
+/// A result path the caller may read (its own folder; admins: every user's).
+pub(crate) fn result_path(results_root: &Path, caller: &Caller, raw: &str) -> Result<GuardedPath, HangarError> {
+    let path = lexical(raw)?;
+    let root = std::fs::canonicalize(results_root).map_err(|_| denied(raw))?;
+    let allowed = if caller.admin { root } else { root.join(&caller.user) };
+    let rel = path.strip_prefix(&allowed).map_err(|_| denied(raw))?.to_path_buf();
+    // Exists, and no link on the way.
+    hangar_fsguard::open_dir(&allowed, rel.parent().unwrap_or(Path::new(""))).map_err(|_| denied(raw))?;
+    Ok(GuardedPath { root: allowed, rel })
+}
+
+/// A job log path the caller may read (job logs are the server's own files).
+pub(crate) fn log_path(logs_root: &Path, caller: &Caller, raw: &str) -> Result<PathBuf, HangarError> {
+    let path = lexical(raw)?;
+    let root = std::fs::canonicalize(logs_root).map_err(|_| denied(raw))?;
+    let rel = path.strip_prefix(&root).map_err(|_| denied(raw))?;
     let owner = path.parent().and_then(Path::file_name).and_then(|n| n.to_str());
-    if caller.admin || owner == Some(caller.user.as_str()) { Ok(path) } else { Err(denied(raw)) }
+    if !(caller.admin || owner == Some(caller.user.as_str())) {
+        return Err(denied(raw));
+    }
+    hangar_fsguard::open_file(&root, rel).map_err(|_| denied(raw))?;
+    Ok(path)
 }
 
 fn file_uri(p: &Path) -> String {
@@ -69,15 +93,18 @@ fn properties(meta: &std::fs::Metadata) -> Value {
     json!({"size": meta.len().to_string(), "modifytime": modified.to_string()})
 }
 
-/// Linkis `dirFileTrees` of one folder (one level).
-pub(crate) fn dir_tree(dir: &Path) -> Result<Value, HangarError> {
-    if !dir.is_dir() {
-        return Err(HangarError::invalid(format!("{} is not a folder", dir.display())));
-    }
-    let mut entries: Vec<(PathBuf, std::fs::Metadata)> = std::fs::read_dir(dir)
+/// Linkis `dirFileTrees` of one folder (one level), listed through the
+/// folder opened without following links.
+pub(crate) fn dir_tree(at: &GuardedPath) -> Result<Value, HangarError> {
+    use std::os::fd::AsRawFd;
+    let dir = at.full();
+    let fd = hangar_fsguard::open_dir(&at.root, &at.rel)
+        .map_err(|_| HangarError::invalid(format!("{} is not a folder", dir.display())))?;
+    let opened = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let mut entries: Vec<(PathBuf, std::fs::Metadata)> = std::fs::read_dir(&opened)
         .map_err(|e| HangarError::internal(format!("cannot list {}: {e}", dir.display())))?
         .flatten()
-        .filter_map(|e| e.metadata().ok().map(|m| (e.path(), m)))
+        .filter_map(|e| e.metadata().ok().map(|m| (dir.join(e.file_name()), m)))
         .collect();
     entries.sort_by_key(|(p, _)| {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -93,13 +120,13 @@ pub(crate) fn dir_tree(dir: &Path) -> Result<Value, HangarError> {
                 "properties": properties(m),
                 "children": null,
                 "isLeaf": !m.is_dir(),
-                "parentPath": file_uri(dir),
+                "parentPath": file_uri(&dir),
             })
         })
         .collect();
     Ok(json!({
         "name": dir.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-        "path": file_uri(dir),
+        "path": file_uri(&dir),
         "properties": null,
         "children": children,
         "isLeaf": false,
@@ -108,9 +135,16 @@ pub(crate) fn dir_tree(dir: &Path) -> Result<Value, HangarError> {
 }
 
 /// One page of a result-set file in Linkis's `openFile` shape.
-pub(crate) fn open_result(path: &Path, page: usize, page_size: usize, null_value: &str) -> Result<Value, HangarError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| HangarError::internal(format!("cannot read {}: {e}", path.display())))?;
+pub(crate) fn open_result(
+    at: &GuardedPath,
+    page: usize,
+    page_size: usize,
+    null_value: &str,
+) -> Result<Value, HangarError> {
+    let mut bytes = Vec::new();
+    let shown = at.full().display().to_string();
+    let mut f = hangar_fsguard::open_file(&at.root, &at.rel).map_err(|_| denied(&shown))?;
+    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| HangarError::internal(format!("cannot read {shown}: {e}")))?;
     let rs = dolphin::decode(&bytes)?;
     let total = rs.rows.len();
     let page_size = page_size.clamp(1, 100_000);
@@ -171,7 +205,15 @@ mod tests {
         ] {
             let e = result_path(&root, &alice, &bad).expect_err(&bad);
             assert_eq!(e.code, ErrorCode::PermissionDenied, "{bad}");
+            assert!(e.message.ends_with("does not exist or is not yours"), "{e:?}");
         }
+        // Missing and not yours look the same.
+        let missing = result_path(&root, &alice, &root.join("alice/nope/x").display().to_string()).expect_err("missing");
+        assert_eq!(missing.code, ErrorCode::PermissionDenied);
+        // A link in the caller's own folder is not followed.
+        std::os::unix::fs::symlink(root.join("bob/d/_0.dolphin"), root.join("alice/d/_0.dolphin")).expect("ln");
+        let at = result_path(&root, &alice, &root.join("alice/d/_0.dolphin").display().to_string()).expect("lexically ok");
+        assert_eq!(open_result(&at, 1, 10, "NULL").expect_err("link").code, ErrorCode::PermissionDenied);
         assert_eq!(result_path(&root, &alice, "hdfs:///x").expect_err("scheme").code, ErrorCode::InvalidRequest);
         assert_eq!(result_path(&root, &alice, "relative/x").expect_err("rel").code, ErrorCode::InvalidRequest);
         assert!(result_path(&root, &caller("root", true), &root.join("bob/d").display().to_string()).is_ok());

@@ -201,8 +201,10 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     // Everything the server creates is its own unless made otherwise on purpose
     // (the store, job logs, secrets: 0600; folders 0700).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let switches = roles != Roles::ControlPlane
-        && hangar_ecm::Identity::from_config(
+    // A control plane's result folders are written by engines of other
+    // accounts when it runs as root (remote ECMs on this host included).
+    let switches = (roles == Roles::ControlPlane && nix::unistd::geteuid().is_root())
+        || hangar_ecm::Identity::from_config(
             &cfg.ecm.run_as,
             &cfg.ecm.account_prefix,
             cfg.ecm.min_uid,

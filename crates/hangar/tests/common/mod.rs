@@ -65,6 +65,11 @@ impl Server {
 
     /// `server_keys` go into `[server]`, `auth_keys` into `[auth]`.
     pub async fn start_custom(server_keys: &str, auth_keys: &str, extra_toml: &str) -> Server {
+        Self::start_env(server_keys, auth_keys, extra_toml, &[]).await
+    }
+
+    /// As [`Server::start_custom`], with extra environment variables for the server process.
+    pub async fn start_env(server_keys: &str, auth_keys: &str, extra_toml: &str, envs: &[(&str, &str)]) -> Server {
         let server_keys = format!("{server_keys}\n{}", postgres_store_key());
         let tmp = tempfile::tempdir().expect("tmp");
         let data_dir = tmp.path().join("data");
@@ -74,7 +79,8 @@ impl Server {
             data_dir.display()
         );
         std::fs::write(&cfg, toml).expect("config");
-        Self::start_with(tmp, data_dir, cfg).await
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::start_with(tmp, data_dir, cfg, &envs).await
     }
 
     /// Entrance + manager without an ECM of their own.
@@ -90,7 +96,7 @@ impl Server {
         Self::start_custom(&server_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), &extra).await
     }
 
-    async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf) -> Server {
+    async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf, envs: &[(String, String)]) -> Server {
         let log = tmp.path().join(format!(
             "server-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos()
@@ -100,6 +106,7 @@ impl Server {
             .arg(&cfg)
             .env_remove("HANGAR_TOKEN")
             .env_remove("HANGAR_CONFIG")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -129,7 +136,7 @@ impl Server {
         let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tmp"));
         // The engines outlive the old process: this Drop must not kill them.
         let data_dir = std::mem::replace(&mut self.data_dir, PathBuf::from("/nonexistent/hangar-test"));
-        Self::start_with(tmp, data_dir, cfg).await
+        Self::start_with(tmp, data_dir, cfg, &[]).await
     }
 
     pub fn server_log(&self) -> String {
