@@ -740,8 +740,14 @@ impl Entrance {
     }
 }
 
+/// Params as job history keeps them: values of secret keys replaced, and
+/// passwords inside URLs (`jdbc.url = postgresql://u:pw@h/db`) masked.
 fn redact_secrets(v: Value) -> Value {
     match v {
+        Value::String(s) => match hangar_protocol::mask_url_credentials(&s) {
+            std::borrow::Cow::Owned(masked) => Value::String(masked),
+            std::borrow::Cow::Borrowed(_) => Value::String(s),
+        },
         Value::Object(m) => Value::Object(
             m.into_iter()
                 .map(|(k, v)| {
