@@ -833,6 +833,14 @@ impl JobLog {
     }
 
     async fn raw(&mut self, lines: &[String]) {
+        // Whatever an engine prints, a password written in a URL never reaches the log.
+        let masked: Vec<String>;
+        let lines = if lines.iter().any(|l| hangar_protocol::has_url_credentials(l)) {
+            masked = lines.iter().map(|l| hangar_protocol::mask_url_credentials(l).into_owned()).collect();
+            &masked[..]
+        } else {
+            lines
+        };
         if let Some(f) = &mut self.file {
             for l in lines {
                 let _ = f.write_all(l.as_bytes()).await;
