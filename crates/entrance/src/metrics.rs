@@ -24,8 +24,9 @@ fn allowed(e: &Entrance, headers: &HeaderMap) -> Result<(), (StatusCode, String)
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .map(|(_, t)| t.trim());
         return match bearer {
             Some(t) if constant_time_eq(t.as_bytes(), e.cfg.metrics_token.as_bytes()) => Ok(()),
             Some(_) => refuse(StatusCode::UNAUTHORIZED, "/metrics: wrong bearer token"),

@@ -165,8 +165,12 @@ async fn metrics_need_the_metrics_token_when_one_is_set() {
     // Client credentials are not the metrics token.
     let (code, _) = metrics(&s.base, &[("Token-User", "admin"), ("Token-Code", TOKEN)]).await;
     assert_eq!(code, 401);
+    let (code, _) = metrics(&s.base, &[("Authorization", "Basic scrape-me")]).await;
+    assert_eq!(code, 401);
     let (code, text) = metrics(&s.base, &[("Authorization", "Bearer scrape-me")]).await;
     assert_eq!(code, 200, "{text}");
+    let (code, _) = metrics(&s.base, &[("Authorization", "bearer scrape-me")]).await;
+    assert_eq!(code, 200, "the scheme is case-insensitive");
     assert!(text.contains("hangar_engine_asks_total"), "{text}");
 }
 
