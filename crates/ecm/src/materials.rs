@@ -470,6 +470,9 @@ fn stage(part: &Path, staged: &Path, kind: MaterialKind) -> std::io::Result<Stam
     std::fs::write(staged.join(MANIFEST), manifest)?;
     std::fs::set_permissions(staged.join(MANIFEST), std::fs::Permissions::from_mode(0o444))?;
     set_dirs_mode(&data, 0o555)?;
+    // Engines of every account reach the entry through their links (the
+    // server's umask would keep it to itself).
+    std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o711))?;
     Ok(stamps)
 }
 

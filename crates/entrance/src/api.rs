@@ -29,8 +29,8 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
     // that they are refused with a clear message rather than buffered.
     let body_limit = entrance.cfg.max_code_bytes.saturating_mul(2).saturating_add(1 << 20);
     crate::ops::routes(Router::new())
-        .route(&format!("{PREFIX}/user/login"), post(login))
-        .route(&format!("{PREFIX}/user/logout"), get(logout).post(logout))
+        .route(&format!("{PREFIX}/user/login"), post(crate::login::login))
+        .route(&format!("{PREFIX}/user/logout"), get(crate::login::logout).post(crate::login::logout))
         .route(&format!("{PREFIX}/user/userInfo"), get(user_info))
         .route(&format!("{PREFIX}/entrance/{{id}}/killJobs"), post(kill_jobs))
         .route(&format!("{PREFIX}/entrance/{{id}}/events"), get(events))
@@ -53,7 +53,7 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
 }
 
 /// Linkis's `method`: `/api` + the path after `/api/rest_j/v1`.
-fn method_of(uri: &Uri) -> String {
+pub(crate) fn method_of(uri: &Uri) -> String {
     let p = uri.path();
     format!("/api{}", p.strip_prefix(PREFIX).unwrap_or(p))
 }
@@ -132,61 +132,6 @@ async fn submit(
     }
     .await;
     reply(&uri, result)
-}
-
-async fn login(
-    State(e): State<Arc<Entrance>>,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Params,
-    body: Bytes,
-) -> Response {
-    let body: Value =
-        if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or_else(|_| json!({})) };
-    let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string).or_else(|| q.get(k).cloned());
-    let (Some(user), Some(password)) = (field("userName"), field("password")) else {
-        return reply(&uri, Err(HangarError::invalid("send {\"userName\": \"...\", \"password\": \"...\"}")));
-    };
-    if let Some(ticket) = crate::auth::session_ticket(&headers)
-        && e.sessions.user(&ticket).as_deref() == Some(user.as_str())
-    {
-        let msg = format!("{user} already logged in, please log out before signing in(已经登录，请先退出再进行登录)！");
-        return Json(Envelope { method: None, status: 0, message: msg, data: json!({"userName": user}) })
-            .into_response();
-    }
-    // PBKDF2 is deliberately slow: keep it off the async workers.
-    let stored = e.cfg.users.iter().find(|u| u.name == user).map(|u| u.password_hash.clone());
-    let ok = match stored {
-        Some(hash) => tokio::task::spawn_blocking(move || crate::session::verify_password(&password, &hash))
-            .await
-            .unwrap_or(false),
-        None => false,
-    };
-    if !ok {
-        tracing::warn!(%user, "failed login");
-        let err = HangarError::new(ErrorCode::Unauthenticated, "Login failed: wrong user name or password");
-        return (StatusCode::UNAUTHORIZED, Json(Envelope { method: None, ..Envelope::error(method_of(&uri), &err) }))
-            .into_response();
-    }
-    let ticket = e.sessions.open(&user);
-    let admin = e.cfg.admins.contains(&user);
-    let body = Envelope {
-        method: None,
-        status: 0,
-        message: "login successful(登录成功)！".into(),
-        data: json!({"userName": user, "isAdmin": admin, "sessionTimeOut": e.sessions.timeout().as_millis() as u64, "enableWatermark": false}),
-    };
-    let cookie = format!("{}={ticket}; Path=/; HttpOnly; SameSite=Lax", crate::session::COOKIE);
-    ([(axum::http::header::SET_COOKIE, cookie)], Json(body)).into_response()
-}
-
-async fn logout(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Some(t) = crate::auth::session_ticket(&headers) {
-        e.sessions.close(&t);
-    }
-    let cookie = format!("{}=; Path=/; Max-Age=0", crate::session::COOKIE);
-    let body = Envelope::ok_msg(method_of(&uri), "Logout successful(退出登录成功)！", json!({}));
-    ([(axum::http::header::SET_COOKIE, cookie)], Json(body)).into_response()
 }
 
 async fn user_info(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {

@@ -1,7 +1,7 @@
 //! Who is calling: `Token-Code` + `Token-User` headers (Linkis token auth).
 
 use axum::http::HeaderMap;
-use hangar_protocol::{ErrorCode, HangarError};
+use hangar_protocol::{ErrorCode, HangarError, constant_time_eq};
 
 use crate::config::EntranceConfig;
 
@@ -69,8 +69,4 @@ pub fn valid_user_name(u: &str) -> bool {
         && u.len() <= 64
         && !u.starts_with('.')
         && u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@'))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -35,6 +35,13 @@ pub struct EntranceConfig {
     /// After a restart, how long a running job waits for its engine to
     /// answer and rejoin the manager before it is ended Failed.
     pub reattach_timeout: Duration,
+    /// Session cookies get `Secure` (clients reach Hangar over HTTPS through a proxy).
+    pub secure_cookie: bool,
+    /// When non-empty, `/metrics` needs `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: String,
+    /// The API listens on loopback only; when false and no `metrics_token` is
+    /// set, `/metrics` needs an admin.
+    pub loopback_only: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -766,8 +766,14 @@ impl Entrance {
     }
 }
 
+/// Params as job history keeps them: values of secret keys replaced, and
+/// passwords inside URLs (`jdbc.url = postgresql://u:pw@h/db`) masked.
 fn redact_secrets(v: Value) -> Value {
     match v {
+        Value::String(s) => match hangar_protocol::mask_url_credentials(&s) {
+            std::borrow::Cow::Owned(masked) => Value::String(masked),
+            std::borrow::Cow::Borrowed(_) => Value::String(s),
+        },
         Value::Object(m) => Value::Object(
             m.into_iter()
                 .map(|(k, v)| {
@@ -858,6 +864,14 @@ impl JobLog {
     }
 
     async fn raw(&mut self, lines: &[String]) {
+        // Whatever an engine prints, a password written in a URL never reaches the log.
+        let masked: Vec<String>;
+        let lines = if lines.iter().any(|l| hangar_protocol::has_url_credentials(l)) {
+            masked = lines.iter().map(|l| hangar_protocol::mask_url_credentials(l).into_owned()).collect();
+            &masked[..]
+        } else {
+            lines
+        };
         if let Some(f) = &mut self.file {
             for l in lines {
                 let _ = f.write_all(l.as_bytes()).await;

@@ -8,8 +8,11 @@ mod bml;
 mod config;
 mod files;
 mod job;
+mod login;
+mod metrics;
 mod ops;
 pub mod session;
+mod throttle;
 mod vars;
 
 use std::collections::HashMap;
@@ -49,6 +52,7 @@ pub struct Entrance {
     pub(crate) groups: Mutex<HashMap<String, Group>>,
     pub(crate) shutting_down: watch::Sender<bool>,
     pub(crate) sessions: session::Sessions,
+    pub(crate) login_throttle: throttle::LoginThrottle,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,6 +70,7 @@ impl Entrance {
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
             sessions: session::Sessions::new(cfg_session_timeout),
+            login_throttle: throttle::LoginThrottle::default(),
         })
     }
 

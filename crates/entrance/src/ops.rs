@@ -1,15 +1,12 @@
-//! Operator REST in Linkis's `linkisManager` namespace, and `/metrics`.
+//! Operator REST in Linkis's `linkisManager` namespace (and the `/metrics` route).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
 use axum::routing::{get, post};
 use hangar_manager::{EcmInfo, EngineInfo};
 use hangar_protocol::{ErrorCode, HangarError, NodeStatus};
@@ -26,7 +23,7 @@ pub(crate) fn routes(r: Router<Arc<Entrance>>) -> Router<Arc<Entrance>> {
         .route(&format!("{PREFIX}/linkisManager/killEngineConn"), post(kill_engine))
         .route(&format!("{PREFIX}/linkisManager/rm/userresources"), get(user_resources).post(user_resources))
         .route(&format!("{PREFIX}/linkisManager/openEngineLog"), get(open_engine_log))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(crate::metrics::metrics))
 }
 
 fn labels_vo(l: &hangar_protocol::LabelSet) -> Value {
@@ -212,99 +209,4 @@ async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
     }
     .await;
     reply(&uri, r)
-}
-
-/// Prometheus text exposition.
-async fn metrics(State(e): State<Arc<Entrance>>) -> Response {
-    let m = &e.manager;
-    let mut out = String::new();
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-    };
-    counter(
-        &mut out,
-        "hangar_engine_asks_total",
-        "Engine asks received by the manager.",
-        m.stats.asks.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "hangar_engine_reuse_hits_total",
-        "Asks served by reusing an engine.",
-        m.stats.reuse_hits.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "hangar_engine_creations_total",
-        "Engine creations started.",
-        m.stats.creations.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "hangar_engine_creation_failures_total",
-        "Engine creations that failed.",
-        m.stats.creation_failures.load(Ordering::Relaxed),
-    );
-    counter(
-        &mut out,
-        "hangar_engines_lost_total",
-        "Engines stopped for missed heartbeats or start deadlines.",
-        m.stats.engines_lost.load(Ordering::Relaxed),
-    );
-    let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for eng in m.list_engines() {
-        *by.entry((eng.status.to_string(), eng.labels.get("engineType").unwrap_or("").to_string())).or_default() += 1;
-    }
-    let _ = writeln!(out, "# HELP hangar_engines Engines by status and engine type.\n# TYPE hangar_engines gauge");
-    for ((status, et), n) in by {
-        let _ = writeln!(out, "hangar_engines{{status=\"{status}\",engine_type=\"{et}\"}} {n}");
-    }
-    let h = m.start_histogram();
-    let _ = writeln!(
-        out,
-        "# HELP hangar_engine_start_seconds Time from launch to ready.\n# TYPE hangar_engine_start_seconds histogram"
-    );
-    let mut cum = 0;
-    for (le, n) in h.buckets {
-        cum += n;
-        let _ = writeln!(out, "hangar_engine_start_seconds_bucket{{le=\"{le}\"}} {cum}");
-    }
-    let _ = writeln!(
-        out,
-        "hangar_engine_start_seconds_bucket{{le=\"+Inf\"}} {}\nhangar_engine_start_seconds_sum {}\nhangar_engine_start_seconds_count {}",
-        h.count, h.sum_seconds, h.count
-    );
-    let _ = writeln!(
-        out,
-        "# HELP hangar_ecm_resource ECM resources by state (memory in bytes).\n# TYPE hangar_ecm_resource gauge"
-    );
-    for ecm in m.list_ecms() {
-        for (state, r) in [("max", ecm.resource.max), ("used", ecm.resource.used), ("locked", ecm.resource.locked)] {
-            for (kind, v) in [("memory", r.memory), ("cores", r.cores as u64), ("instances", r.instances as u64)] {
-                let _ = writeln!(
-                    out,
-                    "hangar_ecm_resource{{ecm=\"{}\",state=\"{state}\",kind=\"{kind}\"}} {v}",
-                    ecm.instance
-                );
-            }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP hangar_ecm_material_fetches_total Materials an ECM fetched into its cache (refetch: the cached copy was corrupt).\n# TYPE hangar_ecm_material_fetches_total counter"
-    );
-    for ecm in m.list_ecms() {
-        let Some(h) = ecm.health else { continue };
-        let _ = writeln!(
-            out,
-            "hangar_ecm_material_fetches_total{{ecm=\"{0}\",kind=\"all\"}} {1}\nhangar_ecm_material_fetches_total{{ecm=\"{0}\",kind=\"refetch\"}} {2}",
-            ecm.instance, h.material_fetches, h.material_refetches
-        );
-    }
-    let (running, queued) = e.job_counts();
-    let _ = writeln!(
-        out,
-        "# HELP hangar_jobs_live Jobs in this Entrance.\n# TYPE hangar_jobs_live gauge\nhangar_jobs_live{{state=\"queued\"}} {queued}\nhangar_jobs_live{{state=\"in_process\"}} {running}"
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -2,7 +2,7 @@
 //! cookie) and password hashes (PBKDF2-HMAC-SHA256).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -61,7 +61,15 @@ impl Sessions {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// PBKDF2 rounds run on this thread (tests check that unknown users cost the same).
+    static ROUNDS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 fn pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> Option<[u8; 32]> {
+    #[cfg(test)]
+    ROUNDS.with(|r| r.set(r.get() + u64::from(iterations)));
     let mac = Hmac::<Sha256>::new_from_slice(password).ok()?;
     let mut u = {
         let mut m = mac.clone();
@@ -100,6 +108,21 @@ pub fn hash_password(password: &str) -> String {
     format!("pbkdf2-sha256${ITERATIONS}${}${hash}", hex(&salt))
 }
 
+/// A hash no password matches, of the cost [`hash_password`] uses: an unknown
+/// user's password is checked against it so a failed login costs the same
+/// whether or not the user exists.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| format!("pbkdf2-sha256${ITERATIONS}${}${}", "5a".repeat(16), "00".repeat(32)));
+
+/// Whether `password` is `user`'s. Blocking (PBKDF2): call it off the async
+/// workers. Known and unknown users take the same work.
+pub(crate) fn check_credentials(users: &[crate::UserConfig], user: &str, password: &str) -> bool {
+    let known = users.iter().find(|u| u.name == user);
+    let hash = known.map_or(DUMMY_HASH.as_str(), |u| u.password_hash.as_str());
+    let matches = verify_password(password, hash);
+    known.is_some() && matches
+}
+
 /// Check a password against a hash from [`hash_password`].
 pub fn verify_password(password: &str, stored: &str) -> bool {
     let parts: Vec<&str> = stored.split('$').collect();
@@ -109,7 +132,7 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
         return false;
     }
     match pbkdf2(password.as_bytes(), &salt, iters) {
-        Some(h) => h.len() == hash.len() && h.iter().zip(hash.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0,
+        Some(h) => hangar_protocol::constant_time_eq(&h, &hash),
         None => false,
     }
 }
@@ -132,6 +155,28 @@ mod tests {
         assert!(!verify_password("S3cret", &h));
         assert!(!verify_password("s3cret", "plain"));
         assert_ne!(h, hash_password("s3cret"), "salted");
+    }
+
+    fn rounds() -> u64 {
+        ROUNDS.with(|r| r.replace(0))
+    }
+
+    #[test]
+    fn unknown_users_cost_the_same_pbkdf2_work_as_known_ones() {
+        let users = vec![crate::UserConfig { name: "alice".into(), password_hash: hash_password("pw") }];
+        let _ = rounds();
+        assert!(check_credentials(&users, "alice", "pw"));
+        let known_right = rounds();
+        assert!(!check_credentials(&users, "alice", "wrong"));
+        let known_wrong = rounds();
+        assert!(!check_credentials(&users, "mallory", "pw"));
+        let unknown = rounds();
+        assert!(!check_credentials(&[], "admin", "pw"));
+        let no_users = rounds();
+        assert_eq!(known_right, u64::from(ITERATIONS));
+        assert_eq!((known_wrong, unknown, no_users), (known_right, known_right, known_right));
+        // The dummy hash matches nothing, not even the empty password.
+        assert!(!check_credentials(&users, "mallory", ""));
     }
 
     #[test]

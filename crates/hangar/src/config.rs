@@ -32,6 +32,8 @@ pub struct Server {
     /// Empty: `sqlite://<data_dir>/hangar.db`.
     pub store_url: String,
     pub log_level: String,
+    /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>`.
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub struct Auth {
     /// `name:hash` entries; hashes from `hangar hash-password`.
     pub users: Vec<String>,
     pub session_timeout_ms: u64,
+    /// Session cookies get `Secure`: set when clients reach Hangar over HTTPS.
+    pub secure_cookie: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +144,7 @@ impl Default for Config {
                 data_dir: "./hangar-data".into(),
                 store_url: String::new(),
                 log_level: "info".into(),
+                metrics_token: String::new(),
             },
             auth: Auth {
                 rpc_token: String::new(),
@@ -149,6 +154,7 @@ impl Default for Config {
                 admins: vec![],
                 users: vec![],
                 session_timeout_ms: 7_200_000,
+                secure_cookie: false,
             },
             entrance: Entrance {
                 max_running_per_group: 10,

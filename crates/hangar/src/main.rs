@@ -7,6 +7,7 @@
 mod bench;
 mod bench_manager;
 mod config;
+mod exposure;
 mod serve;
 
 use std::io::Read;

@@ -198,6 +198,9 @@ fn build_ecm(
 
 pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
     let roles = roles(&cfg)?;
+    if roles != Roles::Ecm {
+        crate::exposure::check_client_token(&cfg)?;
+    }
     // Everything the server creates is its own unless made otherwise on purpose
     // (the store, job logs, secrets: 0600; folders 0700).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -220,11 +223,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let reach_host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let instance = format!("{reach_host}:{}", addr.port());
     let base_url = format!("http://{instance}");
-    if !addr.ip().is_loopback() && cfg.auth.token == hangar_cli::DEFAULT_TOKEN {
-        tracing::warn!(
-            "listening on {addr} with the default token: set HANGAR_TOKEN before exposing Hangar beyond this host"
-        );
-    }
+    let loopback_only = addr.ip().is_loopback() && !crate::exposure::beyond_loopback(&cfg.server.bind);
     if roles == Roles::Ecm {
         return serve_ecm(cfg, plugins, data_dir, listener, instance, secrets.ecm_token).await;
     }
@@ -302,6 +301,9 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         session_timeout: ms(cfg.auth.session_timeout_ms),
         default_creator: cfg.entrance.default_creator.clone(),
         reattach_timeout: ms(cfg.entrance.reattach_timeout_ms),
+        secure_cookie: cfg.auth.secure_cookie,
+        metrics_token: cfg.server.metrics_token.clone(),
+        loopback_only,
     };
     private_dir(&ecfg.results_dir, 0o711)?;
     private_dir(&ecfg.logs_dir, 0o700)?;
@@ -483,7 +485,8 @@ fn spawn_http(listener: tokio::net::TcpListener, app: axum::Router) -> HttpServe
         let _ = tcp.set_nodelay(true);
     });
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        // Connect info: the login backoff counts failures per client address.
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;
             })

@@ -64,6 +64,12 @@ impl UserCreator {
                     "label userCreator '{value}' may hold only letters, digits, '_', '.' and '@' around its '-'"
                 )));
             }
+            // User and creator become path segments (logs, results, work dirs): no `.`, `..` or hidden names.
+            if p.starts_with('.') {
+                return Err(HangarError::invalid(format!(
+                    "label userCreator '{value}': user and creator may not start with '.' (got '{p}')"
+                )));
+            }
         }
         Ok(Self { user: parts[0].to_string(), creator: parts[1].to_string() })
     }
@@ -269,6 +275,14 @@ mod tests {
         for (labels, needle) in [
             (json!({"userCreator": "alice"}), "exactly one '-'"),
             (json!({"userCreator": "a-b-c"}), "exactly one '-'"),
+            (json!({"userCreator": "alice-"}), "exactly one '-'"),
+            (json!({"userCreator": "-IDE"}), "exactly one '-'"),
+            (json!({"userCreator": "alice-.."}), "may not start with '.'"),
+            (json!({"userCreator": "alice-."}), "may not start with '.'"),
+            (json!({"userCreator": "..-IDE"}), "may not start with '.'"),
+            (json!({"userCreator": "alice-.hidden"}), "may not start with '.'"),
+            (json!({"userCreator": "alice-a/b"}), "may hold only"),
+            (json!({"userCreator": "al/ice-IDE"}), "may hold only"),
             (json!({"engineType": "shell"}), "<type>-<version>"),
             (json!({"engineType": "-1"}), "malformed"),
             (json!({"engineType": {"x": 1}}), "must be a string"),
@@ -279,6 +293,12 @@ mod tests {
             let err = set(labels.clone()).expect_err("must fail");
             assert!(err.message.contains(needle), "{labels}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn dotted_names_inside_are_fine() {
+        let uc = UserCreator::parse("a.b-my.app").expect("valid");
+        assert_eq!((uc.user.as_str(), uc.creator.as_str()), ("a.b", "my.app"));
     }
 
     #[test]
