@@ -144,7 +144,8 @@ pub(crate) fn open_result(
     let mut bytes = Vec::new();
     let shown = at.full().display().to_string();
     let mut f = hangar_fsguard::open_file(&at.root, &at.rel).map_err(|_| denied(&shown))?;
-    std::io::Read::read_to_end(&mut f, &mut bytes).map_err(|e| HangarError::internal(format!("cannot read {shown}: {e}")))?;
+    std::io::Read::read_to_end(&mut f, &mut bytes)
+        .map_err(|e| HangarError::internal(format!("cannot read {shown}: {e}")))?;
     let rs = dolphin::decode(&bytes)?;
     let total = rs.rows.len();
     let page_size = page_size.clamp(1, 100_000);
@@ -208,11 +209,13 @@ mod tests {
             assert!(e.message.ends_with("does not exist or is not yours"), "{e:?}");
         }
         // Missing and not yours look the same.
-        let missing = result_path(&root, &alice, &root.join("alice/nope/x").display().to_string()).expect_err("missing");
+        let missing =
+            result_path(&root, &alice, &root.join("alice/nope/x").display().to_string()).expect_err("missing");
         assert_eq!(missing.code, ErrorCode::PermissionDenied);
         // A link in the caller's own folder is not followed.
         std::os::unix::fs::symlink(root.join("bob/d/_0.dolphin"), root.join("alice/d/_0.dolphin")).expect("ln");
-        let at = result_path(&root, &alice, &root.join("alice/d/_0.dolphin").display().to_string()).expect("lexically ok");
+        let at =
+            result_path(&root, &alice, &root.join("alice/d/_0.dolphin").display().to_string()).expect("lexically ok");
         assert_eq!(open_result(&at, 1, 10, "NULL").expect_err("link").code, ErrorCode::PermissionDenied);
         assert_eq!(result_path(&root, &alice, "hdfs:///x").expect_err("scheme").code, ErrorCode::InvalidRequest);
         assert_eq!(result_path(&root, &alice, "relative/x").expect_err("rel").code, ErrorCode::InvalidRequest);

@@ -204,6 +204,11 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     // Everything the server creates is its own unless made otherwise on purpose
     // (the store, job logs, secrets: 0600; folders 0700).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Jobs running as this account (a non-root server) may not read its
+    // environment or memory through /proc.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the server process non-dumpable");
+    }
     // A control plane's result folders are written by engines of other
     // accounts when it runs as root (remote ECMs on this host included).
     let switches = (roles == Roles::ControlPlane && nix::unistd::geteuid().is_root())

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::label::LabelSet;
-use crate::secret::constant_time_eq;
 use crate::resource::Resource;
+use crate::secret::constant_time_eq;
 
 /// What an engine key is bound to.
 #[derive(Debug, Clone, Copy)]

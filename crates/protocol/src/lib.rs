@@ -25,7 +25,6 @@ pub use resource::Resource;
 pub use secret::{constant_time_eq, has_url_credentials, is_secret_key, is_secret_value, mask_url_credentials};
 pub use status::{JobStatus, NodeStatus};
 
-
 /// Milliseconds since the Unix epoch, the time unit of every wire message.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
