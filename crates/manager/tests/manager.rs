@@ -84,12 +84,14 @@ impl EcmClient for FakeEcm {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                 counter.fetch_sub(1, Ordering::SeqCst);
-                m.on_engine_message(EngineToManager::Ready {
+                let ready = EngineToManager::Ready {
                     ticket_id: ticket,
                     instance,
                     pid: 1,
                     rpc_version: RPC_VERSION,
-                });
+                    account: None,
+                };
+                m.on_engine_message(ready, Some(req.engine_key.expose()));
             });
         }
         Ok(LaunchedEngine { pid: 1, log_dir: String::new() })
@@ -102,6 +104,8 @@ impl EcmClient for FakeEcm {
         Err(HangarError::not_found("no logs"))
     }
 }
+
+const SECRET: &str = "control-plane-secret";
 
 fn config(start_timeout_ms: u64, max_creations: usize) -> ManagerConfig {
     ManagerConfig {
@@ -119,7 +123,8 @@ fn config(start_timeout_ms: u64, max_creations: usize) -> ManagerConfig {
 }
 
 fn setup(cfg: ManagerConfig, mode: Mode) -> (Arc<Manager>, Arc<FakeEcm>) {
-    let m = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], "t".into(), None).expect("manager");
+    let secrets = hangar_manager::ControlPlaneSecrets { rpc_secret: SECRET.into(), ecm_token: "e".into() };
+    let m = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], secrets, None).expect("manager");
     let ecm = Arc::new(FakeEcm {
         manager: OnceLock::new(),
         mode: Mutex::new(mode),
@@ -242,19 +247,40 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
         status: NodeStatus::Busy,
         metrics: EngineMetrics::default(),
         rpc_version: RPC_VERSION,
+        account: None,
     };
+    // The key each engine holds: bound to its whole record.
+    let key = |ticket: &str, ecm: &str, memory: u64| {
+        let b = hangar_protocol::credential::EngineBinding {
+            ticket_id: ticket,
+            user: "alice",
+            labels: &labels,
+            ecm_instance: ecm,
+            resource: &Resource::new(memory, 1, 1),
+        };
+        hangar_protocol::credential::engine_key(SECRET.as_bytes(), &b)
+    };
+    let k1 = key("t1", "ecm:1", 1 << 30);
+    let k2 = key("t2", "ecm:1", 8 << 30);
+    let send = |msg: EngineToManager, k: &str| m.on_engine_message(msg, Some(k));
     let heartbeat = |ticket: &str| EngineToManager::Heartbeat {
         ticket_id: ticket.into(),
         status: NodeStatus::Busy,
         metrics: EngineMetrics::default(),
     };
     // Unknown, never ended: asked to rejoin; an unregistered ECM means "later".
-    assert_eq!(m.on_engine_message(heartbeat("t1")), ManagerReply { known: false, rejoin: true });
-    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:9", 1 << 30)), ManagerReply { known: false, rejoin: true });
+    assert_eq!(send(heartbeat("t1"), &k1), Some(ManagerReply { known: false, rejoin: true }));
+    let k9 = key("t1", "ecm:9", 1 << 30);
+    assert_eq!(send(rejoin("t1", "ecm:9", 1 << 30), &k9), Some(ManagerReply { known: false, rejoin: true }));
+    // A key for another record (another ticket, ECM or resource) is refused.
+    assert_eq!(send(rejoin("t1", "ecm:1", 1 << 30), &k2), None);
+    assert_eq!(send(rejoin("t1", "ecm:1", 1 << 20), &k1), None, "a smaller resource than the key's");
     // On its registered ECM it is taken back, charged, and known from then on.
-    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:1", 1 << 30)), ManagerReply::known(true));
-    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:1", 1 << 30)), ManagerReply::known(true), "idempotent");
-    assert_eq!(m.on_engine_message(heartbeat("t1")), ManagerReply::known(true));
+    assert_eq!(send(rejoin("t1", "ecm:1", 1 << 30), &k1), Some(ManagerReply::known(true)));
+    assert_eq!(send(rejoin("t1", "ecm:1", 1 << 30), &k1), Some(ManagerReply::known(true)), "idempotent");
+    assert_eq!(send(heartbeat("t1"), &k1), Some(ManagerReply::known(true)));
+    assert_eq!(send(heartbeat("t1"), &k2), None, "another engine's key");
+    assert_eq!(m.on_engine_message(heartbeat("t1"), None), None, "no key");
     let engines = m.list_engines();
     assert_eq!(engines.len(), 1);
     assert_eq!(engines[0].status, NodeStatus::Busy);
@@ -262,11 +288,11 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
     assert_eq!(used, Resource::new(1 << 30, 1, 1));
     m.resources().check_invariants().expect("invariants");
     // More than the user may hold: refused for good.
-    assert_eq!(m.on_engine_message(rejoin("t2", "ecm:1", 8 << 30)), ManagerReply::known(false));
-    assert_eq!(m.on_engine_message(heartbeat("t2")), ManagerReply::known(false));
+    assert_eq!(send(rejoin("t2", "ecm:1", 8 << 30), &k2), Some(ManagerReply::known(false)));
+    assert_eq!(send(heartbeat("t2"), &k2), Some(ManagerReply::known(false)));
     // An engine the manager ended may not come back.
     m.finish("t1", NodeStatus::Failed, "lost".into(), false);
-    assert_eq!(m.on_engine_message(heartbeat("t1")), ManagerReply::known(false));
-    assert_eq!(m.on_engine_message(rejoin("t1", "ecm:1", 1 << 30)), ManagerReply::known(false));
+    assert_eq!(send(heartbeat("t1"), &k1), Some(ManagerReply::known(false)));
+    assert_eq!(send(rejoin("t1", "ecm:1", 1 << 30), &k1), Some(ManagerReply::known(false)));
     assert_all_free(&m);
 }
