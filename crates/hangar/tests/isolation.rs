@@ -52,7 +52,31 @@ async fn output(s: &Server, user: &str, code: &str) -> (String, String, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_server_secret_reaches_a_job() {
-    let s = server().await;
+    no_secret_in_a_job(server().await).await;
+}
+
+/// The same attacks on a server that is not root (its engines run as its
+/// own account): started under an unprivileged OS user by a root test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_secret_reaches_a_job_of_a_non_root_server() {
+    if !root() {
+        // Not root already: the test above is this one.
+        return;
+    }
+    assert!(common::os_user("hangarsrv1"));
+    let s = Server::start_as(
+        "hangarsrv1",
+        &format!("rpc_token = \"{RPC}\""),
+        FAST,
+        &[("HANGAR_ADMIN_USER", "admin"), ("HANGAR_ADMIN_PASSWORD", ADMIN_PW), ("HANGAR_AUTH_TOKEN", TOKEN)],
+    )
+    .await;
+    let (_, out, _) = output(&s, "bob", "id -un").await;
+    assert_eq!(out, "hangarsrv1", "a non-root server's engines run as its own account");
+    no_secret_in_a_job(s).await;
+}
+
+async fn no_secret_in_a_job(s: Server) {
     let pid = s.pid();
     let code = format!(
         "env; echo ---; cat /proc/$PPID/environ /proc/{pid}/environ /proc/{pid}/cmdline 2>&1 | tr '\\0' '\\n'; \

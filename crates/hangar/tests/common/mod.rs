@@ -70,6 +70,22 @@ impl Server {
 
     /// As [`Server::start_custom`], with extra environment variables for the server process.
     pub async fn start_env(server_keys: &str, auth_keys: &str, extra_toml: &str, envs: &[(&str, &str)]) -> Server {
+        Self::start_full(server_keys, auth_keys, extra_toml, envs, None).await
+    }
+
+    /// A server that runs as OS user `os_user` (not root), started by a root test.
+    pub async fn start_as(os_user: &str, auth_keys: &str, extra_toml: &str, envs: &[(&str, &str)]) -> Server {
+        let u = nix::unistd::User::from_name(os_user).expect("lookup").expect("os user");
+        Self::start_full("", auth_keys, extra_toml, envs, Some((u.uid.as_raw(), u.gid.as_raw()))).await
+    }
+
+    async fn start_full(
+        server_keys: &str,
+        auth_keys: &str,
+        extra_toml: &str,
+        envs: &[(&str, &str)],
+        as_user: Option<(u32, u32)>,
+    ) -> Server {
         let server_keys = format!("{server_keys}\n{}", postgres_store_key());
         let tmp = tempfile::tempdir().expect("tmp");
         let data_dir = tmp.path().join("data");
@@ -80,7 +96,12 @@ impl Server {
         );
         std::fs::write(&cfg, toml).expect("config");
         let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Self::start_with(tmp, data_dir, cfg, &envs).await
+        if let Some((uid, gid)) = as_user {
+            for p in [tmp.path().to_path_buf(), cfg.clone()] {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        Self::start_with(tmp, data_dir, cfg, &envs, as_user).await
     }
 
     /// Entrance + manager without an ECM of their own.
@@ -96,12 +117,27 @@ impl Server {
         Self::start_custom(&server_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), &extra).await
     }
 
-    async fn start_with(tmp: tempfile::TempDir, data_dir: PathBuf, cfg: PathBuf, envs: &[(String, String)]) -> Server {
+    async fn start_with(
+        tmp: tempfile::TempDir,
+        data_dir: PathBuf,
+        cfg: PathBuf,
+        envs: &[(String, String)],
+        as_user: Option<(u32, u32)>,
+    ) -> Server {
         let log = tmp.path().join(format!(
             "server-{}.log",
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos()
         ));
-        let child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        let mut cmd = match as_user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([format!("--reuid={uid}"), format!("--regid={gid}"), "--init-groups".into(), "--".into()]);
+                c.arg(env!("CARGO_BIN_EXE_hangar"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_hangar")),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&cfg)
             .env_remove("HANGAR_TOKEN")
@@ -136,7 +172,7 @@ impl Server {
         let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tmp"));
         // The engines outlive the old process: this Drop must not kill them.
         let data_dir = std::mem::replace(&mut self.data_dir, PathBuf::from("/nonexistent/hangar-test"));
-        Self::start_with(tmp, data_dir, cfg, &[]).await
+        Self::start_with(tmp, data_dir, cfg, &[], None).await
     }
 
     pub fn server_log(&self) -> String {
