@@ -452,12 +452,22 @@ impl Ecm {
         let record = self.engines().remove(ticket);
         let killed_by_us = record.as_ref().is_some_and(|r| r.killing);
         let Some(work_dir) = record.map(|r| r.work_dir) else { return };
+        // Every end of an engine ends every process it started (a task's
+        // process group outlives an engine killed by a signal).
+        let t = ticket.to_string();
+        let leftovers = tokio::task::spawn_blocking(move || process::kill_by_ticket(TICKET_ENV, &t)).await.unwrap_or(0);
+        if leftovers > 0 {
+            tracing::warn!(%ticket, leftovers, "stopped processes the ended engine had started");
+        }
         let log_dir = work_dir.join("logs");
         let _ = tokio::fs::remove_file(work_dir.join("engine.json")).await;
         let tail = stderr_tail(&log_dir).await;
         let mut description = format!("engine process {pid} ended with {how}");
         if killed_by_us {
             description.push_str(" after a kill");
+        }
+        if leftovers > 0 {
+            description.push_str(&format!("; {leftovers} processes it had started were stopped"));
         }
         if !tail.is_empty() {
             description.push_str("; last stderr lines:\n");

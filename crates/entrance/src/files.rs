@@ -61,8 +61,11 @@ pub(crate) fn result_path(results_root: &Path, caller: &Caller, raw: &str) -> Re
     let root = std::fs::canonicalize(results_root).map_err(|_| denied(raw))?;
     let allowed = if caller.admin { root } else { root.join(&caller.user) };
     let rel = path.strip_prefix(&allowed).map_err(|_| denied(raw))?.to_path_buf();
-    // Exists, and no link on the way.
-    hangar_fsguard::open_dir(&allowed, rel.parent().unwrap_or(Path::new(""))).map_err(|_| denied(raw))?;
+    // Exists (a folder or a file), and no link on the way, the last part included.
+    let exists = hangar_fsguard::open_dir(&allowed, &rel).is_ok() || hangar_fsguard::open_file(&allowed, &rel).is_ok();
+    if !exists {
+        return Err(denied(raw));
+    }
     Ok(GuardedPath { root: allowed, rel })
 }
 
@@ -214,8 +217,13 @@ mod tests {
         assert_eq!(missing.code, ErrorCode::PermissionDenied);
         // A link in the caller's own folder is not followed.
         std::os::unix::fs::symlink(root.join("bob/d/_0.dolphin"), root.join("alice/d/_0.dolphin")).expect("ln");
-        let at =
-            result_path(&root, &alice, &root.join("alice/d/_0.dolphin").display().to_string()).expect("lexically ok");
+        let e = result_path(&root, &alice, &root.join("alice/d/_0.dolphin").display().to_string()).expect_err("link");
+        assert_eq!(e.code, ErrorCode::PermissionDenied);
+        // ... nor when it is put there after the check.
+        std::fs::write(root.join("alice/d/_1.dolphin"), b"x").expect("w");
+        let at = result_path(&root, &alice, &root.join("alice/d/_1.dolphin").display().to_string()).expect("a file");
+        std::fs::remove_file(root.join("alice/d/_1.dolphin")).expect("rm");
+        std::os::unix::fs::symlink(root.join("bob/d/_0.dolphin"), root.join("alice/d/_1.dolphin")).expect("ln");
         assert_eq!(open_result(&at, 1, 10, "NULL").expect_err("link").code, ErrorCode::PermissionDenied);
         assert_eq!(result_path(&root, &alice, "hdfs:///x").expect_err("scheme").code, ErrorCode::InvalidRequest);
         assert_eq!(result_path(&root, &alice, "relative/x").expect_err("rel").code, ErrorCode::InvalidRequest);

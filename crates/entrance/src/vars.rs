@@ -40,7 +40,8 @@ pub(crate) fn substitute_at(
         let expr = &after[..end];
         match resolve(expr.trim(), user_vars, run_date)? {
             Some(v) => out.push_str(&v),
-            None if shell => out.push_str(&rest[start..start + 2 + end + 1]),
+            // Shell parameter expansion, or not a variable's name at all: the code's own.
+            None if shell || !is_name(expr.trim()) => out.push_str(&rest[start..start + 2 + end + 1]),
             None => {
                 return Err(HangarError::invalid(format!(
                     "variable ${{{expr}}} is not defined: pass it in params.variable or use a built-in date variable such as ${{run_date}}"
@@ -53,21 +54,38 @@ pub(crate) fn substitute_at(
     Ok(out)
 }
 
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+fn out_of_range(expr: &str) -> HangarError {
+    HangarError::invalid(format!("variable ${{{expr}}}: the day offset is out of range"))
+}
+
+/// A user variable, or a date variable with an optional `+N` / `-N` day
+/// offset (Linkis's grammar); anything else (`${X:-default}`, `${X//a/b}`,
+/// `${#X}`) is not a Linkis variable and is left alone (None).
 fn resolve(expr: &str, user: &BTreeMap<String, String>, run_date: NaiveDate) -> Result<Option<String>, HangarError> {
     if let Some(v) = user.get(expr) {
         return Ok(Some(v.clone()));
     }
-    let (name, offset) = match expr.find(['+', '-']) {
-        Some(i) if i > 0 => {
-            let n: i64 = expr[i + 1..].trim().parse().map_err(|_| {
-                HangarError::invalid(format!("variable ${{{expr}}}: the offset must be a whole number of days"))
-            })?;
-            (expr[..i].trim(), if &expr[i..i + 1] == "-" { -n } else { n })
+    let name_end = expr.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(expr.len());
+    let (name, rest) = expr.split_at(name_end);
+    let rest = rest.trim();
+    let offset: i64 = if rest.is_empty() {
+        0
+    } else {
+        let (sign, digits) = rest.split_at(1);
+        let digits = digits.trim();
+        if !matches!(sign, "+" | "-") || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Ok(None);
         }
-        _ => (expr, 0),
+        let n: i64 = digits.parse().map_err(|_| out_of_range(expr))?;
+        if sign == "-" { -n } else { n }
     };
-    let base = run_date + chrono::Duration::days(offset);
-    let today = base + chrono::Duration::days(1);
+    let shift = |d: NaiveDate, days: i64| {
+        chrono::TimeDelta::try_days(days).and_then(|t| d.checked_add_signed(t)).ok_or_else(|| out_of_range(expr))
+    };
     let month_begin = |d: NaiveDate| d.with_day(1).unwrap_or(d);
     let month_end = |d: NaiveDate| {
         let next = if d.month() == 12 {
@@ -77,6 +95,24 @@ fn resolve(expr: &str, user: &BTreeMap<String, String>, run_date: NaiveDate) -> 
         };
         next.and_then(|n| n.pred_opt()).unwrap_or(d)
     };
+    let is_date = matches!(
+        name,
+        "run_date"
+            | "run_date_std"
+            | "run_today"
+            | "run_today_std"
+            | "run_month_begin"
+            | "run_month_begin_std"
+            | "run_month_end"
+            | "run_month_end_std"
+            | "run_mon"
+            | "run_mon_std"
+    );
+    if !is_date {
+        return Ok(None);
+    }
+    let base = shift(run_date, offset)?;
+    let today = shift(base, 1)?;
     let (date, fmt) = match name {
         "run_date" => (base, "%Y%m%d"),
         "run_date_std" => (base, "%Y-%m-%d"),
@@ -87,8 +123,7 @@ fn resolve(expr: &str, user: &BTreeMap<String, String>, run_date: NaiveDate) -> 
         "run_month_end" => (month_end(base), "%Y%m%d"),
         "run_month_end_std" => (month_end(base), "%Y-%m-%d"),
         "run_mon" => (base, "%Y%m"),
-        "run_mon_std" => (base, "%Y-%m"),
-        _ => return Ok(None),
+        _ => (base, "%Y-%m"),
     };
     Ok(Some(date.format(fmt).to_string()))
 }
@@ -120,6 +155,22 @@ mod tests {
     }
 
     #[test]
+    fn shell_expansion_is_left_alone_and_offsets_are_checked() {
+        let none = BTreeMap::new();
+        let d = day(2026, 1, 2);
+        for code in ["echo ${NAME:-world}", "${X//-/_}", "${#arr[@]}", "${run_date:-x}", "${HOME}"] {
+            assert_eq!(substitute_at(code, &none, true, d).expect(code), code);
+        }
+        // Not a variable name in non-shell code either: left alone.
+        assert_eq!(substitute_at("x = '${a b}'", &none, false, d).expect("ok"), "x = '${a b}'");
+        for big in ["${run_date+999999999}", "${run_date-99999999999999999999}", "${run_today+9223372036854775807}"] {
+            let e = substitute_at(big, &none, true, d).expect_err(big);
+            assert!(e.message.contains("out of range"), "{big}: {}", e.message);
+        }
+        assert_eq!(substitute_at("${run_date + 2}", &none, false, d).expect("spaces"), "20260103");
+    }
+
+    #[test]
     fn run_date_can_be_set_and_undefined_is_an_error() {
         let mut vars = BTreeMap::new();
         vars.insert("run_date".to_string(), "20241231".to_string());
@@ -136,5 +187,12 @@ mod tests {
             substitute_at("unclosed ${run_date", &BTreeMap::new(), false, day(2026, 1, 1)).expect("ok"),
             "unclosed ${run_date"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(code in "(\\$\\{[a-z_+\\-0-9 :#/@]{0,24}\\}|[a-z ${}]{0,8}){0,6}", shell: bool) {
+            let _ = substitute_at(&code, &BTreeMap::new(), shell, day(2026, 1, 2));
+        }
     }
 }

@@ -5,6 +5,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{FAST, Server, enc, engine_pids, wait_until};
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    )
+}
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +210,8 @@ async fn killing_a_long_task_cancels_it_fast_and_the_engine_serves_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_engine_fails_its_job_with_the_engine_named_and_is_replaced() {
     let s = Server::start(FAST).await;
-    let (exec, task) = s.shell("alice", "sleep 30").await;
+    let marker = std::env::temp_dir().join(format!("hangar-marker-{}", uuid_like()));
+    let (exec, task) = s.shell("alice", &format!("sleep 3; touch {}", marker.display())).await;
     s.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
     let job = s.job("alice", task).await;
     let instance = job["engineInstance"].as_str().expect("instance").to_string();
@@ -221,6 +230,10 @@ async fn a_sigkilled_engine_fails_its_job_with_the_engine_named_and_is_replaced(
     let desc = job["errDesc"].as_str().expect("errDesc");
     assert!(desc.contains(&instance), "errDesc names the engine: {desc}");
     assert!(desc.contains("signal 9"), "errDesc says how it died: {desc}");
+    // The task the engine had started dies with it: no process left, no marker.
+    wait_until("the task's processes to end", Duration::from_secs(3), || engine_pids(&s.data_dir).is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!marker.exists(), "the task of a SIGKILLed engine kept running");
     let (e2, t2) = s.shell("alice", "echo fresh").await;
     assert_eq!(s.wait_done("alice", &e2).await, "Succeed");
     assert_ne!(s.job("alice", t2).await["engineInstance"].as_str(), Some(instance.as_str()));

@@ -132,6 +132,8 @@ impl StartHistogram {
     }
 }
 
+/// Lock order, where two are held at once: `ecms`, then `engines`, then the
+/// ResourceManager's own lock. Every other lock is held alone.
 pub struct Manager {
     cfg: ManagerConfig,
     start_times: Mutex<StartHistogram>,
@@ -750,9 +752,10 @@ impl Manager {
     }
 
     pub fn list_ecms(&self) -> Vec<EcmInfo> {
+        // Lock order: `ecms` before `engines` (as in `select_ecm`).
+        let ecms = lock(&self.ecms);
         let engines = lock(&self.engines);
-        lock(&self.ecms)
-            .iter()
+        ecms.iter()
             .map(|e| {
                 let lr = self.rm.label(&Self::ecm_label(&e.instance)).unwrap_or_default();
                 EcmInfo {

@@ -296,3 +296,62 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
     assert_eq!(send(rejoin("t1", "ecm:1", 1 << 30), &k1), Some(ManagerReply::known(false)));
     assert_all_free(&m);
 }
+
+/// The operator views (`listAllEMs`, `/metrics`) take the manager's locks
+/// too: listing in a tight loop from other threads during 500 engine
+/// creations must neither deadlock nor see broken accounting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_during_500_creations_never_deadlocks() {
+    let (m, ecm) = setup(config(5_000, 8), Mode::Ready { delay_ms: 0 });
+    // A deadlock blocks the runtime's workers too, so no async timeout could
+    // fire: a plain thread ends the test binary instead of letting it hang.
+    let (done, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(120)).is_err() {
+            eprintln!("deadlock: 500 creations with concurrent listing did not finish in 120 s");
+            std::process::exit(101);
+        }
+    });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listers: Vec<_> = (0..2)
+        .map(|_| {
+            let (m, stop) = (m.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let ecms = m.list_ecms();
+                    let engines = m.list_engines();
+                    assert!(ecms.iter().map(|e| e.engines).sum::<usize>() <= engines.len() + 8);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut set = tokio::task::JoinSet::new();
+    // 32 at a time: the ECM holds 64 engines.
+    let slots = Arc::new(tokio::sync::Semaphore::new(32));
+    for i in 0..500 {
+        let (m, slots) = (m.clone(), slots.clone());
+        set.spawn(async move {
+            let _slot = slots.acquire().await.expect("slot");
+            let creator = format!("u{i}-IDE");
+            let mut a = ask(&[("engineType", "shell-1"), ("userCreator", creator.as_str())]);
+            a.user = format!("u{i}");
+            let g = m.ask(&a).await.expect("ask");
+            m.finish(&g.ticket_id, NodeStatus::Success, "done".into(), false);
+        });
+    }
+    let all = async {
+        while let Some(r) = set.join_next().await {
+            r.expect("task");
+        }
+    };
+    all.await;
+    let _ = done.send(());
+    stop.store(true, Ordering::Relaxed);
+    let listed: u64 = listers.into_iter().map(|t| t.join().expect("lister")).sum();
+    assert!(listed > 0);
+    assert_eq!(ecm.launched.load(Ordering::SeqCst), 500);
+    assert_all_free(&m);
+}
