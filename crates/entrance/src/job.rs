@@ -380,7 +380,7 @@ impl Entrance {
         };
         let asked_at = Instant::now();
         let grant = tokio::select! {
-            g = self.ask_with_retry(&ask) => g?,
+            g = self.ask_engine(task_id, &ask, log, &job.feed) => g?,
             _ = fired(&mut kill) => return cancelled("killed by user while waiting for an engine"),
             _ = fired(&mut shutdown) => return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job waited for an engine")),
         };
@@ -389,28 +389,6 @@ impl Entrance {
             .await;
         self.manager.unlock(&grant).await;
         result
-    }
-
-    async fn ask_with_retry(&self, ask: &AskRequest) -> Result<EngineGrant, HangarError> {
-        let deadline = Instant::now() + ask.timeout;
-        let mut backoff = Duration::from_millis(100);
-        let mut retries = 0;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let attempt = AskRequest { timeout: left, ..ask.clone() };
-            match self.manager.ask(&attempt).await {
-                Ok(g) => return Ok(g),
-                Err(e)
-                    if e.code.retryable() && retries < self.cfg.ask_retries && Instant::now() + backoff < deadline =>
-                {
-                    retries += 1;
-                    tracing::debug!(error = %e, "engine ask failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -885,7 +863,7 @@ impl JobLog {
         self.lines += lines.len() as u64;
     }
 
-    async fn line(&mut self, level: Level, msg: &str) {
+    pub(crate) async fn line(&mut self, level: Level, msg: &str) {
         self.raw(&[logline::format(level, msg)]).await;
     }
 

@@ -3,6 +3,7 @@
 //! sends the task, consumes the engine's task events and stores them.
 
 mod api;
+mod ask;
 pub mod auth;
 mod bml;
 mod config;

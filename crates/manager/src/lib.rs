@@ -444,6 +444,14 @@ impl Manager {
                 format!("no EngineConnManager matches the labels {:?}", labels.to_linkis_list()),
             ));
         }
+        if !matching.iter().any(|e| e.max.not_less(&need)) {
+            // Not a shortage: no matching ECM could ever hold it.
+            let largest: Vec<String> = matching.iter().map(|e| format!("{}: {}", e.instance, e.max)).collect();
+            return Err(HangarError::invalid(format!(
+                "the engine needs {need}, more than any EngineConnManager's maximum ({}); it can never be served",
+                largest.join(" | ")
+            )));
+        }
         let mut usable: Vec<(&EcmNode, Resource, usize)> = Vec::new();
         let mut reasons = Vec::new();
         let engines = lock(&self.engines);
@@ -519,6 +527,12 @@ impl Manager {
             labels: &req.labels,
             properties: &req.properties,
         })?;
+        if !self.cfg.user_max.not_less(&resource) {
+            return Err(HangarError::invalid(format!(
+                "the engine needs {resource}, more than a user may hold ({}); it can never be served",
+                self.cfg.user_max
+            )));
+        }
         let (ecm_instance, ecm) = self.select_ecm(&req.labels, resource)?;
         let user_label = Self::user_label(&req.labels)?;
         if self.rm.label(&user_label).is_none() {

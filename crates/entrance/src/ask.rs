@@ -1,0 +1,107 @@
+//! Asking the LinkisManager for an engine on a job's behalf.
+//!
+//! A shortage that may pass (no ECM has room now, none is reachable now)
+//! makes the job wait: status `WaitForRetry`, the reason in its log, asks
+//! again with backoff until an engine is granted or the ask timeout passes.
+//! Other passing failures (a lock refused, an overloaded ECM) are asked again
+//! `entrance.ask_retries` times. An ask that can never be served (more than
+//! any ECM's maximum, an unknown engine type) fails at once.
+//!
+//! The manager's ask runs in a task of its own: a job killed while it waits
+//! never leaves an engine half-created; one granted after the kill is given
+//! back at once.
+
+use std::time::{Duration, Instant};
+
+use hangar_manager::{AskRequest, EngineGrant, Manager};
+use hangar_protocol::logline::Level;
+use hangar_protocol::{ErrorCode, HangarError, JobStatus, now_ms};
+use serde_json::json;
+
+use crate::Entrance;
+use crate::job::JobLog;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Whether a failed ask may be served later just by waiting.
+fn shortage(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::NotEnoughResource | ErrorCode::NoEcm)
+}
+
+/// One manager ask that runs to its end even when its caller goes away; a
+/// grant nobody takes any more is unlocked at once.
+async fn ask_detached(manager: &std::sync::Arc<Manager>, ask: AskRequest) -> Result<EngineGrant, HangarError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let m = manager.clone();
+    tokio::spawn(async move {
+        let r = m.ask(&ask).await;
+        if let Err(Ok(grant)) = tx.send(r) {
+            tracing::info!(ticket = %grant.ticket_id, "an engine granted after its job was killed is given back");
+            m.unlock(&grant).await;
+        }
+    });
+    rx.await.map_err(|_| HangarError::internal("the engine ask ended without an answer"))?
+}
+
+impl Entrance {
+    /// An engine for job `task_id`, waiting out shortages (see the module doc).
+    pub(crate) async fn ask_engine(
+        &self,
+        task_id: i64,
+        ask: &AskRequest,
+        log: &mut JobLog,
+        feed: &tokio::sync::broadcast::Sender<serde_json::Value>,
+    ) -> Result<EngineGrant, HangarError> {
+        let deadline = Instant::now() + ask.timeout;
+        let mut backoff = Duration::from_millis(100);
+        let mut retries = 0;
+        let mut waiting_for: Option<String> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = AskRequest { timeout: left, ..ask.clone() };
+            let err = match ask_detached(&self.manager, attempt).await {
+                Ok(g) => {
+                    if waiting_for.is_some() {
+                        self.store.update_status(task_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
+                        let _ = feed.send(json!({"type": "status", "status": "Scheduled"}));
+                        log.line(Level::Info, "an engine can be had now").await;
+                    }
+                    return Ok(g);
+                }
+                Err(e) => e,
+            };
+            let wait_more = Instant::now() + backoff < deadline;
+            if shortage(err.code) && wait_more {
+                if waiting_for.as_deref() != Some(err.message.as_str()) {
+                    if waiting_for.is_none() {
+                        self.store.update_status(task_id, JobStatus::WaitForRetry, None, None, None, now_ms()).await?;
+                        let _ = feed.send(json!({"type": "status", "status": "WaitForRetry"}));
+                    }
+                    let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
+                    let msg = format!(
+                        "no engine can be had now, waiting and asking again (up to {secs} s more): {}",
+                        err.message
+                    );
+                    log.line(Level::Warn, &msg).await;
+                    waiting_for = Some(err.message.clone());
+                }
+            } else if err.code.retryable() && !shortage(err.code) && retries < self.cfg.ask_retries && wait_more {
+                retries += 1;
+                tracing::debug!(error = %err, "engine ask failed; retrying");
+            } else if shortage(err.code) {
+                return Err(HangarError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "no engine could be had within the ask timeout ({} ms): {}",
+                        ask.timeout.as_millis(),
+                        err.message
+                    ),
+                ));
+            } else {
+                return Err(err);
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Faults and shortages through the real binary: a shortage makes a job
+//! wait (WaitForRetry, the reason in its log) instead of failing; an ask that
+//! can never be served fails at once naming why; a job killed while it waits
+//! leaves no engine behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{FAST, Server};
+use serde_json::json;
+
+/// One engine slot on the only ECM, and engines that leave soon when idle.
+fn one_slot() -> String {
+    FAST.replace("[ecm]\n", "[ecm]\ninstances = 1\n")
+        .replace("[engineconn]\n", "[engineconn]\nmax_free_time_ms = 1000\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shortage_makes_a_job_wait_not_fail() {
+    let s = Server::start(&one_slot()).await;
+    let (a, _) = s.shell("alice", "sleep 2; echo a").await;
+    s.wait_status("alice", &a, &["Running"], Duration::from_secs(20)).await;
+    // bob's job needs an engine of its own: none can be had until alice's leaves.
+    let (b, task_b) = s.shell("bob", "echo b").await;
+    s.wait_status("bob", &b, &["WaitForRetry"], Duration::from_secs(10)).await;
+    assert_eq!(s.wait_done("alice", &a).await, "Succeed");
+    let st = s.wait_status("bob", &b, &["Succeed", "Failed"], Duration::from_secs(30)).await;
+    assert_eq!(st, "Succeed", "{}", s.full_log("bob", &b).await);
+    let log = s.full_log("bob", &b).await;
+    assert!(log.contains("no engine can be had now, waiting and asking again"), "{log}");
+    assert!(log.contains("instances"), "the log names what is short: {log}");
+    assert_eq!(s.results("bob", task_b).await[0]["fileContent"], json!([["b"]]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_that_can_never_be_served_fails_at_once() {
+    let s = Server::start(&FAST.replace("[ecm]\n", "[ecm]\nmemory = \"2g\"\n")).await;
+    let body = json!({
+        "executionContent": {"code": "echo x", "runType": "shell"},
+        "params": {"configuration": {"startup": {"hangar.engineconn.memory": "64g"}}},
+        "labels": {"engineType": "shell-1", "userCreator": "alice-IDE"},
+    });
+    let t0 = Instant::now();
+    let (exec, task) = s.submit_json("alice", &body).await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Failed");
+    assert!(t0.elapsed() < Duration::from_secs(5), "failed in {:?}", t0.elapsed());
+    let desc = s.job("alice", task).await["errDesc"].as_str().unwrap_or_default().to_string();
+    assert!(desc.contains("can never be served"), "{desc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_while_it_waits_for_an_engine_leaves_nothing_behind() {
+    let s = Server::start(&one_slot()).await;
+    let (a, _) = s.shell("alice", "sleep 3").await;
+    s.wait_status("alice", &a, &["Running"], Duration::from_secs(20)).await;
+    let (b, _) = s.shell("bob", "echo b").await;
+    s.wait_status("bob", &b, &["WaitForRetry"], Duration::from_secs(10)).await;
+    let k = s.call("GET", &format!("/entrance/{b}/kill"), "bob", None).await;
+    assert_eq!(k["status"], 0, "{k}");
+    assert_eq!(
+        s.wait_status("bob", &b, &["Cancelled", "Failed", "Succeed"], Duration::from_secs(5)).await,
+        "Cancelled"
+    );
+    assert_eq!(s.wait_done("alice", &a).await, "Succeed");
+    // Once alice's engine has left, nothing of bob's holds a slot or resources.
+    common::wait_until("engines to leave", Duration::from_secs(10), || common::engine_pids(&s.data_dir).is_empty())
+        .await;
+    let engines = s.call("GET", "/linkisManager/listAllEngines", "admin", None).await;
+    assert_eq!(engines["data"]["engines"], json!([]), "{engines}");
+    let r = s.call("GET", "/linkisManager/rm/userresources", "bob", None).await;
+    assert!(!r.to_string().contains("\"instance\":1"), "bob still holds resources: {r}");
+}
