@@ -91,6 +91,23 @@ impl Entrance {
         };
         let mut labels = LabelSet::from_json(labels_json)?;
         labels.engine_type()?;
+        // Every field of a known name has its type, or the request is refused naming it.
+        for (field, want) in [("executeUser", "a string"), ("params", "a JSON object"), ("source", "a JSON object")] {
+            let ok = match (obj.get(field), want) {
+                (None | Some(Value::Null), _) => true,
+                (Some(Value::String(_)), "a string") => true,
+                (Some(Value::Object(_)), "a JSON object") => true,
+                _ => false,
+            };
+            if !ok {
+                return Err(HangarError::invalid(format!("{field} must be {want}")));
+            }
+        }
+        if let Some(c) = obj.get("params").and_then(|p| p.get("configuration"))
+            && !(c.is_object() || c.is_null())
+        {
+            return Err(HangarError::invalid("params.configuration must be a JSON object"));
+        }
         let execute_user = match obj.get("executeUser").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(u) if u != caller.user && !caller.admin => {
                 return Err(HangarError::new(
@@ -304,13 +321,24 @@ impl Entrance {
         }
         log.flush().await;
         let progress = if status == JobStatus::Succeed { Some(1.0) } else { None };
-        let err =
-            error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| (e.code.number(), e.message.as_str()));
+        // A job whose log was lost says so, even when it succeeded.
+        let error = match (&log.error, error) {
+            (Some(why), Some(e)) if status != JobStatus::Succeed => {
+                Some(HangarError::new(e.code, format!("{}; and {why}", e.message)))
+            }
+            (Some(why), _) => Some(HangarError::internal(format!("the job ended {status}, but {why}"))),
+            (None, e) => e,
+        };
+        let lost_log = log.error.is_some();
+        let err = error
+            .as_ref()
+            .filter(|_| status != JobStatus::Succeed || lost_log)
+            .map(|e| (e.code.number(), e.message.as_str()));
         let metrics = Value::Object(metrics).to_string();
         if let Err(e) = self.store.update_status(task_id, status, progress, err, Some(&metrics), now_ms()).await {
             tracing::error!(task_id, error = %e, "cannot store the final job status");
         }
-        let desc = error.as_ref().filter(|_| status != JobStatus::Succeed).map(|e| e.message.clone());
+        let desc = error.as_ref().filter(|_| status != JobStatus::Succeed || lost_log).map(|e| e.message.clone());
         let _ = feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc}));
         lock(&self.jobs).remove(&task_id);
         tracing::info!(task_id, %status, "job finished");
@@ -824,6 +852,8 @@ pub(crate) struct JobLog {
     /// Lines written so far (the `fromLine` of the next one).
     lines: u64,
     feed: Option<tokio::sync::broadcast::Sender<Value>>,
+    /// Why the log could not be written, the first time it could not.
+    pub(crate) error: Option<String>,
 }
 
 impl JobLog {
@@ -833,10 +863,11 @@ impl JobLog {
         }
         let file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await;
         match file {
-            Ok(f) => Self { file: Some(tokio::io::BufWriter::new(f)), lines: 0, feed: None },
+            Ok(f) => Self { file: Some(tokio::io::BufWriter::new(f)), lines: 0, feed: None, error: None },
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot open job log");
-                Self { file: None, lines: 0, feed: None }
+                let why = format!("cannot open the job log {}: {e}", path.display());
+                tracing::error!("{why}");
+                Self { file: None, lines: 0, feed: None, error: Some(why) }
             }
         }
     }
@@ -851,11 +882,25 @@ impl JobLog {
             lines
         };
         if let Some(f) = &mut self.file {
+            let mut written = Ok(());
             for l in lines {
-                let _ = f.write_all(l.as_bytes()).await;
-                let _ = f.write_all(b"\n").await;
+                if written.is_ok() {
+                    written = f.write_all(l.as_bytes()).await;
+                }
+                if written.is_ok() {
+                    written = f.write_all(b"\n").await;
+                }
             }
-            let _ = f.flush().await;
+            if written.is_ok() {
+                written = f.flush().await;
+            }
+            if let Err(e) = written
+                && self.error.is_none()
+            {
+                let why = format!("cannot write the job log: {e}");
+                tracing::error!("{why}");
+                self.error = Some(why);
+            }
         }
         if let Some(feed) = &self.feed {
             let _ = feed.send(json!({"type": "log", "fromLine": self.lines, "lines": lines}));
@@ -868,8 +913,13 @@ impl JobLog {
     }
 
     async fn flush(&mut self) {
-        if let Some(f) = &mut self.file {
-            let _ = f.flush().await;
+        if let Some(f) = &mut self.file
+            && let Err(e) = f.flush().await
+            && self.error.is_none()
+        {
+            let why = format!("cannot write the job log: {e}");
+            tracing::error!("{why}");
+            self.error = Some(why);
         }
     }
 }

@@ -71,3 +71,38 @@ async fn a_job_killed_while_it_waits_for_an_engine_leaves_nothing_behind() {
     let r = s.call("GET", "/linkisManager/rm/userresources", "bob", None).await;
     assert!(!r.to_string().contains("\"instance\":1"), "bob still holds resources: {r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_of_the_wrong_type_are_refused_naming_them() {
+    let s = Server::start(FAST).await;
+    let base = json!({"executionContent": {"code": "echo x", "runType": "shell"}, "labels": {"engineType": "shell-1"}});
+    for (field, value, named) in [
+        ("params", json!([1]), "params must be a JSON object"),
+        ("params", json!({"configuration": "x"}), "params.configuration must be a JSON object"),
+        ("params", json!({"variable": [1]}), "params.variable must be a JSON object"),
+        ("executeUser", json!(5), "executeUser must be a string"),
+        ("source", json!("x"), "source must be a JSON object"),
+    ] {
+        let mut body = base.clone();
+        body[field] = value;
+        let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
+        assert_eq!(v["status"], 2, "{field}: {v}");
+        assert!(v["message"].as_str().unwrap_or_default().contains(named), "{field}: {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_log_cannot_be_written_says_so() {
+    let s = Server::start(FAST).await;
+    // Today's log folder cannot be made (a file is in its way).
+    let day = String::from_utf8(std::process::Command::new("date").arg("+%Y-%m-%d").output().expect("date").stdout)
+        .expect("utf8");
+    std::fs::write(s.data_dir.join("logs").join(day.trim()), b"not a folder").expect("block");
+    let (exec, task) = s.shell("alice", "echo fine").await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Succeed");
+    let job = s.job("alice", task).await;
+    let desc = job["errDesc"].as_str().unwrap_or_default();
+    assert!(desc.contains("cannot open the job log"), "the job says its log was lost: {job}");
+    assert!(s.server_log().contains("cannot open the job log"), "and the server log says so");
+    assert_eq!(s.results("alice", task).await[0]["fileContent"], json!([["fine"]]));
+}
