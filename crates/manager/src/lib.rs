@@ -434,6 +434,28 @@ impl Manager {
         None
     }
 
+    /// Refuse an engine no ECM and no user limit could ever hold (not a
+    /// shortage that waiting may end).
+    fn servable(&self, labels: &LabelSet, need: Resource) -> Result<(), HangarError> {
+        let maxima: Vec<(String, Resource)> =
+            lock(&self.ecms).iter().filter(|e| e.matches(labels)).map(|e| (e.instance.clone(), e.max)).collect();
+        if !maxima.is_empty() && !maxima.iter().any(|(_, max)| max.not_less(&need)) {
+            let shown: Vec<String> = maxima.iter().map(|(i, max)| format!("{i}: {max}")).collect();
+            return Err(HangarError::invalid(format!(
+                "the engine needs {need}, more than any EngineConnManager's maximum ({}); it can never be served",
+                shown.join(" | ")
+            )));
+        }
+        if !self.cfg.user_max.not_less(&need) {
+            return Err(HangarError::invalid(format!(
+                "the engine needs {need}, more than a user may hold per userCreator and engine type ({}, \
+                 manager.user_max_*); it can never be served",
+                self.cfg.user_max
+            )));
+        }
+        Ok(())
+    }
+
     fn select_ecm(&self, labels: &LabelSet, need: Resource) -> Result<(String, Arc<dyn EcmClient>), HangarError> {
         let ecms = lock(&self.ecms);
         let heartbeat_timeout = self.cfg.ecm_heartbeat_interval * 3;
@@ -443,14 +465,6 @@ impl Manager {
                 ErrorCode::NoEcm,
                 format!("no EngineConnManager matches the labels {:?}", labels.to_linkis_list()),
             ));
-        }
-        if !matching.iter().any(|e| e.max.not_less(&need)) {
-            // Not a shortage: no matching ECM could ever hold it.
-            let largest: Vec<String> = matching.iter().map(|e| format!("{}: {}", e.instance, e.max)).collect();
-            return Err(HangarError::invalid(format!(
-                "the engine needs {need}, more than any EngineConnManager's maximum ({}); it can never be served",
-                largest.join(" | ")
-            )));
         }
         let mut usable: Vec<(&EcmNode, Resource, usize)> = Vec::new();
         let mut reasons = Vec::new();
@@ -527,12 +541,7 @@ impl Manager {
             labels: &req.labels,
             properties: &req.properties,
         })?;
-        if !self.cfg.user_max.not_less(&resource) {
-            return Err(HangarError::invalid(format!(
-                "the engine needs {resource}, more than a user may hold ({}); it can never be served",
-                self.cfg.user_max
-            )));
-        }
+        self.servable(&req.labels, resource)?;
         let (ecm_instance, ecm) = self.select_ecm(&req.labels, resource)?;
         let user_label = Self::user_label(&req.labels)?;
         if self.rm.label(&user_label).is_none() {
