@@ -109,6 +109,14 @@ impl Entrance {
     /// Returns `(re-attached, ended)`. Call before serving HTTP.
     pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), hangar_protocol::HangarError> {
         let jobs = self.store.unfinished_jobs().await?;
+        // Their engines rejoin before any new engine is made (so a new job
+        // cannot take the limits a running job's engine needs back).
+        let tickets = jobs
+            .iter()
+            .filter(|j| j.status == hangar_protocol::JobStatus::Running)
+            .filter_map(|j| j.ticket_id.clone())
+            .collect::<Vec<_>>();
+        self.manager.expect_rejoins(tickets, self.cfg.reattach_timeout);
         let (mut reattached, mut ended) = (0, 0);
         for j in jobs {
             if j.status == hangar_protocol::JobStatus::Running

@@ -106,3 +106,41 @@ async fn a_job_whose_log_cannot_be_written_says_so() {
     assert!(s.server_log().contains("cannot open the job log"), "and the server log says so");
     assert_eq!(s.results("alice", task).await[0]["fileContent"], json!([["fine"]]));
 }
+
+/// The user's limit is at capacity with two running jobs when the server is
+/// killed; new jobs arriving right after the restart must not take the slots
+/// the running jobs' engines need to rejoin (three restarts in a row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_with_every_limit_at_capacity_lose_no_running_job() {
+    let cfg = FAST.replace("[manager]\n", "[manager]\nuser_max_instances = 2\n");
+    let mut s = Server::start(&cfg).await;
+    let mut running = Vec::new();
+    for i in 0..2 {
+        let (exec, task) = s.shell("alice", &format!("sleep 4; echo old{i}")).await;
+        running.push((exec, task, format!("old{i}")));
+    }
+    for (exec, _, _) in &running {
+        s.wait_status("alice", exec, &["Running"], Duration::from_secs(20)).await;
+    }
+    let mut fresh = Vec::new();
+    for round in 0..3 {
+        s = s.restart().await;
+        for i in 0..2 {
+            let (exec, task) = s.shell("alice", &format!("echo new{round}{i}")).await;
+            fresh.push((exec, task, format!("new{round}{i}")));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (exec, task, want) in running.iter().chain(fresh.iter()) {
+        let st = s.wait_status("alice", exec, &["Succeed", "Failed", "Cancelled"], Duration::from_secs(60)).await;
+        let job = s.job("alice", *task).await;
+        // Jobs queued when the server died end with that reason; every job
+        // whose engine was alive (the running ones) succeeds.
+        if want.starts_with("old") {
+            assert_eq!(st, "Succeed", "{want}: {job}\n{}", s.server_log());
+            assert_eq!(s.results("alice", *task).await[0]["fileContent"], json!([[want]]));
+        } else {
+            assert!(st == "Succeed" || job["errDesc"].as_str().is_some_and(|d| !d.is_empty()), "{want}: {job}");
+        }
+    }
+}

@@ -148,6 +148,9 @@ pub struct Manager {
     materials: Option<Arc<MaterialLibrary>>,
     /// Tickets this manager ended (most recent last): they may not rejoin.
     ended: Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>,
+    /// After a restart: engines with running jobs that have not rejoined
+    /// yet, and until when new engines wait for them.
+    expected: Mutex<(std::collections::HashSet<String>, Option<Instant>)>,
 }
 
 /// How many ended tickets the manager remembers.
@@ -187,6 +190,7 @@ impl Manager {
         Ok(Arc::new(Self {
             materials,
             ended: Mutex::new(Default::default()),
+            expected: Mutex::new(Default::default()),
             client: EngineClient::new()?,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
@@ -535,6 +539,8 @@ impl Manager {
         files: BTreeSet<String>,
         deadline: Instant,
     ) -> Result<EngineGrant, HangarError> {
+        // Engines coming back after a restart first (bounded by their window).
+        self.wait_for_rejoins().await;
         let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
         let resource = plugin.create_engine_resource(&EngineResourceRequest {
             user: &req.user,
@@ -663,6 +669,7 @@ impl Manager {
     /// watchers told the reason, and optionally its process killed.
     pub fn finish(&self, ticket_id: &str, status: NodeStatus, reason: String, kill: bool) {
         self.remember_ended(ticket_id);
+        self.rejoined(ticket_id);
         let node = lock(&self.engines).remove(ticket_id);
         let released = self.rm.release(ticket_id);
         let Some(mut node) = node else { return };
@@ -681,6 +688,43 @@ impl Manager {
                     }
                 });
             }
+        }
+    }
+
+    /// After a restart: these engines run jobs and will rejoin; until they
+    /// have (or `within` passed) no new engine is created, so their users'
+    /// limits are theirs first and a rejoin is never refused for a newcomer.
+    pub fn expect_rejoins(&self, tickets: impl IntoIterator<Item = String>, within: Duration) {
+        let tickets: Vec<String> = tickets.into_iter().filter(|t| !self.has_ended(t)).collect();
+        let mut g = lock(&self.expected);
+        g.0.extend(tickets);
+        if !g.0.is_empty() {
+            g.1 = Some(Instant::now() + within);
+        }
+    }
+
+    pub(crate) fn rejoined(&self, ticket_id: &str) {
+        lock(&self.expected).0.remove(ticket_id);
+    }
+
+    /// Wait (bounded) until every expected engine has rejoined.
+    async fn wait_for_rejoins(&self) {
+        loop {
+            {
+                let mut g = lock(&self.expected);
+                match g.1 {
+                    Some(deadline) if !g.0.is_empty() && Instant::now() < deadline => {}
+                    _ => {
+                        if !g.0.is_empty() {
+                            tracing::warn!(missing = g.0.len(), "engines with running jobs did not rejoin in time");
+                        }
+                        g.0.clear();
+                        g.1 = None;
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

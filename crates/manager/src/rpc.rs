@@ -210,6 +210,7 @@ impl Manager {
             return Some(ManagerReply::known(true));
         }
         if self.has_ended(&ticket_id) || rpc_version != RPC_VERSION || status.is_completed() {
+            self.rejoined(&ticket_id);
             return Some(ManagerReply::known(false));
         }
         if !lock(&self.ecms).iter().any(|e| e.instance == ecm_instance) {
@@ -223,6 +224,7 @@ impl Manager {
         if let Err(e) = self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource) {
             tracing::warn!(ticket = %ticket_id, error = %e, "cannot take back an engine: its resource does not fit");
             self.remember_ended(&ticket_id);
+            self.rejoined(&ticket_id);
             return Some(ManagerReply::known(false));
         }
         self.rm.confirm(&ticket_id);
@@ -243,6 +245,7 @@ impl Manager {
             node.set_status(status, None);
         }
         lock(&self.engines).insert(ticket_id.clone(), node);
+        self.rejoined(&ticket_id);
         tracing::info!(ticket = %ticket_id, %instance, ecm = %ecm_instance, %status, "engine rejoined after a manager restart");
         Some(ManagerReply::known(true))
     }
