@@ -93,12 +93,12 @@ impl Entrance {
         labels.engine_type()?;
         // Every field of a known name has its type, or the request is refused naming it.
         for (field, want) in [("executeUser", "a string"), ("params", "a JSON object"), ("source", "a JSON object")] {
-            let ok = match (obj.get(field), want) {
-                (None | Some(Value::Null), _) => true,
-                (Some(Value::String(_)), "a string") => true,
-                (Some(Value::Object(_)), "a JSON object") => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (obj.get(field), want),
+                (None | Some(Value::Null), _)
+                    | (Some(Value::String(_)), "a string")
+                    | (Some(Value::Object(_)), "a JSON object")
+            );
             if !ok {
                 return Err(HangarError::invalid(format!("{field} must be {want}")));
             }
