@@ -11,6 +11,9 @@ use hangar_protocol::rpc::{ENGINE_RPC_PATH, EngineReply, EngineRequest, RPC_TOKE
 
 use crate::state::Engine;
 
+/// The largest request an engine takes (JSON escaping can double code).
+const MAX_REQUEST_BYTES: usize = 160 << 20;
+
 #[derive(Clone)]
 struct Ctx {
     engine: Arc<Engine>,
@@ -18,7 +21,12 @@ struct Ctx {
 }
 
 pub(crate) fn spawn(listener: tokio::net::TcpListener, engine: Arc<Engine>, token: String) {
-    let app = Router::new().route(ENGINE_RPC_PATH, post(handle)).with_state(Ctx { engine, token: token.into() });
+    // A task's code travels in one request: room for the largest code the
+    // Entrance accepts (`entrance.max_code_bytes`, at most 64 MiB) as JSON.
+    let app = Router::new()
+        .route(ENGINE_RPC_PATH, post(handle))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(Ctx { engine, token: token.into() });
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });

@@ -299,7 +299,10 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         max_queued_per_group: cfg.entrance.max_queued_per_group,
         ask_timeout: ms(cfg.entrance.ask_timeout_ms),
         ask_retries: cfg.entrance.ask_retries,
-        max_code_bytes: cfg.entrance.max_code_bytes,
+        max_code_bytes: match cfg.entrance.max_code_bytes {
+            n if n <= 64 << 20 => n,
+            n => bail!("entrance.max_code_bytes is {n}; at most 67108864 (64 MiB) is supported"),
+        },
         tokens: vec![TokenConfig { token: cfg.auth.token.clone(), users: cfg.auth.token_users.clone() }],
         admins: admins(&cfg),
         users: users(&cfg)?,

@@ -144,3 +144,28 @@ async fn restarts_with_every_limit_at_capacity_lose_no_running_job() {
         }
     }
 }
+
+/// One code-size limit, at submit; below it every size runs (a shell job of
+/// 3.5 MB once failed with "Argument list too long").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_up_to_the_limit_runs_and_above_it_is_refused_at_submit() {
+    let s = Server::start(FAST).await;
+    let filler = format!("# {}\n", "x".repeat(1000));
+    let mut code = String::new();
+    while code.len() < (4 << 20) - 2000 {
+        code.push_str(&filler);
+    }
+    code.push_str("echo big-ok\n");
+    let (exec, task) = s.shell("alice", &code).await;
+    assert_eq!(s.wait_done("alice", &exec).await, "Succeed", "{}", s.full_log("alice", &exec).await);
+    assert_eq!(s.results("alice", task).await[0]["fileContent"], json!([["big-ok"]]));
+    let too_big = format!("{code}{}", "# more\n".repeat(400));
+    let body = json!({"executionContent": {"code": too_big, "runType": "shell"}, "labels": {"engineType": "shell-1"}});
+    let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
+    assert_eq!(v["status"], 2, "{}", v["message"]);
+    assert!(
+        v["message"].as_str().unwrap_or_default().contains("more than the limit of 4194304 bytes"),
+        "{}",
+        v["message"]
+    );
+}

@@ -85,6 +85,36 @@ impl EngineConnSession for ShellSession {
     }
 }
 
+/// A task's code as a private file in the engine's temp folder, removed
+/// when the task ends.
+struct TaskScript(PathBuf);
+
+impl TaskScript {
+    async fn write(task_id: i64, code: &str) -> Result<Self, String> {
+        use tokio::io::AsyncWriteExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("hangar-task-{task_id}-{}-{n}.sh", std::process::id()));
+        let _ = tokio::fs::remove_file(&path).await;
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await
+            .map_err(|e| format!("cannot write the task's script {}: {e}", path.display()))?;
+        f.write_all(code.as_bytes()).await.map_err(|e| format!("cannot write the task's script: {e}"))?;
+        f.flush().await.map_err(|e| format!("cannot write the task's script: {e}"))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TaskScript {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 struct ShellExecutor {
     shell: PathBuf,
     cwd: PathBuf,
@@ -93,9 +123,11 @@ struct ShellExecutor {
 #[async_trait]
 impl Executor for ShellExecutor {
     async fn execute(&self, ctx: &mut ExecutionContext, code: &str) -> Result<(), String> {
+        // The code goes to the shell in a file of the engine's own (never on
+        // its command line: that caps a job at the kernel's argument limit).
+        let script = TaskScript::write(ctx.task_id, code).await?;
         let mut cmd = Command::new(&self.shell);
-        cmd.arg("-c")
-            .arg(code)
+        cmd.arg(&script.0)
             .current_dir(&self.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
