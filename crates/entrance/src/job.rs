@@ -258,21 +258,24 @@ impl Entrance {
             code: code.into(),
             created_ms: created,
         };
-        let task_id = self.store.insert_job(&new).await?;
         let engine = engine_type.split('-').next().unwrap_or(engine_type);
-        let exec = exec_id::build(&self.cfg.instance, creator, execute_user, engine, task_id);
         let day = chrono::Local::now().format("%Y-%m-%d").to_string();
-        let log_path = self.cfg.logs_dir.join(&day).join(creator).join(execute_user).join(format!("{task_id}.log"));
-        let result_dir = self.cfg.results_dir.join(execute_user).join(&day).join(creator).join(task_id.to_string());
-        self.store
-            .set_paths(
-                task_id,
-                &exec,
-                &log_path.display().to_string(),
-                &format!("file://{}", result_dir.display()),
-                now_ms(),
-            )
-            .await?;
+        let (logs, results, instance) = (&self.cfg.logs_dir, &self.cfg.results_dir, &self.cfg.instance);
+        let log_of = |id: i64| logs.join(&day).join(creator).join(execute_user).join(format!("{id}.log"));
+        let result_of = |id: i64| results.join(execute_user).join(&day).join(creator).join(id.to_string());
+        let stored = self
+            .store
+            .insert_job(&new, |id| hangar_store::JobPaths {
+                exec_id: exec_id::build(instance, creator, execute_user, engine, id),
+                log_path: log_of(id).display().to_string(),
+                result_location: format!("file://{}", result_of(id).display()),
+            })
+            .await;
+        let (task_id, paths) = stored.map_err(|e| {
+            tracing::error!(error = %e, "cannot store a submitted job");
+            HangarError::new(ErrorCode::Internal, format!("the job could not be stored, nothing was run: {e}"))
+        })?;
+        let (exec, log_path, result_dir) = (paths.exec_id, log_of(task_id), result_of(task_id));
         Ok((task_id, exec, log_path, result_dir))
     }
 
@@ -336,7 +339,26 @@ impl Entrance {
             .map(|e| (e.code.number(), e.message.as_str()));
         let metrics = Value::Object(metrics).to_string();
         if let Err(e) = self.store.update_status(task_id, status, progress, err, Some(&metrics), now_ms()).await {
-            tracing::error!(task_id, error = %e, "cannot store the final job status");
+            // A job never stays unfinished in the store: keep trying (a full
+            // disk that gets room again) while this process lives.
+            tracing::error!(task_id, error = %e, "cannot store the final job status; retrying until it can");
+            let store = self.store.clone();
+            let err = err.map(|(code, msg)| (code, msg.to_string()));
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    tokio::time::sleep(backoff).await;
+                    let e = err.as_ref().map(|(c, m)| (*c, m.as_str()));
+                    match store.update_status(task_id, status, progress, e, Some(&metrics), now_ms()).await {
+                        Ok(_) => {
+                            tracing::info!(task_id, %status, "stored the final job status at last");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(task_id, error = %e, "final job status still not stored"),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            });
         }
         let desc = error.as_ref().filter(|_| status != JobStatus::Succeed || lost_log).map(|e| e.message.clone());
         let _ = feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc}));

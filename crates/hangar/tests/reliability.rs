@@ -169,3 +169,56 @@ async fn code_up_to_the_limit_runs_and_above_it_is_refused_at_submit() {
         v["message"]
     );
 }
+
+/// A full disk: submits are refused naming the cause (nothing stored, no id
+/// handed out twice), a running job ends with the reason, and once there is
+/// room again everything works without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_submits_loses_nothing_and_recovers() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small file system needs root (CI runs as root)");
+        return;
+    }
+    let mut mounted = None;
+    let s = Server::start_prepared(FAST, |dir| {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=3m,mode=0755", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|st| st.success());
+        assert!(ok, "mount a tmpfs on {}", dir.display());
+        mounted = Some(dir.to_path_buf());
+    })
+    .await;
+    let dir = mounted.expect("mounted");
+    let (first, first_task) = s.shell("alice", "echo before").await;
+    assert_eq!(s.wait_done("alice", &first).await, "Succeed");
+    let (running, running_task) = s.shell("alice", "sleep 2; echo during").await;
+    s.wait_status("alice", &running, &["Running"], Duration::from_secs(20)).await;
+    // Fill the disk.
+    let fill = dir.join("fill");
+    let _ = std::process::Command::new("dd")
+        .arg("if=/dev/zero")
+        .arg(format!("of={}", fill.display()))
+        .arg("bs=64k")
+        .output();
+    let body =
+        json!({"executionContent": {"code": "echo refused", "runType": "shell"}, "labels": {"engineType": "shell-1"}});
+    for _ in 0..3 {
+        let v = s.call("POST", "/entrance/submit", "alice", Some(&body.to_string())).await;
+        assert_ne!(v["status"], 0, "a submit on a full disk was accepted: {v}");
+        assert!(v["message"].as_str().unwrap_or_default().contains("could not be stored"), "{v}");
+    }
+    // Room again: the running job has an end with a reason, new jobs run,
+    // and no id was handed out twice.
+    std::fs::remove_file(&fill).expect("free");
+    let st = s.wait_status("alice", &running, &["Succeed", "Failed"], Duration::from_secs(30)).await;
+    let job = s.job("alice", running_task).await;
+    assert!(st == "Succeed" || job["errDesc"].as_str().is_some_and(|d| !d.is_empty()), "{job}");
+    let (after, after_task) = s.shell("alice", "echo after").await;
+    assert_eq!(s.wait_done("alice", &after).await, "Succeed");
+    assert!(after_task > running_task && running_task > first_task);
+    assert_eq!(s.results("alice", after_task).await[0]["fileContent"], json!([["after"]]));
+    drop(s);
+    let _ = std::process::Command::new("umount").arg("-l").arg(&dir).status();
+}

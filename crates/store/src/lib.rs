@@ -41,6 +41,14 @@ impl From<StoreError> for HangarError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Where a job's records live, named by its id.
+#[derive(Debug, Clone)]
+pub struct JobPaths {
+    pub exec_id: String,
+    pub log_path: String,
+    pub result_location: String,
+}
+
 /// A job as first stored at submit.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -195,48 +203,58 @@ impl Store {
     }
 
     /// Store a new job (status Inited) and return its taskID.
-    pub async fn insert_job(&self, j: &NewJob) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms)
-             VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
-        )
-        .bind(&j.submit_user)
-        .bind(&j.execute_user)
-        .bind(&j.creator)
-        .bind(&j.engine_type)
-        .bind(&j.run_type)
-        .bind(&j.labels)
-        .bind(&j.params)
-        .bind(&j.source)
-        .bind(&j.code)
-        .bind(j.created_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>(0)?)
+    /// Store a new job and its paths (which name its id) in one transaction:
+    /// it returns only once the commit is durable, so an id the caller hands
+    /// out is never lost nor handed out again. (`INSERT ... RETURNING` alone
+    /// yields the row before SQLite commits; a full disk then failed the
+    /// commit unseen.)
+    pub async fn insert_job(&self, j: &NewJob, paths: impl FnOnce(i64) -> JobPaths) -> Result<(i64, JobPaths)> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("BEGIN").await?;
+        let done = async {
+            let row = sqlx::query(
+                "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms)
+                 VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+            )
+            .bind(&j.submit_user)
+            .bind(&j.execute_user)
+            .bind(&j.creator)
+            .bind(&j.engine_type)
+            .bind(&j.run_type)
+            .bind(&j.labels)
+            .bind(&j.params)
+            .bind(&j.source)
+            .bind(&j.code)
+            .bind(j.created_ms)
+            .fetch_one(&mut *conn)
+            .await?;
+            let id = row.try_get::<i64, _>(0)?;
+            let p = paths(id);
+            sqlx::query("UPDATE hangar_job SET exec_id = $1, log_path = $2, result_location = $3 WHERE id = $4")
+                .bind(&p.exec_id)
+                .bind(&p.log_path)
+                .bind(&p.result_location)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            conn.execute("COMMIT").await?;
+            Ok::<_, sqlx::Error>((id, p))
+        }
+        .await;
+        match done {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // A failed commit (a full disk) can leave the transaction
+                // open and the write lock held: roll back, or drop the
+                // connection rather than return it to the pool so.
+                if conn.execute("ROLLBACK").await.is_err() {
+                    let _ = conn.close().await;
+                }
+                Err(e.into())
+            }
+        }
     }
 
-    pub async fn set_paths(
-        &self,
-        id: i64,
-        exec_id: &str,
-        log_path: &str,
-        result_location: &str,
-        now_ms: i64,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE hangar_job SET exec_id = $1, log_path = $2, result_location = $3, updated_ms = $4 WHERE id = $5",
-        )
-        .bind(exec_id)
-        .bind(log_path)
-        .bind(result_location)
-        .bind(now_ms)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Move a job to `status` unless it already ended. Returns whether it moved.
     pub async fn update_status(
         &self,
         id: i64,
@@ -396,10 +414,19 @@ mod tests {
     #[tokio::test]
     async fn job_lifecycle_and_final_states_stick() {
         for (s, _dir) in stores().await {
-            let id = s.insert_job(&job()).await.expect("insert");
+            let paths = |id: i64| JobPaths {
+                exec_id: format!("exec{id}"),
+                log_path: format!("/l/{id}.log"),
+                result_location: format!("file:///r/{id}"),
+            };
+            let (id, _) = s.insert_job(&job(), paths).await.expect("insert");
             assert!(id > 0);
             let j = s.get_job(id).await.expect("get").expect("some");
             assert_eq!(j.status, JobStatus::Inited);
+            assert_eq!(
+                (j.exec_id.as_str(), j.log_path.as_str()),
+                (format!("exec{id}").as_str(), format!("/l/{id}.log").as_str())
+            );
             assert_eq!(j.code, job().code);
             assert!(s.update_status(id, JobStatus::Scheduled, Some(0.1), None, None, 2).await.expect("u"));
             let engine = EngineAssignment {

@@ -79,12 +79,29 @@ impl Server {
         Self::start_full("", auth_keys, extra_toml, envs, Some((u.uid.as_raw(), u.gid.as_raw()))).await
     }
 
+    /// A server whose data dir is first prepared by `prepare` (a test mounts
+    /// a small file system there, say).
+    pub async fn start_prepared(extra_toml: &str, prepare: impl FnOnce(&Path)) -> Server {
+        Self::start_full_with("", "", extra_toml, &[], None, prepare).await
+    }
+
     async fn start_full(
         server_keys: &str,
         auth_keys: &str,
         extra_toml: &str,
         envs: &[(&str, &str)],
         as_user: Option<(u32, u32)>,
+    ) -> Server {
+        Self::start_full_with(server_keys, auth_keys, extra_toml, envs, as_user, |_| {}).await
+    }
+
+    async fn start_full_with(
+        server_keys: &str,
+        auth_keys: &str,
+        extra_toml: &str,
+        envs: &[(&str, &str)],
+        as_user: Option<(u32, u32)>,
+        prepare: impl FnOnce(&Path),
     ) -> Server {
         let server_keys = format!("{server_keys}\n{}", postgres_store_key());
         let tmp = tempfile::tempdir().expect("tmp");
@@ -95,6 +112,8 @@ impl Server {
             data_dir.display()
         );
         std::fs::write(&cfg, toml).expect("config");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        prepare(&data_dir);
         let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if let Some((uid, gid)) = as_user {
             for p in [tmp.path().to_path_buf(), cfg.clone()] {
