@@ -168,6 +168,18 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
     let engine = format!("http://{}/rpc", alice.instance);
     assert_eq!(post(&engine, &bob.key, &EngineRequest::Lock { timeout_ms: 1000 }).await, 401);
     assert_eq!(post(&engine, &bob.key, &EngineRequest::Kill { task_id: task_a }).await, 401);
+    let execute = hangar_protocol::rpc::TaskExecuteRequest {
+        task_id: 999_999,
+        exec_id: "forged".into(),
+        code: "touch /tmp/forged-by-bob".into(),
+        lock: "any".into(),
+        run_type: "shell".into(),
+        user: "alice".into(),
+        properties: Default::default(),
+        result_dir: "/tmp".into(),
+        callback_url: s.base.clone(),
+    };
+    assert_eq!(post(&engine, &bob.key, &EngineRequest::Execute(execute)).await, 401);
     assert_eq!(post(&engine, RPC, &EngineRequest::Kill { task_id: task_a }).await, 401);
     // Exiting, heartbeats and Rejoin for her ticket.
     let manager = format!("{}{MANAGER_RPC_PATH}", s.base);
@@ -326,4 +338,31 @@ async fn run_as_user_refuses_root_and_system_accounts() {
         let desc: Value = s.job(user, task).await["errDesc"].clone();
         assert!(desc.as_str().unwrap_or_default().contains(why), "{user}: {desc}");
     }
+}
+
+/// A password inside a startup parameter (a JDBC URL) reaches the engine
+/// only on its standard input: not its command line, environment or script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_a_startup_url_stays_off_command_lines_and_disk() {
+    let s = server().await;
+    let body = json!({
+        "executionContent": {"code": "echo ok", "runType": "shell"},
+        "params": {"configuration": {"startup": {"jdbc.url": "postgresql://u:pw-7c1e9@db.example/x?password=pw-7c1e9"}}},
+        "labels": {"engineType": "shell-1", "userCreator": "bob-IDE"},
+    });
+    let (exec, task) = s.submit_json("bob", &body).await;
+    assert_eq!(s.wait_done("bob", &exec).await, "Succeed");
+    let job = s.job("bob", task).await;
+    assert!(!job.to_string().contains("pw-7c1e9"), "job history: {job}");
+    let wd = std::path::Path::new(job["engineLogPath"].as_str().expect("log path")).parent().expect("wd").to_path_buf();
+    let script = std::fs::read_to_string(wd.join("engineConnExec.sh")).expect("script");
+    assert!(script.contains("--ticket-id") && !script.contains("pw-7c1e9"), "{script}");
+    for pid in common::engine_pids(&s.data_dir) {
+        for f in ["cmdline", "environ"] {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default()).to_string();
+            assert!(!text.contains("pw-7c1e9"), "/proc/{pid}/{f}: {text}");
+        }
+    }
+    assert!(!s.full_log("bob", &exec).await.contains("pw-7c1e9"));
 }

@@ -222,3 +222,34 @@ async fn a_full_disk_refuses_submits_loses_nothing_and_recovers() {
     drop(s);
     let _ = std::process::Command::new("umount").arg("-l").arg(&dir).status();
 }
+
+/// A SIGSTOPped engine is declared lost after three missed heartbeats; its
+/// job ends then with that reason (not when the kill's grace runs out), and
+/// the stopped process is gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_engine_is_lost_and_its_job_ends_at_once() {
+    let s = Server::start(&FAST.replace("kill_grace_ms = 1000", "kill_grace_ms = 5000")).await;
+    let (exec, task) = s.shell("alice", "sleep 30").await;
+    s.wait_status("alice", &exec, &["Running"], Duration::from_secs(20)).await;
+    let job = s.job("alice", task).await;
+    let wd = std::path::Path::new(job["engineLogPath"].as_str().expect("log")).parent().expect("wd").to_path_buf();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(wd.join("engine.json")).expect("engine.json")).expect("json");
+    let pid = nix::unistd::Pid::from_raw(record["pid"].as_u64().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    let t0 = Instant::now();
+    assert_eq!(s.wait_status("alice", &exec, &["Failed", "Succeed"], Duration::from_secs(20)).await, "Failed");
+    // Heartbeats every 200 ms: lost after ~600 ms, well before the 5 s grace.
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the job ended {:?} after its engine stopped\n{}",
+        t0.elapsed(),
+        s.server_log()
+    );
+    let desc = s.job("alice", task).await["errDesc"].as_str().unwrap_or_default().to_string();
+    assert!(desc.contains("lost") || desc.contains("no heartbeat"), "{desc}");
+    common::wait_until("the stopped engine to be killed", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+}

@@ -646,6 +646,11 @@ impl Manager {
 
     /// Give the engine back after a job (Linkis `RequestManagerUnlock`).
     pub async fn unlock(&self, grant: &EngineGrant) {
+        // An engine that ended (lost, exited) is not called: a stopped one
+        // would hold the caller until the request timed out.
+        if !lock(&self.engines).contains_key(&grant.ticket_id) {
+            return;
+        }
         let req = EngineRequest::Unlock { lock: grant.lock.clone() };
         match self.client.call(&grant.instance, grant.key.expose(), &req).await {
             Ok(EngineReply::Unlocked { unlocked: true }) => self.note_status(&grant.ticket_id, NodeStatus::Unlock),

@@ -116,7 +116,7 @@ impl Server {
         prepare(&data_dir);
         let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if let Some((uid, gid)) = as_user {
-            for p in [tmp.path().to_path_buf(), cfg.clone()] {
+            for p in [tmp.path().to_path_buf(), cfg.clone(), data_dir.clone()] {
                 std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
             }
         }
