@@ -19,22 +19,24 @@ use crate::auth::Caller;
 use crate::{Entrance, Group, JobHandle, lock};
 
 /// A validated submission, ready to run.
-struct Prepared {
-    feed: tokio::sync::broadcast::Sender<Value>,
-    task_id: i64,
-    exec_id: String,
-    user: String,
-    labels: LabelSet,
-    run_type: String,
-    code: String,
-    startup: BTreeMap<String, String>,
-    runtime: BTreeMap<String, String>,
-    log_path: PathBuf,
-    result_dir: PathBuf,
-    group: String,
+pub(crate) struct Prepared {
+    /// What `/entrance/{execID}/events` subscribers see.
+    pub feed: tokio::sync::broadcast::Sender<Value>,
+    pub task_id: i64,
+    pub exec_id: String,
+    pub user: String,
+    pub labels: LabelSet,
+    pub run_type: String,
+    pub code: String,
+    pub startup: BTreeMap<String, String>,
+    pub runtime: BTreeMap<String, String>,
+    pub log_path: PathBuf,
+    pub result_dir: PathBuf,
+    /// Its consumer group (counted as queued already).
+    pub group: String,
 }
 
-fn str_map(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>, HangarError> {
+pub(crate) fn str_map(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>, HangarError> {
     let mut out = BTreeMap::new();
     match v {
         None | Some(Value::Null) => {}
@@ -199,22 +201,8 @@ impl Entrance {
                 return Err(e);
             }
         };
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (kill_tx, kill_rx) = watch::channel(false);
-        let progress_info = Arc::new(Mutex::new(json!([])));
-        let (feed, _) = tokio::sync::broadcast::channel(1024);
-        lock(&self.jobs).insert(
-            task_id,
-            JobHandle {
-                events: events_tx,
-                feed: feed.clone(),
-                kill: kill_tx,
-                progress_info: progress_info.clone(),
-                ticket: Default::default(),
-            },
-        );
-        let prepared = Prepared {
-            feed,
+        self.start(Prepared {
+            feed: tokio::sync::broadcast::channel(1024).0,
             task_id,
             exec_id: exec.clone(),
             user: execute_user,
@@ -226,10 +214,27 @@ impl Entrance {
             log_path,
             result_dir,
             group,
-        };
+        });
+        Ok((exec, task_id))
+    }
+
+    /// Run a stored, queued job (a new one, or one re-queued after a restart).
+    pub(crate) fn start(self: &Arc<Self>, prepared: Prepared) {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let progress_info = Arc::new(Mutex::new(json!([])));
+        lock(&self.jobs).insert(
+            prepared.task_id,
+            JobHandle {
+                events: events_tx,
+                feed: prepared.feed.clone(),
+                kill: kill_tx,
+                progress_info: progress_info.clone(),
+                ticket: Default::default(),
+            },
+        );
         let this = self.clone();
         tokio::spawn(async move { this.run(prepared, events_rx, kill_rx, progress_info).await });
-        Ok((exec, task_id))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -669,8 +674,22 @@ impl Entrance {
                 ticket: Arc::new(std::sync::OnceLock::from(j.ticket_id.clone().unwrap_or_default())),
             },
         );
+        // It still runs in its group: it holds one of the group's running slots.
+        let slot = serde_json::from_str::<LabelSet>(&j.labels)
+            .ok()
+            .and_then(|l| Some((l.user_creator().ok()?, l.engine_type().ok()?)))
+            .map(|(uc, et)| format!("{}_{}_{}", uc.creator, uc.user, et.engine))
+            .and_then(|group| {
+                let mut groups = lock(&self.groups);
+                let g = groups.entry(group).or_insert_with(|| Group {
+                    slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))),
+                    queued: 0,
+                });
+                g.slots.clone().try_acquire_owned().ok()
+            });
         let this = self.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut log = JobLog::open(Path::new(&j.log_path)).await;
             log.feed = Some(feed.clone());
             let mut metrics: Map<String, Value> = serde_json::from_str(&j.metrics).unwrap_or_default();

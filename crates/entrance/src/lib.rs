@@ -12,6 +12,7 @@ mod job;
 mod login;
 mod metrics;
 mod ops;
+mod recover;
 pub mod session;
 mod throttle;
 mod vars;
@@ -101,46 +102,6 @@ impl Entrance {
             }
         }
         refused
-    }
-
-    /// Jobs left unfinished by an earlier process: a job running on an
-    /// engine is re-attached to it (the engine is asked where the task
-    /// stands; events flow again); any other is ended Failed with the reason.
-    /// Returns `(re-attached, ended)`. Call before serving HTTP.
-    pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize), hangar_protocol::HangarError> {
-        let jobs = self.store.unfinished_jobs().await?;
-        // Their engines rejoin before any new engine is made (so a new job
-        // cannot take the limits a running job's engine needs back).
-        let tickets = jobs
-            .iter()
-            .filter(|j| j.status == hangar_protocol::JobStatus::Running)
-            .filter_map(|j| j.ticket_id.clone())
-            .collect::<Vec<_>>();
-        self.manager.expect_rejoins(tickets, self.cfg.reattach_timeout);
-        let (mut reattached, mut ended) = (0, 0);
-        for j in jobs {
-            if j.status == hangar_protocol::JobStatus::Running
-                && let (Some(_), Some(_)) = (&j.engine_instance, &j.ticket_id)
-            {
-                self.reattach(j);
-                reattached += 1;
-                continue;
-            }
-            ended += 1;
-            let reason = "the server restarted before this job reached an engine; submit it again";
-            job::append_log_line(&j.log_path, hangar_protocol::logline::Level::Error, reason).await;
-            self.store
-                .update_status(
-                    j.id,
-                    hangar_protocol::JobStatus::Failed,
-                    None,
-                    Some((hangar_protocol::ErrorCode::EngineLost.number(), reason)),
-                    None,
-                    hangar_protocol::now_ms(),
-                )
-                .await?;
-        }
-        Ok((reattached, ended))
     }
 
     /// Stop taking jobs; running and queued jobs end Failed with the reason.

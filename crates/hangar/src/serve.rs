@@ -316,12 +316,13 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     private_dir(&ecfg.results_dir, 0o711)?;
     private_dir(&ecfg.logs_dir, 0o700)?;
     let entrance = Entrance::new(ecfg, store.clone(), manager.clone());
-    let (reattached, ended) = entrance.recover().await?;
-    if reattached + ended > 0 {
+    let (reattached, requeued, ended) = entrance.recover().await?;
+    if reattached + requeued + ended > 0 {
         tracing::warn!(
             reattached,
+            requeued,
             ended,
-            "jobs left unfinished by an earlier run: re-attached to their engines or ended"
+            "jobs left unfinished by an earlier run: re-attached to their engines, queued again or ended"
         );
     }
 

@@ -208,7 +208,7 @@ async fn chaos_loses_nothing() {
     let mut last: HashMap<i64, Value> = HashMap::new();
     loop {
         for a in &accepted {
-            if last.get(&a.task).is_some_and(|j| is_final(j)) {
+            if last.get(&a.task).is_some_and(is_final) {
                 continue;
             }
             if let Some(v) = client.call("GET", &format!("/jobhistory/{}/get", a.task), &a.user, None).await {
@@ -287,6 +287,20 @@ async fn chaos_loses_nothing() {
     );
     for (k, v) in rows {
         table.push_str(&format!("| {k} | {v} |\n"));
+    }
+    // Why jobs did not succeed, most common first (the reasons users read).
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    for a in accepted.iter().filter(|a| matches!(status(last.get(&a.task)), "Failed" | "Cancelled" | "Timeout")) {
+        let d = last[&a.task]["data"]["task"]["errDesc"].as_str().unwrap_or_default();
+        let short: String = d.lines().next().unwrap_or_default().chars().take(90).collect();
+        let short = short.split(|c: char| c.is_ascii_digit()).collect::<Vec<_>>().join("#");
+        *reasons.entry(short).or_default() += 1;
+    }
+    let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    table.push_str("\n| reason (digits as #) | jobs |\n|---|---|\n");
+    for (r, n) in reasons.iter().take(8) {
+        table.push_str(&format!("| {} | {n} |\n", r.replace('|', "/")));
     }
     println!("{table}");
     let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-table.md"), &table);

@@ -263,7 +263,7 @@ async fn an_idle_engine_exits_and_gives_its_resources_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_reattaches_running_jobs_and_ends_the_others_with_a_reason() {
+async fn a_restart_reattaches_running_jobs_and_queues_waiting_ones_again() {
     let s =
         Server::start(&format!("{FAST}\n[entrance]\nmax_running_per_group = 1\nreattach_timeout_ms = 15000\n")).await;
     let (done, done_task) = s.shell("alice", "echo kept").await;
@@ -271,7 +271,7 @@ async fn a_restart_reattaches_running_jobs_and_ends_the_others_with_a_reason() {
     // One job runs across the restart; one waits behind it in its group (max 1 running).
     let (long, long_task) = s.shell("alice", "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done").await;
     s.wait_status("alice", &long, &["Running"], Duration::from_secs(20)).await;
-    let (_queued, queued_task) = s.shell("alice", "echo never").await;
+    let (queued, queued_task) = s.shell("alice", "echo queued-across-the-restart").await;
     // Another user's job whose engine dies while the server is down.
     let (doomed, doomed_task) = s.shell("bob", "sleep 30").await;
     s.wait_status("bob", &doomed, &["Running"], Duration::from_secs(20)).await;
@@ -308,10 +308,10 @@ async fn a_restart_reattaches_running_jobs_and_ends_the_others_with_a_reason() {
     assert!(all.contains("re-attaching to engine") && all.contains("re-attached: the task is Running"), "{all}");
     let job = s.job("alice", long_task).await;
     assert_eq!(job["status"], "Succeed", "{job}");
-    // The queued job had no engine: ended with the reason.
-    let job = s.job("alice", queued_task).await;
-    assert_eq!(job["status"], "Failed", "{job}");
-    assert!(job["errDesc"].as_str().expect("d").contains("restarted before this job reached an engine"), "{job}");
+    // The queued job had no engine yet: it was queued again and ran.
+    assert_eq!(s.wait_done("alice", &queued).await, "Succeed", "{}", s.full_log("alice", &queued).await);
+    assert_eq!(s.results("alice", queued_task).await[0]["fileContent"], json!([["queued-across-the-restart"]]));
+    assert!(s.full_log("alice", &queued).await.contains("it is queued again"));
     // The job whose engine died while the server was down: Failed, naming its engine.
     assert_eq!(s.wait_done("bob", &doomed).await, "Failed");
     let desc = s.job("bob", doomed_task).await["errDesc"].as_str().expect("d").to_string();
