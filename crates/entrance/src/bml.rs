@@ -54,7 +54,7 @@ fn version_vo(v: &MaterialVersion) -> Value {
 }
 
 /// The one file of a multipart body and its other text fields.
-async fn read_multipart(
+pub(crate) async fn read_multipart(
     mut mp: Multipart,
     max: u64,
 ) -> Result<(String, Vec<u8>, HashMap<String, String>), HangarError> {

@@ -8,6 +8,8 @@ pub mod auth;
 mod bml;
 mod config;
 mod files;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod job;
 mod login;
 mod metrics;
