@@ -101,6 +101,8 @@ pub struct Ecm {
     launches: tokio::sync::Semaphore,
     launch_failures: std::sync::atomic::AtomicU64,
     materials: MaterialCache,
+    /// The ECM's own account (name, home): engines that do not switch run as it.
+    own_account: Option<(String, PathBuf)>,
 }
 
 impl Ecm {
@@ -112,7 +114,9 @@ impl Ecm {
         let launches = tokio::sync::Semaphore::new(cfg.max_concurrent_launches.max(1));
         let materials =
             MaterialCache::new(cfg.material_cache_dir.clone(), cfg.material_cache_max_bytes, cfg.ecm_token.clone())?;
+        let own_account = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| (u.name, u.dir));
         let this = Self {
+            own_account,
             materials,
             cfg,
             plugins,
@@ -394,13 +398,10 @@ impl Ecm {
             }
         }
         env.extend(launch.environment.clone());
-        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten();
-        let (name, home) = match account {
-            Some(a) => (a.name.clone(), a.home.clone().unwrap_or_else(|| work_dir.to_path_buf())),
-            None => match &me {
-                Some(u) => (u.name.clone(), u.dir.clone()),
-                None => (req.user.clone(), work_dir.to_path_buf()),
-            },
+        let (name, home) = match (account, &self.own_account) {
+            (Some(a), _) => (a.name.clone(), a.home.clone().unwrap_or_else(|| work_dir.to_path_buf())),
+            (None, Some((name, home))) => (name.clone(), home.clone()),
+            (None, None) => (req.user.clone(), work_dir.to_path_buf()),
         };
         env.insert("USER".into(), name.clone());
         env.insert("LOGNAME".into(), name);

@@ -245,7 +245,6 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
         .call("GET", &format!("/filesystem/openFile?path={}", common::enc(&format!("{loc}/_9.dolphin"))), "bob", None)
         .await;
     assert_eq!(f["message"].as_str().map(|m| m.replace("_0", "_9")), missing["message"].as_str().map(String::from));
-    let _ = bob.resource;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
