@@ -75,13 +75,13 @@ fn resolve(expr: &str, user: &BTreeMap<String, String>, run_date: NaiveDate) -> 
     let offset: i64 = if rest.is_empty() {
         0
     } else {
-        let (sign, digits) = rest.split_at(1);
-        let digits = digits.trim();
-        if !matches!(sign, "+" | "-") || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        let sign = rest.chars().next().unwrap_or(' ');
+        let digits = rest[sign.len_utf8()..].trim();
+        if !matches!(sign, '+' | '-') || digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
             return Ok(None);
         }
         let n: i64 = digits.parse().map_err(|_| out_of_range(expr))?;
-        if sign == "-" { -n } else { n }
+        if sign == '-' { -n } else { n }
     };
     let shift = |d: NaiveDate, days: i64| {
         chrono::TimeDelta::try_days(days).and_then(|t| d.checked_add_signed(t)).ok_or_else(|| out_of_range(expr))
@@ -168,6 +168,8 @@ mod tests {
             assert!(e.message.contains("out of range"), "{big}: {}", e.message);
         }
         assert_eq!(substitute_at("${run_date + 2}", &none, false, d).expect("spaces"), "20260103");
+        // Found by fuzzing: a multi-byte character right after a date variable's name.
+        assert_eq!(substitute_at("${run_date\u{fffd}}", &none, true, d).expect("left alone"), "${run_date\u{fffd}}");
     }
 
     #[test]
