@@ -7,6 +7,7 @@
 mod bench;
 mod bench_manager;
 mod config;
+mod datadir;
 mod exposure;
 mod serve;
 
