@@ -10,6 +10,7 @@
 //! report (or its death, or the start deadline), confirm the resource and
 //! lock the engine for the caller.
 
+mod ask;
 mod config;
 mod engine_client;
 mod nodes;
@@ -17,17 +18,17 @@ mod remote_ecm;
 pub mod rm;
 mod rpc;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hangar_bml::MaterialLibrary;
-use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, EngineResourceRequest, find_plugin};
-use hangar_protocol::rpc::{EcmHealth, MaterialKind, MaterialRef, OsAccount};
+use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, find_plugin};
+use hangar_protocol::rpc::{EcmHealth, MaterialRef};
 use hangar_protocol::rpc::{EngineReply, EngineRequest};
-use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
+use hangar_protocol::{HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
 
 pub use config::ManagerConfig;
@@ -348,302 +349,6 @@ impl Manager {
         Ok(())
     }
 
-    /// Reuse or create an engine and lock it for the caller.
-    pub async fn ask(&self, req: &AskRequest) -> Result<EngineGrant, HangarError> {
-        self.stats.asks.fetch_add(1, Ordering::Relaxed);
-        self.validate(&req.labels)?;
-        let deadline = Instant::now() + req.timeout;
-        let materials = self.materials_for(req).await?;
-        let files: BTreeSet<String> =
-            materials.iter().filter(|m| m.kind == MaterialKind::UserFile).map(|m| m.sha256.clone()).collect();
-        if !req.labels.execute_once()
-            && let Some(g) = self.try_reuse(&req.labels, &files).await
-        {
-            return Ok(g);
-        }
-        let gate = self.gate(&req.labels);
-        let _permit = tokio::time::timeout_at(deadline.into(), gate.acquire_owned())
-            .await
-            .map_err(|_| {
-                HangarError::new(
-                    ErrorCode::Timeout,
-                    "timed out waiting for other engine creations with the same labels",
-                )
-            })?
-            .map_err(|_| HangarError::new(ErrorCode::ShuttingDown, "manager is shutting down"))?;
-        if !req.labels.execute_once()
-            && let Some(g) = self.try_reuse(&req.labels, &files).await
-        {
-            return Ok(g);
-        }
-        self.create(req, materials, files, deadline).await
-    }
-
-    fn gate(&self, labels: &LabelSet) -> Arc<Semaphore> {
-        let key = format!("{:?}", labels.core());
-        lock(&self.gates)
-            .entry(key)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.cfg.max_concurrent_creations.max(1))))
-            .clone()
-    }
-
-    async fn try_reuse(&self, labels: &LabelSet, files: &BTreeSet<String>) -> Option<EngineGrant> {
-        let want = labels.core();
-        #[allow(clippy::type_complexity)]
-        let mut candidates: Vec<(u8, String, String, String, String, String, Option<OsAccount>)> = lock(&self.engines)
-            .values()
-            .filter(|n| !n.reserved && matches!(n.status, NodeStatus::Unlock | NodeStatus::Idle))
-            .filter(|n| n.metrics.unhealthy.is_none())
-            .filter(|n| n.labels.core() == want && files.is_subset(&n.user_files))
-            .filter_map(|n| {
-                let inst = n.instance.clone()?;
-                if labels.reuse_excluded(&inst) {
-                    return None;
-                }
-                let rank = if n.status == NodeStatus::Unlock { 0 } else { 1 };
-                Some((
-                    rank,
-                    n.ticket_id.clone(),
-                    inst,
-                    n.ecm_instance.clone(),
-                    n.log_dir.clone(),
-                    n.key.clone(),
-                    n.account,
-                ))
-            })
-            .collect();
-        candidates.sort();
-        for (_, ticket_id, instance, ecm_instance, log_dir, key, account) in candidates {
-            let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
-            match self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await {
-                Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
-                    self.note_status(&ticket_id, NodeStatus::Idle);
-                    self.stats.reuse_hits.fetch_add(1, Ordering::Relaxed);
-                    let key = hangar_protocol::credential::Secret(key);
-                    return Some(EngineGrant {
-                        ticket_id,
-                        key,
-                        account,
-                        instance,
-                        ecm_instance,
-                        lock,
-                        reused: true,
-                        log_dir,
-                    });
-                }
-                Ok(_) => continue,
-                Err(e) => tracing::debug!(%instance, error = %e, "reuse candidate refused"),
-            }
-        }
-        None
-    }
-
-    /// Refuse an engine no ECM and no user limit could ever hold (not a
-    /// shortage that waiting may end).
-    fn servable(&self, labels: &LabelSet, need: Resource) -> Result<(), HangarError> {
-        let maxima: Vec<(String, Resource)> =
-            lock(&self.ecms).iter().filter(|e| e.matches(labels)).map(|e| (e.instance.clone(), e.max)).collect();
-        if !maxima.is_empty() && !maxima.iter().any(|(_, max)| max.not_less(&need)) {
-            let shown: Vec<String> = maxima.iter().map(|(i, max)| format!("{i}: {max}")).collect();
-            return Err(HangarError::invalid(format!(
-                "the engine needs {need}, more than any EngineConnManager's maximum ({}); it can never be served",
-                shown.join(" | ")
-            )));
-        }
-        if !self.cfg.user_max.not_less(&need) {
-            return Err(HangarError::invalid(format!(
-                "the engine needs {need}, more than a user may hold per userCreator and engine type ({}, \
-                 manager.user_max_*); it can never be served",
-                self.cfg.user_max
-            )));
-        }
-        Ok(())
-    }
-
-    fn select_ecm(&self, labels: &LabelSet, need: Resource) -> Result<(String, Arc<dyn EcmClient>), HangarError> {
-        let ecms = lock(&self.ecms);
-        let heartbeat_timeout = self.cfg.ecm_heartbeat_interval * 3;
-        let matching: Vec<&EcmNode> = ecms.iter().filter(|e| e.matches(labels)).collect();
-        if matching.is_empty() {
-            return Err(HangarError::new(
-                ErrorCode::NoEcm,
-                format!("no EngineConnManager matches the labels {:?}", labels.to_linkis_list()),
-            ));
-        }
-        let mut usable: Vec<(&EcmNode, Resource, usize)> = Vec::new();
-        let mut reasons = Vec::new();
-        let engines = lock(&self.engines);
-        for e in matching {
-            if e.status != NodeStatus::Running || e.last_heartbeat.elapsed() > heartbeat_timeout {
-                reasons.push(format!(
-                    "{} is unreachable (no heartbeat for {} ms)",
-                    e.instance,
-                    e.last_heartbeat.elapsed().as_millis()
-                ));
-                continue;
-            }
-            if e.protected {
-                reasons.push(format!("{} is protecting its host (short of memory or CPU)", e.instance));
-                continue;
-            }
-            let left = self.rm.label(&Self::ecm_label(&e.instance)).map(|l| l.left()).unwrap_or_default();
-            if !left.not_less(&need) {
-                reasons.push(format!("{}: {}", e.instance, Resource::shortfall(&left, &need).join("; ")));
-                continue;
-            }
-            let count = engines.values().filter(|n| n.ecm_instance == e.instance).count();
-            usable.push((e, left, count));
-        }
-        drop(engines);
-        // Most free memory relative to max, then fewest engines; among the
-        // near-equal leaders (within 5 points of free ratio) take turns, so a
-        // burst does not pile onto one host (hotspot spreading).
-        let ratio = |u: &(&EcmNode, Resource, usize)| u.1.memory as f64 / u.0.max.memory.max(1) as f64;
-        usable.sort_by(|a, b| ratio(b).total_cmp(&ratio(a)).then(a.2.cmp(&b.2)));
-        let leaders = match usable.first() {
-            Some(best) => {
-                let top = ratio(best);
-                usable.iter().take_while(|u| top - ratio(u) <= 0.05 && u.2 <= best.2 + 1).count()
-            }
-            None => 0,
-        };
-        let pick = if leaders > 1 { self.stats.creations.load(Ordering::Relaxed) as usize % leaders } else { 0 };
-        match usable.get(pick) {
-            Some((e, _, _)) => Ok((e.instance.clone(), e.client.clone())),
-            None => Err(HangarError::new(
-                ErrorCode::NotEnoughResource,
-                format!("not enough resource on any EngineConnManager for {need}: {}", reasons.join(" | ")),
-            )),
-        }
-    }
-
-    async fn create(
-        &self,
-        req: &AskRequest,
-        materials: Vec<MaterialRef>,
-        files: BTreeSet<String>,
-        deadline: Instant,
-    ) -> Result<EngineGrant, HangarError> {
-        self.stats.creations.fetch_add(1, Ordering::Relaxed);
-        let result = self.create_inner(req, materials, files, deadline).await;
-        if result.is_err() {
-            self.stats.creation_failures.fetch_add(1, Ordering::Relaxed);
-        }
-        result
-    }
-
-    async fn create_inner(
-        &self,
-        req: &AskRequest,
-        materials: Vec<MaterialRef>,
-        files: BTreeSet<String>,
-        deadline: Instant,
-    ) -> Result<EngineGrant, HangarError> {
-        // Engines coming back after a restart first (bounded by their window).
-        self.wait_for_rejoins().await;
-        let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
-        let resource = plugin.create_engine_resource(&EngineResourceRequest {
-            user: &req.user,
-            labels: &req.labels,
-            properties: &req.properties,
-        })?;
-        self.servable(&req.labels, resource)?;
-        let (ecm_instance, ecm) = self.select_ecm(&req.labels, resource)?;
-        let user_label = Self::user_label(&req.labels)?;
-        if self.rm.label(&user_label).is_none() {
-            self.rm.set_max(&user_label, self.cfg.user_max);
-        }
-        let ticket_id = uuid::Uuid::new_v4().to_string();
-        self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource)?;
-        let (tx, mut rx) = watch::channel(EngineView { status: NodeStatus::Starting, reason: None, instance: None });
-        let key = self.derive_key(&ticket_id, &req.user, &req.labels, &ecm_instance, &resource);
-        let mut node =
-            EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx, key.clone());
-        node.user_files = files;
-        lock(&self.engines).insert(ticket_id.clone(), node);
-        tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
-
-        let build = EngineConnBuildRequest {
-            ticket_id: ticket_id.clone(),
-            user: req.user.clone(),
-            labels: req.labels.clone(),
-            resource,
-            properties: req.properties.clone(),
-            materials,
-            engine_key: hangar_protocol::credential::Secret(key.clone()),
-        };
-        let launched_at = Instant::now();
-        match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {
-            Ok(launched) => {
-                if let Some(n) = lock(&self.engines).get_mut(&ticket_id) {
-                    n.pid = Some(launched.pid);
-                    n.log_dir = launched.log_dir;
-                }
-            }
-            Err(e) => {
-                self.finish(&ticket_id, NodeStatus::Failed, format!("launch failed: {}", e.message), false);
-                return Err(HangarError::new(
-                    ErrorCode::EngineStartFailed,
-                    format!("engine launch on {ecm_instance} failed: {}", e.message),
-                ));
-            }
-        }
-
-        let start_deadline = deadline.min(Instant::now() + self.cfg.engine_start_timeout);
-        let waited = tokio::time::timeout_at(start_deadline.into(), rx.wait_for(|v| v.status != NodeStatus::Starting))
-            .await
-            .map(|r| r.map(|v| v.clone()));
-        let view = match waited {
-            Ok(Ok(v)) => v,
-            Ok(Err(_)) => {
-                EngineView { status: NodeStatus::Failed, reason: Some("engine record vanished".into()), instance: None }
-            }
-            Err(_) => {
-                let reason = format!(
-                    "engine {ticket_id} did not become ready within {} ms",
-                    start_deadline
-                        .saturating_duration_since(Instant::now())
-                        .as_millis()
-                        .max(self.cfg.engine_start_timeout.as_millis().min(req.timeout.as_millis()))
-                );
-                self.finish(&ticket_id, NodeStatus::Failed, reason.clone(), true);
-                return Err(HangarError::new(ErrorCode::EngineStartFailed, reason));
-            }
-        };
-        let (Some(instance), NodeStatus::Unlock) = (view.instance.clone(), view.status) else {
-            let reason = view.reason.unwrap_or_else(|| format!("engine ended as {}", view.status));
-            return Err(HangarError::new(
-                ErrorCode::EngineStartFailed,
-                format!("engine {ticket_id} on {ecm_instance} failed to start: {reason}"),
-            ));
-        };
-        lock(&self.start_times).observe(launched_at.elapsed().as_secs_f64());
-        let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
-        let lock_reply = self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await;
-        let (log_dir, account) = {
-            let mut engines = lock(&self.engines);
-            match engines.get_mut(&ticket_id) {
-                Some(n) => {
-                    n.reserved = false;
-                    (n.log_dir.clone(), n.account)
-                }
-                None => (String::new(), None),
-            }
-        };
-        match lock_reply {
-            Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
-                self.note_status(&ticket_id, NodeStatus::Idle);
-                let key = hangar_protocol::credential::Secret(key);
-                Ok(EngineGrant { ticket_id, key, account, instance, ecm_instance, lock, reused: false, log_dir })
-            }
-            Ok(other) => Err(HangarError::new(
-                ErrorCode::LockRejected,
-                format!("new engine {instance} refused its lock: {other:?}"),
-            )),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Give the engine back after a job (Linkis `RequestManagerUnlock`).
     pub async fn unlock(&self, grant: &EngineGrant) {
         // An engine that ended (lost, exited) is not called: a stopped one
@@ -693,43 +398,6 @@ impl Manager {
                     }
                 });
             }
-        }
-    }
-
-    /// After a restart: these engines run jobs and will rejoin; until they
-    /// have (or `within` passed) no new engine is created, so their users'
-    /// limits are theirs first and a rejoin is never refused for a newcomer.
-    pub fn expect_rejoins(&self, tickets: impl IntoIterator<Item = String>, within: Duration) {
-        let tickets: Vec<String> = tickets.into_iter().filter(|t| !self.has_ended(t)).collect();
-        let mut g = lock(&self.expected);
-        g.0.extend(tickets);
-        if !g.0.is_empty() {
-            g.1 = Some(Instant::now() + within);
-        }
-    }
-
-    pub(crate) fn rejoined(&self, ticket_id: &str) {
-        lock(&self.expected).0.remove(ticket_id);
-    }
-
-    /// Wait (bounded) until every expected engine has rejoined.
-    async fn wait_for_rejoins(&self) {
-        loop {
-            {
-                let mut g = lock(&self.expected);
-                match g.1 {
-                    Some(deadline) if !g.0.is_empty() && Instant::now() < deadline => {}
-                    _ => {
-                        if !g.0.is_empty() {
-                            tracing::warn!(missing = g.0.len(), "engines with running jobs did not rejoin in time");
-                        }
-                        g.0.clear();
-                        g.1 = None;
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

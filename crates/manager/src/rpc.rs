@@ -1,7 +1,7 @@
 //! The manager's RPC endpoint for engines.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -248,5 +248,44 @@ impl Manager {
         self.rejoined(&ticket_id);
         tracing::info!(ticket = %ticket_id, %instance, ecm = %ecm_instance, %status, "engine rejoined after a manager restart");
         Some(ManagerReply::known(true))
+    }
+}
+
+impl Manager {
+    /// After a restart: these engines run jobs and will rejoin; until they
+    /// have (or `within` passed) no new engine is created, so their users'
+    /// limits are theirs first and a rejoin is never refused for a newcomer.
+    pub fn expect_rejoins(&self, tickets: impl IntoIterator<Item = String>, within: Duration) {
+        let tickets: Vec<String> = tickets.into_iter().filter(|t| !self.has_ended(t)).collect();
+        let mut g = lock(&self.expected);
+        g.0.extend(tickets);
+        if !g.0.is_empty() {
+            g.1 = Some(Instant::now() + within);
+        }
+    }
+
+    pub(crate) fn rejoined(&self, ticket_id: &str) {
+        lock(&self.expected).0.remove(ticket_id);
+    }
+
+    /// Wait (bounded) until every expected engine has rejoined.
+    pub(crate) async fn wait_for_rejoins(&self) {
+        loop {
+            {
+                let mut g = lock(&self.expected);
+                match g.1 {
+                    Some(deadline) if !g.0.is_empty() && Instant::now() < deadline => {}
+                    _ => {
+                        if !g.0.is_empty() {
+                            tracing::warn!(missing = g.0.len(), "engines with running jobs did not rejoin in time");
+                        }
+                        g.0.clear();
+                        g.1 = None;
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
