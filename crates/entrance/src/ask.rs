@@ -19,7 +19,7 @@ use hangar_protocol::{ErrorCode, HangarError, JobStatus, now_ms};
 use serde_json::json;
 
 use crate::Entrance;
-use crate::job::JobLog;
+use crate::joblog::JobLog;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 

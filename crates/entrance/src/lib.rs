@@ -11,10 +11,12 @@ mod files;
 #[doc(hidden)]
 pub mod fuzz_support;
 mod job;
+mod joblog;
 mod login;
 mod metrics;
 mod ops;
 mod recover;
+mod run;
 pub mod session;
 mod throttle;
 mod vars;

@@ -3,16 +3,21 @@
 //! still waiting for one is queued again from its stored record; only a job
 //! whose secret parameters were not kept on disk ends Failed, saying so.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use hangar_manager::EngineGrant;
 use hangar_protocol::logline::Level;
+use hangar_protocol::rpc::{EngineReply, EngineRequest, TaskEvent};
 use hangar_protocol::{ErrorCode, HangarError, JobStatus, LabelSet, now_ms};
 use hangar_store::JobRecord;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, watch};
 
-use crate::job::{Prepared, append_log_line, str_map};
-use crate::{Entrance, Group, lock};
+use crate::job::{Prepared, str_map};
+use crate::joblog::{JobLog, append_log_line};
+use crate::{Entrance, Group, JobHandle, lock};
 
 impl Entrance {
     /// Jobs left unfinished by an earlier process: running ones re-attach to
@@ -100,5 +105,157 @@ impl Entrance {
             result_dir: PathBuf::from(j.result_location.trim_start_matches("file://")),
             group,
         })
+    }
+}
+
+impl Entrance {
+    /// Follow a job of an earlier process again (see [`Entrance::recover`]).
+    pub(crate) fn reattach(self: &Arc<Self>, j: hangar_store::JobRecord) {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (kill_tx, kill_rx) = watch::channel(false);
+        let progress_info = Arc::new(Mutex::new(json!([])));
+        let (feed, _) = tokio::sync::broadcast::channel(1024);
+        lock(&self.jobs).insert(
+            j.id,
+            JobHandle {
+                events: events_tx,
+                feed: feed.clone(),
+                kill: kill_tx,
+                progress_info: progress_info.clone(),
+                ticket: Arc::new(std::sync::OnceLock::from(j.ticket_id.clone().unwrap_or_default())),
+            },
+        );
+        // It still runs in its group: it holds one of the group's running slots.
+        let slot = serde_json::from_str::<LabelSet>(&j.labels)
+            .ok()
+            .and_then(|l| Some((l.user_creator().ok()?, l.engine_type().ok()?)))
+            .map(|(uc, et)| format!("{}_{}_{}", uc.creator, uc.user, et.engine))
+            .and_then(|group| {
+                let mut groups = lock(&self.groups);
+                let g = groups.entry(group).or_insert_with(|| Group {
+                    slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))),
+                    queued: 0,
+                });
+                g.slots.clone().try_acquire_owned().ok()
+            });
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut log = JobLog::open(Path::new(&j.log_path)).await;
+            log.feed = Some(feed.clone());
+            let mut metrics: Map<String, Value> = serde_json::from_str(&j.metrics).unwrap_or_default();
+            metrics.insert("reattached".into(), json!(true));
+            let outcome =
+                this.reattach_inner(&j, &feed, &mut log, &mut metrics, events_rx, kill_rx, progress_info).await;
+            this.finish_job(j.id, &j.exec_id, &feed, &mut log, metrics, outcome).await;
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn reattach_inner(
+        &self,
+        j: &hangar_store::JobRecord,
+        feed: &tokio::sync::broadcast::Sender<Value>,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        mut events: mpsc::UnboundedReceiver<TaskEvent>,
+        mut kill: watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let instance = j.engine_instance.clone().unwrap_or_default();
+        let ticket = j.ticket_id.clone().unwrap_or_default();
+        log.line(Level::Warn, &format!("the server restarted; re-attaching to engine {instance} (ticket {ticket})"))
+            .await;
+        let lost = |why: String| HangarError::new(ErrorCode::EngineLost, why);
+        let deadline = Instant::now() + self.cfg.reattach_timeout;
+        // Has the engine rejoined the manager (its key is known then), and
+        // where does the task stand?
+        let (status, error, lock_token, watch, key) = loop {
+            let key = self.manager.engine_key(&ticket);
+            let reply = match &key {
+                Some(k) => {
+                    self.manager.engine_client().call(&instance, k, &EngineRequest::TaskStatus { task_id: j.id }).await
+                }
+                None => Err(HangarError::new(ErrorCode::EngineLost, "the engine has not rejoined yet")),
+            };
+            match reply {
+                Ok(EngineReply::TaskStatus { status: None, .. }) => {
+                    return Err(lost(format!("engine {instance} no longer knows this job's task")));
+                }
+                Ok(EngineReply::TaskStatus { status: Some(s), error, lock }) => {
+                    let watch = self.manager.watch_engine(&ticket);
+                    if s.is_completed() || watch.is_some() {
+                        break (s, error, lock, watch, key.unwrap_or_default());
+                    }
+                }
+                Ok(other) => return Err(lost(format!("engine {instance} answered {other:?}"))),
+                Err(_) if self.manager.has_ended(&ticket) => {
+                    return Err(lost(format!("engine {instance} (ticket {ticket}) ended while the server was down")));
+                }
+                Err(e) => tracing::debug!(task_id = j.id, error = %e, "engine not reachable yet"),
+            }
+            if Instant::now() >= deadline {
+                return Err(lost(format!(
+                    "the server restarted and engine {instance} (ticket {ticket}) did not come back within {} ms",
+                    self.cfg.reattach_timeout.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let grant = EngineGrant {
+            ticket_id: ticket.clone(),
+            key: hangar_protocol::credential::Secret(key),
+            account: None,
+            instance: instance.clone(),
+            ecm_instance: j.ecm_instance.clone().unwrap_or_default(),
+            lock: lock_token.unwrap_or_default(),
+            reused: j.is_reuse.unwrap_or(false),
+            log_dir: String::new(),
+        };
+        log.line(Level::Info, &format!("re-attached: the task is {status} on engine {instance}")).await;
+        let result = match watch {
+            Some(mut engine) if !status.is_completed() => {
+                let mut shutdown = self.shutting_down.subscribe();
+                self.follow(
+                    j.id,
+                    feed,
+                    log,
+                    metrics,
+                    &grant,
+                    None,
+                    &mut engine,
+                    &mut events,
+                    &mut kill,
+                    &mut shutdown,
+                    progress_info,
+                )
+                .await
+            }
+            _ => {
+                // It ended while the server was down: keep what was delivered, then its end.
+                while let Ok(ev) = events.try_recv() {
+                    if let TaskEvent::Log { lines, .. } = ev {
+                        log.raw(&lines).await;
+                    }
+                }
+                let err = error.map(|m| HangarError::new(ErrorCode::Internal, m));
+                Ok((status, err))
+            }
+        };
+        if !grant.lock.is_empty() {
+            self.manager.unlock(&grant).await;
+        }
+        result
+    }
+
+    /// Ask a job to stop. False when it is not running in this process.
+    pub(crate) fn kill(&self, task_id: i64) -> bool {
+        match lock(&self.jobs).get(&task_id) {
+            Some(h) => {
+                h.kill.send_replace(true);
+                true
+            }
+            None => false,
+        }
     }
 }

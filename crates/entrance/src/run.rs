@@ -1,0 +1,267 @@
+//! A job on its engine: the task sent with the engine's key, its events
+//! followed until it ends, the user kills it, its engine goes, its running
+//! timeout passes, or the server shuts down.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hangar_manager::EngineGrant;
+use hangar_protocol::logline::Level;
+use hangar_protocol::rpc::{EngineRequest, TaskEvent, TaskExecuteRequest};
+use hangar_protocol::{ErrorCode, HangarError, JobStatus, now_ms};
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::job::{Prepared, label_seconds};
+use crate::joblog::JobLog;
+use crate::{Entrance, lock};
+
+impl Entrance {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_on_engine(
+        &self,
+        job: &Prepared,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        grant: &EngineGrant,
+        asked_at: Instant,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        kill: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let task_id = job.task_id;
+        log.line(
+            Level::Info,
+            &format!(
+                "{} engine {} (ticket {}) on ECM {} in {} ms",
+                if grant.reused { "reusing" } else { "created" },
+                grant.instance,
+                grant.ticket_id,
+                grant.ecm_instance,
+                asked_at.elapsed().as_millis()
+            ),
+        )
+        .await;
+        for (k, v) in [
+            ("engineInstance", json!(grant.instance)),
+            ("ticketId", json!(grant.ticket_id)),
+            ("ecmInstance", json!(grant.ecm_instance)),
+            ("isReuse", json!(grant.reused)),
+            ("engineLogPath", json!(grant.log_dir)),
+            ("requestECTime", json!(asked_at.elapsed().as_millis() as u64)),
+        ] {
+            metrics.insert(k.into(), v);
+        }
+        let Some(engine) = self.manager.watch_engine(&grant.ticket_id) else {
+            return Err(HangarError::new(
+                ErrorCode::EngineLost,
+                format!("engine {} ended before the task was sent", grant.instance),
+            ));
+        };
+        metrics.insert("runningTime".into(), json!(now_ms()));
+        let assignment = hangar_store::EngineAssignment {
+            engine_instance: &grant.instance,
+            ecm_instance: &grant.ecm_instance,
+            ticket_id: &grant.ticket_id,
+            is_reuse: grant.reused,
+        };
+        self.store.set_running(task_id, &assignment, &Value::Object(metrics.clone()).to_string(), now_ms()).await?;
+        let _ = job.feed.send(json!({"type": "status", "status": "Running"}));
+        let req = TaskExecuteRequest {
+            task_id,
+            exec_id: job.exec_id.clone(),
+            code: job.code.clone(),
+            lock: grant.lock.clone(),
+            run_type: job.run_type.clone(),
+            user: job.user.clone(),
+            properties: job.runtime.clone(),
+            result_dir: job.result_dir.display().to_string(),
+            callback_url: self.cfg.callback_url.clone(),
+        };
+        prepare_result_dir(&self.cfg.results_dir, &job.result_dir, grant.account).await?;
+        // From now on only this engine's events reach the job.
+        if let Some(h) = lock(&self.jobs).get(&task_id) {
+            let _ = h.ticket.set(grant.ticket_id.clone());
+        }
+        let mut engine = engine;
+        if let Err(e) =
+            self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Execute(req)).await
+        {
+            // An engine that died just now: its ECM reports how within moments; say that, not the transport error.
+            let ended = tokio::time::timeout(Duration::from_secs(2), engine.wait_for(|v| v.status.is_completed()))
+                .await
+                .ok()
+                .and_then(|r| r.ok().map(|v| v.reason.clone()));
+            return Err(match ended {
+                Some(reason) => HangarError::new(
+                    ErrorCode::EngineLost,
+                    format!(
+                        "engine {} (ticket {}) exited before it took the task: {}",
+                        grant.instance,
+                        grant.ticket_id,
+                        reason.unwrap_or_default()
+                    ),
+                ),
+                None => e,
+            });
+        }
+        let run_timeout = label_seconds(&job.labels, "jobRunningTimeout")?;
+        self.follow(
+            task_id,
+            &job.feed,
+            log,
+            metrics,
+            grant,
+            run_timeout,
+            &mut engine,
+            events,
+            kill,
+            shutdown,
+            progress_info,
+        )
+        .await
+    }
+
+    /// Consume a running task's events until it ends, the user kills it, its
+    /// engine goes, its running timeout passes, or the server shuts down.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn follow(
+        &self,
+        task_id: i64,
+        feed: &tokio::sync::broadcast::Sender<Value>,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        grant: &EngineGrant,
+        run_timeout: Option<Duration>,
+        engine: &mut watch::Receiver<hangar_manager::EngineView>,
+        events: &mut mpsc::UnboundedReceiver<TaskEvent>,
+        kill: &mut watch::Receiver<bool>,
+        shutdown: &mut watch::Receiver<bool>,
+        progress_info: Arc<Mutex<Value>>,
+    ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
+        let mut kill_deadline: Option<tokio::time::Instant> = None;
+        let run_deadline = run_timeout.map(|d| tokio::time::Instant::now() + d);
+        // Progress is stored at most every 500 ms; a short job's only write is its end.
+        let mut last_progress_write = Instant::now();
+        loop {
+            let kill_timer = async {
+                match kill_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let run_timer = async {
+                match run_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = run_timer, if kill_deadline.is_none() => {
+                    let secs = run_timeout.map_or(0, |d| d.as_secs());
+                    log.line(Level::Warn, &format!("the job ran longer than jobRunningTimeout = {secs} s; stopping it")).await;
+                    let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
+                    return Ok((JobStatus::Timeout, Some(HangarError::new(ErrorCode::Timeout, format!("the job ran longer than jobRunningTimeout = {secs} s")))));
+                }
+                ev = events.recv() => {
+                    let Some(ev) = ev else { return Err(HangarError::internal("job event channel closed")) };
+                    match ev {
+                        TaskEvent::Log { lines, .. } => log.raw(&lines).await,
+                        TaskEvent::RunningInfo(info) => {
+                            *lock(&progress_info) = serde_json::to_value(&info.progress_info).unwrap_or_else(|_| json!([]));
+                            let _ = feed.send(json!({
+                                "type": "progress", "progress": info.progress, "progressInfo": info.progress_info,
+                                "resource": info.resource.to_linkis_json(), "engineMetrics": info.metrics,
+                            }));
+                            metrics.insert("engineMetrics".into(), serde_json::to_value(&info.metrics).unwrap_or_default());
+                            metrics.insert("resource".into(), info.resource.to_linkis_json());
+                            if last_progress_write.elapsed() >= Duration::from_millis(500) {
+                                last_progress_write = Instant::now();
+                                let m = Value::Object(metrics.clone()).to_string();
+                                self.store.set_progress(task_id, info.progress as f64, &m, now_ms()).await?;
+                            }
+                        }
+                        TaskEvent::ResultSet { alias, rows, .. } => {
+                            let _ = feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows}));
+                            log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
+                        }
+                        TaskEvent::Status { status, error, .. } => {
+                            if status.is_completed() {
+                                let err = error.map(|m| HangarError::new(if status == JobStatus::Cancelled { ErrorCode::InvalidRequest } else { ErrorCode::Internal }, m));
+                                return Ok((status, err));
+                            }
+                        }
+                    }
+                }
+                changed = engine.changed() => {
+                    let view: hangar_manager::EngineView = { let v = engine.borrow(); v.clone() };
+                    if changed.is_err() || view.status.is_completed() {
+                        // Drain what the engine already sent: it may hold the final status.
+                        while let Ok(ev) = events.try_recv() {
+                            match ev {
+                                TaskEvent::Log { lines, .. } => log.raw(&lines).await,
+                                TaskEvent::Status { status, error, .. } if status.is_completed() => {
+                                    return Ok((status, error.map(|m| HangarError::new(ErrorCode::Internal, m))));
+                                }
+                                _ => {}
+                            }
+                        }
+                        let reason = view.reason.unwrap_or_else(|| format!("it is {}", view.status));
+                        return Err(HangarError::new(ErrorCode::EngineLost, format!("engine {} (ticket {}) exited while running the task: {reason}", grant.instance, grant.ticket_id)));
+                    }
+                }
+                _ = fired(kill), if kill_deadline.is_none() => {
+                    log.line(Level::Warn, "kill requested by user").await;
+                    kill_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+                    if let Err(e) = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await {
+                        tracing::debug!(error = %e, "kill request to engine failed");
+                    }
+                }
+                _ = kill_timer => {
+                    return Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, "killed by user (engine did not confirm in 3 s)"))));
+                }
+                _ = fired(shutdown) => {
+                    let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
+                    return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job ran"));
+                }
+            }
+        }
+    }
+}
+
+/// Create the job's result folder; when this process is root and the job's
+/// user exists on the host, hand it to that user (engines may run as them).
+/// Create a task's result folder below the results root without following
+/// a link: parents root-owned and traverse-only, the folder itself private to
+/// the account the engine runs as (it writes the result sets there).
+async fn prepare_result_dir(
+    root: &Path,
+    dir: &Path,
+    account: Option<hangar_protocol::rpc::OsAccount>,
+) -> Result<(), HangarError> {
+    let root = root.to_path_buf();
+    let rel = dir.strip_prefix(&root).map_err(|_| HangarError::internal("result folder outside the results root"))?;
+    let rel = rel.to_path_buf();
+    let me = nix::unistd::geteuid().as_raw();
+    // Only a root server hands folders to other accounts.
+    let owner = account.filter(|a| a.uid != me && me == 0).map(|a| (a.uid, a.gid));
+    tokio::task::spawn_blocking(move || {
+        hangar_fsguard::create_dirs(
+            &root,
+            &rel,
+            hangar_fsguard::Perms::mode(0o711),
+            hangar_fsguard::Perms { mode: 0o700, owner },
+        )
+        .map(drop)
+        .map_err(|e| HangarError::internal(format!("cannot create the result folder: {e}")))
+    })
+    .await
+    .map_err(|e| HangarError::internal(e.to_string()))?
+}
+
+/// Resolves once the flag is set (or its sender is gone).
+pub(crate) async fn fired(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
