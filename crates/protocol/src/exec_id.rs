@@ -35,7 +35,8 @@ pub struct ExecId {
 pub fn parse(exec_id: &str) -> Result<ExecId, HangarError> {
     let bad = || HangarError::not_found(format!("'{exec_id}' is not a valid execID"));
     let rest = exec_id.strip_prefix("exec_id").ok_or_else(bad)?;
-    if rest.len() < 6 || !rest.is_char_boundary(6) {
+    // Six ASCII digits (a multi-byte character among them once panicked the slicing below).
+    if rest.len() < 6 || !rest.as_bytes()[..6].iter().all(u8::is_ascii_digit) {
         return Err(bad());
     }
     let app_len: usize = rest[..3].parse().map_err(|_| bad())?;
@@ -71,7 +72,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "exec_id", "exec_id999999x", "exec_id018014linkis", "12", "exec_idé0001", "exec_id000000_0"] {
+        for s in [
+            "",
+            "exec_id",
+            "exec_id999999x",
+            "exec_id018014linkis",
+            "12",
+            "exec_idé0001",
+            "exec_id000000_0",
+            "exec_id2\u{d036}2x",
+        ] {
             assert!(parse(s).is_err(), "{s}");
         }
     }
