@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::Caller;
 use crate::joblog::JobLog;
 use crate::run::fired;
-use crate::{Entrance, Group, JobHandle, lock};
+use crate::{Entrance, JobHandle, lock};
 
 /// A validated submission, ready to run.
 pub(crate) struct Prepared {
@@ -168,12 +168,7 @@ impl Entrance {
         let params = redact_secrets(params);
 
         let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
-        {
-            let mut groups = lock(&self.groups);
-            let g = groups.entry(group.clone()).or_insert_with(|| Group {
-                slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))),
-                queued: 0,
-            });
+        self.with_group(&group, |g| {
             if g.queued >= self.cfg.max_queued_per_group {
                 return Err(HangarError::new(
                     ErrorCode::Overloaded,
@@ -181,7 +176,8 @@ impl Entrance {
                 ));
             }
             g.queued += 1;
-        }
+            Ok(())
+        })?;
         let inserted = self
             .persist(
                 &caller.user,

@@ -80,6 +80,16 @@ impl Entrance {
         })
     }
 
+    /// Run `f` on consumer group `name` (made on first use), under the groups' lock.
+    pub(crate) fn with_group<T>(&self, name: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+        let mut groups = lock(&self.groups);
+        let g = groups.entry(name.to_string()).or_insert_with(|| Group {
+            slots: Arc::new(Semaphore::new(self.cfg.max_running_per_group.max(1))),
+            queued: 0,
+        });
+        f(g)
+    }
+
     /// Jobs in this process, and how many of them wait in a queue.
     pub fn job_counts(&self) -> (usize, usize) {
         let live = lock(&self.jobs).len();

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::job::{Prepared, str_map};
 use crate::joblog::{JobLog, append_log_line};
-use crate::{Entrance, Group, JobHandle, lock};
+use crate::{Entrance, JobHandle, lock};
 
 impl Entrance {
     /// Jobs left unfinished by an earlier process: running ones re-attach to
@@ -83,14 +83,7 @@ impl Entrance {
         let uc = labels.user_creator().map_err(|e| e.message)?;
         let et = labels.engine_type().map_err(|e| e.message)?;
         let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
-        {
-            let mut groups = lock(&self.groups);
-            let g = groups.entry(group.clone()).or_insert_with(|| Group {
-                slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))),
-                queued: 0,
-            });
-            g.queued += 1;
-        }
+        self.with_group(&group, |g| g.queued += 1);
         Ok(Prepared {
             feed: tokio::sync::broadcast::channel(1024).0,
             task_id: j.id,
@@ -130,14 +123,7 @@ impl Entrance {
             .ok()
             .and_then(|l| Some((l.user_creator().ok()?, l.engine_type().ok()?)))
             .map(|(uc, et)| format!("{}_{}_{}", uc.creator, uc.user, et.engine))
-            .and_then(|group| {
-                let mut groups = lock(&self.groups);
-                let g = groups.entry(group).or_insert_with(|| Group {
-                    slots: Arc::new(tokio::sync::Semaphore::new(self.cfg.max_running_per_group.max(1))),
-                    queued: 0,
-                });
-                g.slots.clone().try_acquire_owned().ok()
-            });
+            .and_then(|group| self.with_group(&group, |g| g.slots.clone().try_acquire_owned().ok()));
         let this = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
