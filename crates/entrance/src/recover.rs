@@ -19,6 +19,9 @@ use crate::job::{Prepared, str_map};
 use crate::joblog::{JobLog, append_log_line};
 use crate::{Entrance, JobHandle, lock};
 
+/// A re-attached job whose task its engine never received.
+const NEVER_SENT: &str = "the server restarted before this job's task reached its engine";
+
 impl Entrance {
     /// Jobs left unfinished by an earlier process: running ones re-attach to
     /// their engines, waiting ones are queued again. Returns `(re-attached,
@@ -133,6 +136,27 @@ impl Entrance {
             metrics.insert("reattached".into(), json!(true));
             let outcome =
                 this.reattach_inner(&j, &feed, &mut log, &mut metrics, events_rx, kill_rx, progress_info).await;
+            if matches!(&outcome, Err(e) if e.code == ErrorCode::NotFound && e.message == NEVER_SENT) {
+                drop(_slot);
+                lock(&this.jobs).remove(&j.id);
+                let (id, exec_id) = (j.id, j.exec_id.clone());
+                match this.prepare_again(j) {
+                    Ok(prepared) => {
+                        log.line(
+                            Level::Warn,
+                            "its task never reached the engine before the restart; it is queued again",
+                        )
+                        .await;
+                        this.start(prepared);
+                    }
+                    Err(why) => {
+                        let e =
+                            HangarError::new(ErrorCode::EngineLost, format!("{NEVER_SENT} and {why}; submit it again"));
+                        this.finish_job(id, &exec_id, &feed, &mut log, metrics, Err(e)).await;
+                    }
+                }
+                return;
+            }
             this.finish_job(j.id, &j.exec_id, &feed, &mut log, metrics, outcome).await;
         });
     }
@@ -166,7 +190,9 @@ impl Entrance {
             };
             match reply {
                 Ok(EngineReply::TaskStatus { status: None, .. }) => {
-                    return Err(lost(format!("engine {instance} no longer knows this job's task")));
+                    // The server died between storing Running and sending the task:
+                    // it never ran, so it is queued again (see `reattach`).
+                    return Err(HangarError::new(ErrorCode::NotFound, NEVER_SENT));
                 }
                 Ok(EngineReply::TaskStatus { status: Some(s), error, lock }) => {
                     let watch = self.manager.watch_engine(&ticket);
