@@ -121,12 +121,13 @@ impl Manager {
         if let EngineToManager::Rejoin { .. } = msg {
             return self.rejoin(msg, key);
         }
-        if self.engine_key(&ticket).is_none() {
-            return Some(ManagerReply { known: false, rejoin: !self.has_ended(&ticket) });
-        }
-        if !self.verify_engine_key(&ticket, key) {
-            tracing::warn!(%ticket, "engine message refused: wrong key for this ticket");
-            return None;
+        match self.check_engine_key(&ticket, key) {
+            None => return Some(ManagerReply { known: false, rejoin: !self.has_ended(&ticket) }),
+            Some(false) => {
+                tracing::warn!(%ticket, "engine message refused: wrong key for this ticket");
+                return None;
+            }
+            Some(true) => {}
         }
         let known = self.apply_engine_message(msg);
         Some(ManagerReply { known, rejoin: !known && !self.has_ended(&ticket) })

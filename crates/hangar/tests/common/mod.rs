@@ -374,7 +374,7 @@ pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> boo
 /// run-as-user tests skip.
 pub fn os_user(name: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: run_as_user needs a root ECM; CI runs as root");
+        eprintln!("skipped: switching engine accounts needs a root ECM; CI runs as root");
         return false;
     }
     if nix::unistd::User::from_name(name).ok().flatten().is_none() {
