@@ -6,51 +6,52 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use hangar_bml::MaterialLibrary;
-use hangar_protocol::{ErrorCode, HangarError};
+use hangar_protocol::{Envelope, ErrorCode, HangarError};
 use hangar_store::MaterialVersion;
-use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Entrance;
-use crate::api::{PREFIX, Params, parse_json, reply};
+use crate::api::{error_reply, method_of, reply, required};
+use crate::wire::Empty;
+use crate::wire::bml::*;
 
-pub(crate) fn routes(max_upload: u64) -> Router<Arc<Entrance>> {
+pub(crate) fn routes(max_upload: u64) -> OpenApiRouter<Arc<Entrance>> {
     // Room for the multipart framing around the largest file allowed.
     let limit = usize::try_from(max_upload).unwrap_or(usize::MAX).saturating_add(64 << 10);
-    Router::new()
-        .route(&format!("{PREFIX}/bml/upload"), post(upload))
-        .route(&format!("{PREFIX}/bml/updateVersion"), post(upload))
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(update_version))
         .layer(DefaultBodyLimit::max(limit))
-        .route(&format!("{PREFIX}/bml/download"), get(download))
-        .route(&format!("{PREFIX}/bml/getVersions"), get(get_versions))
-        .route(&format!("{PREFIX}/bml/getResources"), get(get_resources))
-        .route(&format!("{PREFIX}/bml/getBasic"), get(get_basic))
-        .route(&format!("{PREFIX}/bml/deleteVersion"), post(delete_one))
-        .route(&format!("{PREFIX}/bml/deleteResource"), post(delete_one))
-        .route(&format!("{PREFIX}/bml/deleteResources"), post(delete_resources))
-        .route(&format!("{PREFIX}/engineplugin/refreshAll"), get(refresh_all).post(refresh_all))
+        .routes(routes!(download))
+        .routes(routes!(get_versions))
+        .routes(routes!(get_resources))
+        .routes(routes!(get_basic))
+        .routes(routes!(delete_version))
+        .routes(routes!(delete_resource))
+        .routes(routes!(delete_resources))
+        .routes(routes!(refresh_all))
 }
 
 fn library(e: &Entrance) -> Result<&Arc<MaterialLibrary>, HangarError> {
     e.manager.material_library().ok_or_else(|| HangarError::not_found("this server has no material library"))
 }
 
-fn version_vo(v: &MaterialVersion) -> Value {
-    json!({
-        "resourceId": v.resource_id,
-        "version": v.version,
-        "user": v.owner,
-        "fileName": v.file_name,
-        "size": v.size,
-        "sha256": v.sha256,
-        "startTime": v.created_ms,
-    })
+fn version_vo(v: &MaterialVersion) -> VersionVo {
+    VersionVo {
+        resource_id: v.resource_id.clone(),
+        version: v.version.clone(),
+        user: v.owner.clone(),
+        file_name: v.file_name.clone(),
+        size: v.size,
+        sha256: v.sha256.clone(),
+        start_time: v.created_ms,
+    }
 }
 
 /// The one file of a multipart body and its other text fields.
@@ -85,49 +86,67 @@ pub(crate) async fn read_multipart(
     Ok((name, bytes, fields))
 }
 
-/// `upload` (a new resource) and `updateVersion` (`resourceId` in the query
-/// or the form: its next version), each one file as multipart/form-data.
+/// A new resource: one file as multipart/form-data.
+#[utoipa::path(post, path = "/api/rest_j/v1/bml/upload", tag = "bml",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The resource's first version", body = Envelope<UploadData>)))]
 async fn upload(
     State(e): State<Arc<Entrance>>,
     uri: Uri,
     headers: HeaderMap,
-    Query(q): Params,
+    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    store_upload(&e, &uri, &headers, mp).await
+}
+
+/// A resource's next version (`resourceId` in the query or the form).
+#[utoipa::path(post, path = "/api/rest_j/v1/bml/updateVersion", tag = "bml",
+    params(ResourceQuery),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "The new version", body = Envelope<UploadData>)))]
+async fn update_version(
+    State(e): State<Arc<Entrance>>,
+    uri: Uri,
+    headers: HeaderMap,
+    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    store_upload(&e, &uri, &headers, mp).await
+}
+
+async fn store_upload(
+    e: &Entrance,
+    uri: &Uri,
+    headers: &HeaderMap,
     mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
-        let lib = library(&e)?;
+        let caller = e.caller(headers)?;
+        let lib = library(e)?;
+        let q: ResourceQuery = crate::wire::query(uri)?;
         let mp =
             mp.map_err(|r| HangarError::invalid(format!("send the file as multipart/form-data: {}", r.body_text())))?;
-        let (name, bytes, fields) = read_multipart(mp, lib.max_upload()).await?;
+        let (name, bytes, mut fields) = read_multipart(mp, lib.max_upload()).await?;
         let v = if uri.path().ends_with("/updateVersion") {
-            let id = q
-                .get("resourceId")
-                .or_else(|| fields.get("resourceId"))
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| HangarError::invalid("resourceId is required"))?;
-            lib.update(&caller.user, id, &name, bytes).await?
+            let id = required(q.resource_id.or_else(|| fields.remove("resourceId")), "resourceId")?;
+            lib.update(&caller.user, &id, &name, bytes).await?
         } else {
             lib.upload(&caller.user, &name, bytes).await?
         };
-        Ok(json!({"resourceId": v.resource_id, "version": v.version, "sha256": v.sha256, "size": v.size}))
+        Ok(UploadData { resource_id: v.resource_id, version: v.version, sha256: v.sha256, size: v.size })
     }
     .await;
-    reply(&uri, result)
+    reply(uri, result)
 }
 
-fn resource_id(q: &HashMap<String, String>) -> Result<&str, HangarError> {
-    q.get("resourceId")
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| HangarError::invalid("resourceId is required"))
-}
-
-async fn download(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
+/// The bytes of one version (default: the latest).
+#[utoipa::path(get, path = "/api/rest_j/v1/bml/download", tag = "bml", params(ResourceQuery),
+    responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>)))]
+async fn download(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
         let lib = library(&e)?;
-        let v = lib.version(&caller.user, resource_id(&q)?, q.get("version").map(String::as_str)).await?;
+        let q: ResourceQuery = crate::wire::query(&uri)?;
+        let v = lib.version(&caller.user, &required(q.resource_id, "resourceId")?, q.version.as_deref()).await?;
         let missing = || HangarError::internal(format!("the bytes of {}@{} are missing", v.resource_id, v.version));
         let path = lib.blob_path(&v.sha256).ok_or_else(missing)?;
         let bytes = tokio::fs::read(&path).await.map_err(|_| missing())?;
@@ -143,95 +162,120 @@ async fn download(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, 
             bytes,
         )
             .into_response(),
-        Err(err) => reply(&uri, Err(err)),
+        Err(err) => error_reply(method_of(&uri), &err),
     }
 }
 
-async fn get_versions(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
+/// Every version of one of the caller's resources.
+#[utoipa::path(get, path = "/api/rest_j/v1/bml/getVersions", tag = "bml", params(ResourceQuery),
+    responses((status = 200, description = "The versions", body = Envelope<VersionsData>)))]
+async fn get_versions(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
-        let id = resource_id(&q)?;
-        let versions = library(&e)?.owned_versions(&caller.user, id).await?;
-        let versions: Vec<Value> = versions.iter().map(version_vo).collect();
-        Ok(json!({"ResourceVersions": {"resourceId": id, "user": caller.user, "versions": versions}}))
+        let q: ResourceQuery = crate::wire::query(&uri)?;
+        let id = required(q.resource_id, "resourceId")?;
+        let versions = library(&e)?.owned_versions(&caller.user, &id).await?;
+        let versions = versions.iter().map(version_vo).collect();
+        Ok(VersionsData { resource_versions: ResourceVersions { resource_id: id, user: caller.user, versions } })
     }
     .await;
     reply(&uri, result)
 }
 
+/// The caller's resources (the latest version of each).
+#[utoipa::path(get, path = "/api/rest_j/v1/bml/getResources", tag = "bml",
+    responses((status = 200, description = "The resources", body = Envelope<ResourcesData>)))]
 async fn get_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
         let all = library(&e)?.resources_of(&caller.user).await?;
-        Ok(json!({"Resources": all.iter().map(version_vo).collect::<Vec<_>>()}))
+        Ok(ResourcesData { resources: all.iter().map(version_vo).collect() })
     }
     .await;
     reply(&uri, result)
 }
 
-async fn get_basic(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
+/// A resource's owner, creation time and number of versions.
+#[utoipa::path(get, path = "/api/rest_j/v1/bml/getBasic", tag = "bml", params(ResourceQuery),
+    responses((status = 200, description = "The resource", body = Envelope<BasicData>)))]
+async fn get_basic(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
-        let versions = library(&e)?.owned_versions(&caller.user, resource_id(&q)?).await?;
-        let (first, last) = (&versions[0], &versions[versions.len() - 1]);
-        Ok(json!({"basic": {
-            "resourceId": first.resource_id,
-            "owner": first.owner,
-            "createTime": first.created_ms,
-            "downloadedFileName": last.file_name,
-            "expireTime": null,
-            "numberOfVerions": versions.len(),
-        }}))
+        let q: ResourceQuery = crate::wire::query(&uri)?;
+        let id = required(q.resource_id, "resourceId")?;
+        let versions = library(&e)?.owned_versions(&caller.user, &id).await?;
+        let (Some(first), Some(last)) = (versions.first(), versions.last()) else {
+            return Err(HangarError::not_found(format!("no resource {id}")));
+        };
+        Ok(BasicData {
+            basic: BasicVo {
+                resource_id: first.resource_id.clone(),
+                owner: first.owner.clone(),
+                create_time: first.created_ms,
+                downloaded_file_name: last.file_name.clone(),
+                expire_time: None,
+                number_of_versions: versions.len(),
+            },
+        })
     }
     .await;
     reply(&uri, result)
 }
 
-fn field<'a>(body: &'a Value, key: &str) -> Result<&'a str, HangarError> {
-    body.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| HangarError::invalid(format!("{key} is required")))
+/// Delete one version of one of the caller's resources.
+#[utoipa::path(post, path = "/api/rest_j/v1/bml/deleteVersion", tag = "bml", request_body = DeleteRequest,
+    responses((status = 200, description = "Deleted", body = Envelope<Empty>)))]
+async fn delete_version(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    delete_one(&e, &uri, &headers, &body, true).await
 }
 
-/// `deleteVersion` (`resourceId` + `version`) and `deleteResource` (`resourceId`: every version).
-async fn delete_one(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+/// Delete one of the caller's resources, every version.
+#[utoipa::path(post, path = "/api/rest_j/v1/bml/deleteResource", tag = "bml", request_body = DeleteRequest,
+    responses((status = 200, description = "Deleted", body = Envelope<Empty>)))]
+async fn delete_resource(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    delete_one(&e, &uri, &headers, &body, false).await
+}
+
+async fn delete_one(e: &Entrance, uri: &Uri, headers: &HeaderMap, body: &Bytes, one_version: bool) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
-        let body = parse_json(&body)?;
-        let version = if uri.path().ends_with("/deleteVersion") { Some(field(&body, "version")?) } else { None };
-        library(&e)?.delete(&caller.user, field(&body, "resourceId")?, version).await?;
-        Ok(json!({}))
+        let caller = e.caller(headers)?;
+        let req: DeleteRequest = crate::wire::body(body)?;
+        let version = if one_version { Some(required(req.version, "version")?) } else { None };
+        library(e)?.delete(&caller.user, &required(req.resource_id, "resourceId")?, version.as_deref()).await?;
+        Ok(Empty {})
     }
     .await;
-    reply(&uri, result)
+    reply(uri, result)
 }
 
+/// Delete several of the caller's resources: all or none.
+#[utoipa::path(post, path = "/api/rest_j/v1/bml/deleteResources", tag = "bml", request_body = DeleteResourcesRequest,
+    responses((status = 200, description = "Deleted", body = Envelope<Empty>)))]
 async fn delete_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
-        let body = parse_json(&body)?;
-        let ids: Vec<&str> = body
-            .get("resourceIds")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .filter(|v: &Vec<&str>| !v.is_empty())
-            .ok_or_else(|| HangarError::invalid("resourceIds must be a non-empty list of resource ids"))?;
+        let req: DeleteResourcesRequest = crate::wire::body(&body)?;
+        let ids = req.resource_ids;
+        if ids.is_empty() {
+            return Err(HangarError::invalid("resourceIds must be a non-empty list of resource ids"));
+        }
         let lib = library(&e)?;
         // All must be the caller's before any goes.
         for id in &ids {
             lib.owned_versions(&caller.user, id).await?;
         }
-        for id in ids {
+        for id in &ids {
             lib.delete(&caller.user, id, None).await?;
         }
-        Ok(json!({}))
+        Ok(Empty {})
     }
     .await;
     reply(&uri, result)
 }
 
 /// Re-scan the plugin materials (admins only).
+#[utoipa::path(method(get, post), path = "/api/rest_j/v1/engineplugin/refreshAll", tag = "engineplugin",
+    responses((status = 200, description = "The materials found", body = Envelope<RefreshData>)))]
 async fn refresh_all(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let caller = e.caller(&headers)?;
@@ -239,7 +283,7 @@ async fn refresh_all(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
             return Err(HangarError::new(ErrorCode::PermissionDenied, "only admins may refresh engine plugins"));
         }
         let found = library(&e)?.refresh_plugins().await?;
-        Ok(json!({"materials": found}))
+        Ok(RefreshData { materials: found })
     }
     .await;
     reply(&uri, result)

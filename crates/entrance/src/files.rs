@@ -1,4 +1,4 @@
-//! The `filesystem` endpoints' path checks, directory trees and result paging.
+//! The `filesystem` endpoints: path checks, directory trees, result paging, logs.
 //!
 //! A path is accepted only after normalisation (symlinks resolved) and only
 //! inside the caller's own folder: `<results>/<user>/...` for results, a
@@ -7,11 +7,20 @@
 
 use std::path::{Path, PathBuf};
 
-use hangar_protocol::dolphin;
-use hangar_protocol::{ErrorCode, HangarError};
-use serde_json::{Value, json};
+use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use hangar_protocol::Envelope;
+use hangar_protocol::{ErrorCode, HangarError, dolphin, logline};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::Entrance;
+use crate::api::{reply, required};
 use crate::auth::Caller;
+use crate::wire::files::*;
 
 /// The one answer for a path that does not exist and one that is not the
 /// caller's, so paths cannot be probed.
@@ -86,19 +95,19 @@ fn file_uri(p: &Path) -> String {
     format!("file://{}", p.display())
 }
 
-fn properties(meta: &std::fs::Metadata) -> Value {
+fn properties(meta: &std::fs::Metadata) -> FileProperties {
     let modified = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    json!({"size": meta.len().to_string(), "modifytime": modified.to_string()})
+    FileProperties { size: meta.len().to_string(), modifytime: modified.to_string() }
 }
 
 /// Linkis `dirFileTrees` of one folder (one level), listed through the
 /// folder opened without following links.
-pub(crate) fn dir_tree(at: &GuardedPath) -> Result<Value, HangarError> {
+pub(crate) fn dir_tree(at: &GuardedPath) -> Result<DirFileTree, HangarError> {
     use std::os::fd::AsRawFd;
     let dir = at.full();
     let fd = hangar_fsguard::open_dir(&at.root, &at.rel)
@@ -114,27 +123,26 @@ pub(crate) fn dir_tree(at: &GuardedPath) -> Result<Value, HangarError> {
         let num: String = name.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
         (num.parse::<u64>().unwrap_or(u64::MAX), name.to_string())
     });
-    let children: Vec<Value> = entries
+    let name_of = |p: &Path| p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let children = entries
         .iter()
-        .map(|(p, m)| {
-            json!({
-                "name": p.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-                "path": file_uri(p),
-                "properties": properties(m),
-                "children": null,
-                "isLeaf": !m.is_dir(),
-                "parentPath": file_uri(&dir),
-            })
+        .map(|(p, m)| DirFileTree {
+            name: name_of(p),
+            path: file_uri(p),
+            properties: Some(properties(m)),
+            children: None,
+            is_leaf: !m.is_dir(),
+            parent_path: Some(file_uri(&dir)),
         })
         .collect();
-    Ok(json!({
-        "name": dir.file_name().and_then(|n| n.to_str()).unwrap_or(""),
-        "path": file_uri(&dir),
-        "properties": null,
-        "children": children,
-        "isLeaf": false,
-        "parentPath": dir.parent().map(file_uri),
-    }))
+    Ok(DirFileTree {
+        name: name_of(&dir),
+        path: file_uri(&dir),
+        properties: None,
+        children: Some(children),
+        is_leaf: false,
+        parent_path: dir.parent().map(file_uri),
+    })
 }
 
 /// One page of a result-set file in Linkis's `openFile` shape.
@@ -143,7 +151,7 @@ pub(crate) fn open_result(
     page: usize,
     page_size: usize,
     null_value: &str,
-) -> Result<Value, HangarError> {
+) -> Result<OpenFileData, HangarError> {
     let mut bytes = Vec::new();
     let shown = at.full().display().to_string();
     let mut f = hangar_fsguard::open_file(&at.root, &at.rel).map_err(|_| denied(&shown))?;
@@ -162,24 +170,80 @@ pub(crate) fn open_result(
         .map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| null_value.to_string())).collect())
         .collect();
     let metadata = if rs.rs_type == dolphin::TABLE {
-        json!(
-            rs.columns
-                .iter()
-                .map(|c| json!({"columnName": c.name, "comment": c.comment, "dataType": c.data_type}))
-                .collect::<Vec<_>>()
-        )
+        let column = |c: &dolphin::Column| ColumnVo {
+            column_name: c.name.clone(),
+            comment: c.comment.clone(),
+            data_type: c.data_type.clone(),
+        };
+        ResultMetadata::Columns(rs.columns.iter().map(column).collect())
     } else {
-        json!("NULL")
+        ResultMetadata::Text("NULL".into())
     };
-    Ok(json!({
-        "metadata": metadata,
-        "fileContent": rows,
-        "type": rs.rs_type.to_string(),
-        "totalLine": total,
-        "totalPage": total_page,
-        "page": page,
-        "totalColumn": rs.columns.len(),
-    }))
+    Ok(OpenFileData {
+        metadata,
+        file_content: rows,
+        rs_type: rs.rs_type.to_string(),
+        total_line: total,
+        total_page,
+        page,
+        total_column: rs.columns.len(),
+    })
+}
+
+pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entrance>> {
+    r.routes(routes!(dir_file_trees)).routes(routes!(open_file)).routes(routes!(open_log))
+}
+
+/// One level of a result folder.
+#[utoipa::path(get, path = "/api/rest_j/v1/filesystem/getDirFileTrees", tag = "filesystem", params(PathQuery),
+    responses((status = 200, description = "The folder and its entries", body = Envelope<DirFileTreesData>)))]
+async fn dir_file_trees(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let caller = e.caller(&headers)?;
+        let q: PathQuery = crate::wire::query(&uri)?;
+        let path = result_path(&e.cfg.results_dir, &caller, &required(q.path, "query parameter path")?)?;
+        tokio::task::spawn_blocking(move || dir_tree(&path))
+            .await
+            .map_err(|e| HangarError::internal(e.to_string()))?
+            .map(|dir_file_trees| DirFileTreesData { dir_file_trees })
+    }
+    .await;
+    reply(&uri, result)
+}
+
+/// One page of a result set.
+#[utoipa::path(get, path = "/api/rest_j/v1/filesystem/openFile", tag = "filesystem", params(OpenFileQuery),
+    responses((status = 200, description = "The page", body = Envelope<OpenFileData>)))]
+async fn open_file(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let caller = e.caller(&headers)?;
+        let q: OpenFileQuery = crate::wire::query(&uri)?;
+        let path = result_path(&e.cfg.results_dir, &caller, &required(q.path, "query parameter path")?)?;
+        let null_value = q.null_value.filter(|s| !s.is_empty()).unwrap_or_else(|| "NULL".into());
+        let (page, size) = (q.page.unwrap_or(1), q.page_size.unwrap_or(5000));
+        tokio::task::spawn_blocking(move || open_result(&path, page, size, &null_value))
+            .await
+            .map_err(|e| HangarError::internal(e.to_string()))?
+    }
+    .await;
+    reply(&uri, result)
+}
+
+/// A job's log file, split by level.
+#[utoipa::path(get, path = "/api/rest_j/v1/filesystem/openLog", tag = "filesystem", params(PathQuery),
+    responses((status = 200, description = "The log", body = Envelope<OpenLogData>)))]
+async fn open_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let caller = e.caller(&headers)?;
+        let q: PathQuery = crate::wire::query(&uri)?;
+        let path = log_path(&e.cfg.logs_dir, &caller, &required(q.path, "query parameter path")?)?;
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|err| HangarError::internal(format!("cannot read log: {err}")))?;
+        Ok(OpenLogData { log: logline::split_levels(text.lines()) })
+    }
+    .await;
+    reply(&uri, result)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hangar_manager::AskRequest;
 use hangar_protocol::label::{CODE_TYPE, USER_CREATOR};
 use hangar_protocol::logline::Level;
-use hangar_protocol::rpc::TaskEvent;
+use hangar_protocol::rpc::{JobProgressInfo, TaskEvent};
 use hangar_protocol::{ErrorCode, HangarError, JobStatus, LabelSet, exec_id, now_ms};
 use hangar_store::NewJob;
 use serde_json::{Map, Value, json};
@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 use crate::auth::Caller;
 use crate::joblog::JobLog;
 use crate::run::fired;
+use crate::wire::Scalar;
+use crate::wire::jobs::SubmitRequest;
 use crate::{Entrance, JobHandle, lock};
 
 /// A validated submission, ready to run.
@@ -37,44 +39,27 @@ pub(crate) struct Prepared {
     pub group: String,
 }
 
-pub(crate) fn str_map(v: Option<&Value>, what: &str) -> Result<BTreeMap<String, String>, HangarError> {
-    let mut out = BTreeMap::new();
-    match v {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let s = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(_) | Value::Bool(_) => v.to_string(),
-                    Value::Null => String::new(),
-                    _ => return Err(HangarError::invalid(format!("{what}.{k} must be a string, number or boolean"))),
-                };
-                out.insert(k.clone(), s);
-            }
-        }
-        Some(_) => return Err(HangarError::invalid(format!("{what} must be a JSON object"))),
-    }
-    Ok(out)
+/// A map of scalars as the text the engine gets.
+pub(crate) fn texts(m: Option<BTreeMap<String, Scalar>>) -> BTreeMap<String, String> {
+    m.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_text())).collect()
 }
 
 impl Entrance {
     /// Validate, persist and queue a job. Returns `(execID, taskID)`.
-    pub(crate) async fn submit(self: &Arc<Self>, caller: &Caller, body: &Value) -> Result<(String, i64), HangarError> {
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: SubmitRequest,
+    ) -> Result<(String, i64), HangarError> {
         if *self.shutting_down.borrow() {
             return Err(HangarError::new(ErrorCode::ShuttingDown, "the server is shutting down and takes no new jobs"));
         }
-        let obj = body.as_object().ok_or_else(|| HangarError::invalid("request body must be a JSON object"))?;
         // `executionContent` (submit) or the legacy 0.x `executionCode` + `runType` (execute).
-        let (code, run_type) = match obj.get("executionContent") {
-            Some(Value::Object(c)) => (c.get("code"), c.get("runType")),
-            Some(_) => return Err(HangarError::invalid("executionContent must be a JSON object")),
-            None => (obj.get("executionCode"), obj.get("runType")),
+        let (code, run_type) = match req.execution_content {
+            Some(c) => (c.code, c.run_type),
+            None => (req.execution_code, req.run_type),
         };
-        let code = match code {
-            Some(Value::String(s)) => s.clone(),
-            None | Some(Value::Null) => return Err(HangarError::invalid("executionContent.code is required")),
-            Some(_) => return Err(HangarError::invalid("executionContent.code must be a string")),
-        };
+        let code = code.ok_or_else(|| HangarError::invalid("executionContent.code is required"))?;
         if code.trim().is_empty() {
             return Err(HangarError::invalid("executionContent.code is blank"));
         }
@@ -85,33 +70,13 @@ impl Entrance {
                 self.cfg.max_code_bytes
             )));
         }
-        let labels_json = match obj.get("labels") {
-            Some(Value::Object(m)) if !m.is_empty() => m,
-            Some(Value::Object(_)) | None | Some(Value::Null) => {
-                return Err(HangarError::invalid("labels is null: send at least {\"engineType\": \"shell-1\"}"));
-            }
-            Some(_) => return Err(HangarError::invalid("labels must be a JSON object")),
+        let labels_json = match &req.labels {
+            Some(m) if !m.is_empty() => m,
+            _ => return Err(HangarError::invalid("labels is null: send at least {\"engineType\": \"shell-1\"}")),
         };
         let mut labels = LabelSet::from_json(labels_json)?;
         labels.engine_type()?;
-        // Every field of a known name has its type, or the request is refused naming it.
-        for (field, want) in [("executeUser", "a string"), ("params", "a JSON object"), ("source", "a JSON object")] {
-            let ok = matches!(
-                (obj.get(field), want),
-                (None | Some(Value::Null), _)
-                    | (Some(Value::String(_)), "a string")
-                    | (Some(Value::Object(_)), "a JSON object")
-            );
-            if !ok {
-                return Err(HangarError::invalid(format!("{field} must be {want}")));
-            }
-        }
-        if let Some(c) = obj.get("params").and_then(|p| p.get("configuration"))
-            && !(c.is_object() || c.is_null())
-        {
-            return Err(HangarError::invalid("params.configuration must be a JSON object"));
-        }
-        let execute_user = match obj.get("executeUser").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        let execute_user = match req.execute_user.as_deref().filter(|s| !s.is_empty()) {
             Some(u) if u != caller.user && !caller.admin => {
                 return Err(HangarError::new(
                     ErrorCode::PermissionDenied,
@@ -124,14 +89,10 @@ impl Entrance {
             Some(u) => u.to_string(),
             None => caller.user.clone(),
         };
-        match run_type {
-            Some(Value::String(rt)) if !rt.trim().is_empty() => {
-                if !labels.contains(CODE_TYPE) {
-                    labels.insert(CODE_TYPE, rt.trim().to_string())?;
-                }
-            }
-            Some(Value::String(_)) | None | Some(Value::Null) => {}
-            Some(_) => return Err(HangarError::invalid("executionContent.runType must be a string")),
+        if let Some(rt) = run_type.as_deref().map(str::trim).filter(|rt| !rt.is_empty())
+            && !labels.contains(CODE_TYPE)
+        {
+            labels.insert(CODE_TYPE, rt.to_string())?;
         }
         let run_type = labels.get(CODE_TYPE).map(str::to_string).ok_or_else(|| {
             HangarError::invalid("executionContent.runType (or label codeType) is required, e.g. \"shell\"")
@@ -157,15 +118,15 @@ impl Entrance {
                 plugin.join(", ")
             )));
         }
-        let params = obj.get("params").cloned().unwrap_or_else(|| json!({}));
-        let variables = str_map(params.get("variable"), "params.variable")?;
+        let params = req.params.unwrap_or_default();
+        let stored_params = serde_json::to_value(&params).unwrap_or_else(|_| json!({}));
+        let variables = texts(params.variable);
         let code = crate::vars::substitute(&code, &variables, matches!(run_type.as_str(), "shell" | "sh"))?;
-        let conf = params.get("configuration");
-        let startup = str_map(conf.and_then(|c| c.get("startup")), "params.configuration.startup")?;
-        let runtime = str_map(conf.and_then(|c| c.get("runtime")), "params.configuration.runtime")?;
-        let source = obj.get("source").cloned().unwrap_or_else(|| json!({}));
+        let conf = params.configuration.unwrap_or_default();
+        let (startup, runtime) = (texts(conf.startup), texts(conf.runtime));
+        let source = Value::Object(req.source.unwrap_or_default());
         // Job history keeps the params, but never a password in them.
-        let params = redact_secrets(params);
+        let params = redact_secrets(stored_params);
 
         let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
         self.with_group(&group, |g| {
@@ -219,7 +180,7 @@ impl Entrance {
     pub(crate) fn start(self: &Arc<Self>, prepared: Prepared) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = watch::channel(false);
-        let progress_info = Arc::new(Mutex::new(json!([])));
+        let progress_info = Arc::new(Mutex::new(Vec::new()));
         lock(&self.jobs).insert(
             prepared.task_id,
             JobHandle {
@@ -292,7 +253,7 @@ impl Entrance {
         job: Prepared,
         events: mpsc::UnboundedReceiver<TaskEvent>,
         kill: watch::Receiver<bool>,
-        progress_info: Arc<Mutex<Value>>,
+        progress_info: Arc<Mutex<Vec<JobProgressInfo>>>,
     ) {
         let task_id = job.task_id;
         let mut log = JobLog::open(&job.log_path).await;
@@ -375,7 +336,7 @@ impl Entrance {
         metrics: &mut Map<String, Value>,
         mut events: mpsc::UnboundedReceiver<TaskEvent>,
         mut kill: watch::Receiver<bool>,
-        progress_info: Arc<Mutex<Value>>,
+        progress_info: Arc<Mutex<Vec<JobProgressInfo>>>,
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let task_id = job.task_id;
         log.line(
@@ -443,8 +404,8 @@ impl Entrance {
         result
     }
 
-    pub(crate) fn progress_info(&self, task_id: i64) -> Value {
-        lock(&self.jobs).get(&task_id).map(|h| lock(&h.progress_info).clone()).unwrap_or_else(|| json!([]))
+    pub(crate) fn progress_info(&self, task_id: i64) -> Vec<JobProgressInfo> {
+        lock(&self.jobs).get(&task_id).map(|h| lock(&h.progress_info).clone()).unwrap_or_default()
     }
 }
 

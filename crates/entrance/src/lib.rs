@@ -12,14 +12,17 @@ mod files;
 pub mod fuzz_support;
 mod job;
 mod joblog;
+mod jobs_api;
 mod login;
 mod metrics;
+pub mod openapi;
 mod ops;
 mod recover;
 mod run;
 pub mod session;
 mod throttle;
 mod vars;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +32,7 @@ use hangar_protocol::rpc::TaskEvent;
 use hangar_store::Store;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-pub use api::router;
+pub use api::{OPENAPI_PATH, router};
 pub use config::{EntranceConfig, TokenConfig, UserConfig};
 
 /// A job that lives in this process (queued or running).
@@ -39,7 +42,7 @@ pub(crate) struct JobHandle {
     /// What `/entrance/{execID}/events` subscribers see.
     pub feed: tokio::sync::broadcast::Sender<serde_json::Value>,
     pub kill: watch::Sender<bool>,
-    pub progress_info: Arc<Mutex<serde_json::Value>>,
+    pub progress_info: Arc<Mutex<Vec<hangar_protocol::rpc::JobProgressInfo>>>,
     /// The engine the task was sent to: only its events are taken.
     pub ticket: Arc<std::sync::OnceLock<String>>,
 }

@@ -8,14 +8,17 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use hangar_protocol::{Envelope, ErrorCode, HangarError};
-use serde_json::{Value, json};
+use hangar_protocol::{Envelope, ErrorCode, ErrorData, HangarError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Entrance;
-use crate::api::{Params, method_of};
+use crate::api::method_of;
+use crate::wire::Empty;
+use crate::wire::jobs::{LoginData, LoginRequest};
 
 /// Login answers carry no `method`, as Linkis's do.
 fn refuse(uri: &Uri, http: StatusCode, err: &HangarError) -> Response {
@@ -43,29 +46,43 @@ fn cookie_attrs(secure: bool) -> &'static str {
     if secure { "; Secure" } else { "" }
 }
 
-pub(crate) async fn login(
+pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entrance>> {
+    r.routes(routes!(login)).routes(routes!(logout))
+}
+
+/// Log in with a password; the answer sets the session cookie.
+#[utoipa::path(post, path = "/api/rest_j/v1/user/login", tag = "user", request_body = LoginRequest, security(()),
+    responses(
+        (status = 200, description = "Logged in (`Set-Cookie` carries the session)", body = Envelope<LoginData>),
+        (status = 400, description = "Credentials sent in the URL", body = Envelope<ErrorData>),
+        (status = 401, description = "Wrong user name or password", body = Envelope<ErrorData>),
+        (status = 429, description = "Too many failed logins; see `Retry-After`", body = Envelope<ErrorData>),
+    ))]
+async fn login(
     State(e): State<Arc<Entrance>>,
     uri: Uri,
     headers: HeaderMap,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    Query(q): Params,
     body: Bytes,
 ) -> Response {
     // Query strings end up in access logs, proxies and browser history.
-    if q.keys().any(|k| k.eq_ignore_ascii_case("userName") || k.eq_ignore_ascii_case("password")) {
+    let in_url = uri.query().is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .any(|(k, _)| k.eq_ignore_ascii_case("userName") || k.eq_ignore_ascii_case("password"))
+    });
+    if in_url {
         let err = HangarError::invalid(
             "Login refused: userName and password are accepted only in the JSON request body, never in the URL",
         );
         return refuse(&uri, StatusCode::BAD_REQUEST, &err);
     }
-    let body: Value =
-        if body.is_empty() { json!({}) } else { serde_json::from_slice(&body).unwrap_or_else(|_| json!({})) };
-    let field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
-    let (Some(user), Some(password)) = (field("userName"), field("password")) else {
-        return crate::api::reply(
-            &uri,
-            Err(HangarError::invalid("send {\"userName\": \"...\", \"password\": \"...\"} as the JSON body")),
-        );
+    let LoginRequest { user_name: user, password } = match crate::wire::body(&body) {
+        Ok(req) => req,
+        Err(err) => {
+            let hint = "send {\"userName\": \"...\", \"password\": \"...\"} as the JSON body";
+            let err = HangarError::invalid(format!("{}; {hint}", err.message));
+            return crate::api::error_reply(method_of(&uri), &err);
+        }
     };
     let peer = peer.map(|Extension(ConnectInfo(a))| a);
     let keys = throttle_keys(&user, peer);
@@ -88,8 +105,7 @@ pub(crate) async fn login(
         && e.sessions.user(&ticket).as_deref() == Some(user.as_str())
     {
         let msg = format!("{user} already logged in, please log out before signing in(已经登录，请先退出再进行登录)！");
-        return Json(Envelope { method: None, status: 0, message: msg, data: json!({"userName": user}) })
-            .into_response();
+        return Json(Envelope { method: None, status: 0, message: msg, data: e.login_data(user) }).into_response();
     }
     // PBKDF2 is deliberately slow: keep it off the async workers.
     let ok = {
@@ -106,14 +122,10 @@ pub(crate) async fn login(
     }
     e.login_throttle.success(&keys);
     let ticket = e.sessions.open(&user);
-    let admin = e.cfg.admins.contains(&user);
-    let timeout_ms = u64::try_from(e.sessions.timeout().as_millis()).unwrap_or(u64::MAX);
-    let body = Envelope {
-        method: None,
-        status: 0,
-        message: "login successful(登录成功)！".into(),
-        data: json!({"userName": user, "isAdmin": admin, "sessionTimeOut": timeout_ms, "enableWatermark": false}),
-    };
+    let body =
+        Envelope {
+            method: None, status: 0, message: "login successful(登录成功)！".into(), data: e.login_data(user)
+        };
     let cookie = format!(
         "{}={ticket}; Path=/; HttpOnly; SameSite=Lax{}",
         crate::session::COOKIE,
@@ -122,13 +134,28 @@ pub(crate) async fn login(
     ([(header::SET_COOKIE, cookie)], Json(body)).into_response()
 }
 
-pub(crate) async fn logout(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+impl Entrance {
+    fn login_data(&self, user: String) -> LoginData {
+        let timeout_ms = u64::try_from(self.sessions.timeout().as_millis()).unwrap_or(u64::MAX);
+        LoginData {
+            is_admin: self.cfg.admins.contains(&user),
+            user_name: user,
+            session_time_out: timeout_ms,
+            enable_watermark: false,
+        }
+    }
+}
+
+/// End the caller's session.
+#[utoipa::path(method(get, post), path = "/api/rest_j/v1/user/logout", tag = "user", security(()),
+    responses((status = 200, description = "Logged out (the cookie is cleared)", body = Envelope<Empty>)))]
+async fn logout(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     if let Some(t) = crate::auth::session_ticket(&headers) {
         e.sessions.close(&t);
     }
     let cookie =
         format!("{}=; Path=/; Max-Age=0; HttpOnly{}", crate::session::COOKIE, cookie_attrs(e.cfg.secure_cookie));
-    let body = Envelope::ok_msg(method_of(&uri), "Logout successful(退出登录成功)！", json!({}));
+    let body = Envelope::ok_msg(method_of(&uri), "Logout successful(退出登录成功)！", Empty {});
     ([(header::SET_COOKIE, cookie)], Json(body)).into_response()
 }
 

@@ -1,69 +1,64 @@
-//! Operator REST in Linkis's `linkisManager` namespace (and the `/metrics` route).
+//! Operator REST in Linkis's `linkisManager` namespace.
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use axum::routing::{get, post};
 use hangar_manager::{EcmInfo, EngineInfo};
-use hangar_protocol::{ErrorCode, HangarError, NodeStatus};
-use serde_json::{Value, json};
+use hangar_protocol::{Envelope, ErrorCode, HangarError, NodeStatus};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Entrance;
-use crate::api::{PREFIX, Params, parse_json, reply};
+use crate::api::reply;
+use crate::wire::manager::*;
 
-pub(crate) fn routes(r: Router<Arc<Entrance>>) -> Router<Arc<Entrance>> {
-    r.route(&format!("{PREFIX}/linkisManager/listAllEMs"), get(list_ecms))
-        .route(&format!("{PREFIX}/linkisManager/listUserEngines"), get(list_user_engines))
-        .route(&format!("{PREFIX}/linkisManager/listAllEngines"), get(list_all_engines))
-        .route(&format!("{PREFIX}/linkisManager/listEMEngines"), post(list_ecm_engines))
-        .route(&format!("{PREFIX}/linkisManager/killEngineConn"), post(kill_engine))
-        .route(&format!("{PREFIX}/linkisManager/rm/userresources"), get(user_resources).post(user_resources))
-        .route(&format!("{PREFIX}/linkisManager/openEngineLog"), get(open_engine_log))
-        .route("/metrics", get(crate::metrics::metrics))
+pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entrance>> {
+    r.routes(routes!(list_ecms))
+        .routes(routes!(list_user_engines))
+        .routes(routes!(list_all_engines))
+        .routes(routes!(list_ecm_engines))
+        .routes(routes!(kill_engine))
+        .routes(routes!(user_resources))
+        .routes(routes!(open_engine_log))
 }
 
-fn labels_vo(l: &hangar_protocol::LabelSet) -> Value {
-    json!(l.iter().map(|(k, v)| json!({"labelKey": k, "stringValue": v})).collect::<Vec<_>>())
+fn engine_vo(e: &EngineInfo) -> EngineVo {
+    EngineVo {
+        application_name: "linkis-cg-engineconn".into(),
+        instance: e.instance.clone(),
+        ticket_id: e.ticket_id.clone(),
+        owner: e.user.clone(),
+        labels: labels_vo(&e.labels),
+        engine_type: e.labels.get("engineType").map(str::to_string),
+        node_status: e.status,
+        em_instance: e.ecm_instance.clone(),
+        pid: e.pid,
+        resource: e.resource.into(),
+        start_time: e.created_ms,
+        engine_log_path: e.log_dir.clone(),
+        running_tasks: e.running_tasks,
+        node_healthy: if e.unhealthy.is_some() { NodeHealthy::UnHealthy } else { NodeHealthy::Healthy },
+        unhealthy_reason: e.unhealthy.clone(),
+        rss_kb: e.rss_kb,
+    }
 }
 
-fn engine_vo(e: &EngineInfo) -> Value {
-    json!({
-        "applicationName": "linkis-cg-engineconn",
-        "instance": e.instance,
-        "ticketId": e.ticket_id,
-        "owner": e.user,
-        "labels": labels_vo(&e.labels),
-        "engineType": e.labels.get("engineType"),
-        "nodeStatus": e.status,
-        "emInstance": e.ecm_instance,
-        "pid": e.pid,
-        "resource": e.resource.to_linkis_json(),
-        "startTime": e.created_ms,
-        "engineLogPath": e.log_dir,
-        "runningTasks": e.running_tasks,
-        "nodeHealthy": if e.unhealthy.is_some() { "UnHealthy" } else { "Healthy" },
-        "unhealthyReason": e.unhealthy,
-        "rssKB": e.rss_kb,
-    })
-}
-
-fn ecm_vo(e: &EcmInfo) -> Value {
-    json!({
-        "applicationName": "linkis-cg-engineconnmanager",
-        "instance": e.instance,
-        "labels": labels_vo(&e.labels),
-        "nodeStatus": e.status,
-        "nodeHealthy": if e.status == NodeStatus::Running { "Healthy" } else { "UnHealthy" },
-        "maxResource": e.resource.max.to_linkis_json(),
-        "usedResource": e.resource.used.to_linkis_json(),
-        "lockedResource": e.resource.locked.to_linkis_json(),
-        "leftResource": e.resource.left().to_linkis_json(),
-        "engineCount": e.engines,
-    })
+fn ecm_vo(e: &EcmInfo) -> EcmVo {
+    EcmVo {
+        application_name: "linkis-cg-engineconnmanager".into(),
+        instance: e.instance.clone(),
+        labels: labels_vo(&e.labels),
+        node_status: e.status,
+        node_healthy: if e.status == NodeStatus::Running { NodeHealthy::Healthy } else { NodeHealthy::UnHealthy },
+        max_resource: e.resource.max.into(),
+        used_resource: e.resource.used.into(),
+        locked_resource: e.resource.locked.into(),
+        left_resource: e.resource.left().into(),
+        engine_count: e.engines,
+    }
 }
 
 fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
@@ -74,71 +69,82 @@ fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
     }
 }
 
+/// Every EngineConnManager (admins).
+#[utoipa::path(get, path = "/api/rest_j/v1/linkisManager/listAllEMs", tag = "linkisManager",
+    responses((status = 200, description = "The ECMs", body = Envelope<EcmsData>)))]
 async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = e
         .caller(&headers)
         .and_then(|c| admin_only(&c))
-        .map(|()| json!({"EMs": e.manager.list_ecms().iter().map(ecm_vo).collect::<Vec<_>>()}));
+        .map(|()| EcmsData { ems: e.manager.list_ecms().iter().map(ecm_vo).collect() });
     reply(&uri, r)
 }
 
+/// The caller's engines.
+#[utoipa::path(get, path = "/api/rest_j/v1/linkisManager/listUserEngines", tag = "linkisManager",
+    responses((status = 200, description = "The caller's engines", body = Envelope<EnginesData>)))]
 async fn list_user_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    let r = e.caller(&headers).map(|c| {
-        let engines: Vec<Value> = e.manager.list_engines().iter().filter(|x| x.user == c.user).map(engine_vo).collect();
-        json!({"engines": engines})
+    let r = e.caller(&headers).map(|c| EnginesData {
+        engines: e.manager.list_engines().iter().filter(|x| x.user == c.user).map(engine_vo).collect(),
     });
     reply(&uri, r)
 }
 
+/// Every engine (admins).
+#[utoipa::path(get, path = "/api/rest_j/v1/linkisManager/listAllEngines", tag = "linkisManager",
+    responses((status = 200, description = "Every engine", body = Envelope<EnginesData>)))]
 async fn list_all_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = e
         .caller(&headers)
         .and_then(|c| admin_only(&c))
-        .map(|()| json!({"engines": e.manager.list_engines().iter().map(engine_vo).collect::<Vec<_>>()}));
+        .map(|()| EnginesData { engines: e.manager.list_engines().iter().map(engine_vo).collect() });
     reply(&uri, r)
 }
 
+/// The engines of one ECM (admins).
+#[utoipa::path(post, path = "/api/rest_j/v1/linkisManager/listEMEngines", tag = "linkisManager",
+    request_body = ListEcmEnginesRequest,
+    responses((status = 200, description = "The ECM's engines", body = Envelope<EnginesData>)))]
 async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
         let c = e.caller(&headers)?;
         admin_only(&c)?;
-        let body = parse_json(&body)?;
-        let instance = body
-            .pointer("/em/serviceInstance/instance")
-            .or_else(|| body.get("instance"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
+        let req: ListEcmEnginesRequest = crate::wire::body(&body)?;
+        let instance =
+            req.em.and_then(|em| em.service_instance).and_then(|si| si.instance).or(req.instance).ok_or_else(|| {
                 HangarError::invalid(
                     "body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}",
                 )
             })?;
-        let engines: Vec<Value> =
-            e.manager.list_engines().iter().filter(|x| x.ecm_instance == instance).map(engine_vo).collect();
-        Ok(json!({"engines": engines}))
+        let engines = e.manager.list_engines().iter().filter(|x| x.ecm_instance == instance).map(engine_vo).collect();
+        Ok(EnginesData { engines })
     }
     .await;
     reply(&uri, r)
 }
 
+/// End engines: the owner's or, for admins, anyone's.
+#[utoipa::path(post, path = "/api/rest_j/v1/linkisManager/killEngineConn", tag = "linkisManager",
+    request_body = KillEngineRequest,
+    responses((status = 200, description = "The engines asked to end", body = Envelope<KillEngineData>)))]
 async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
         let c = e.caller(&headers)?;
-        let body = parse_json(&body)?;
-        let targets: Vec<Value> = match &body {
-            Value::Array(a) => a.clone(),
-            other => vec![other.clone()],
+        let targets = match crate::wire::body(&body)? {
+            KillEngineRequest::One(t) => vec![t],
+            KillEngineRequest::Many(ts) => ts,
         };
         let engines = e.manager.list_engines();
-        let mut killed = Vec::new();
+        // Every target is checked before any engine ends.
+        let mut chosen = Vec::new();
         for t in targets {
             let id = t
-                .get("instance")
-                .or_else(|| t.get("ticketId"))
-                .and_then(Value::as_str)
+                .instance
+                .or(t.ticket_id)
                 .ok_or_else(|| HangarError::invalid("each target needs an instance (host:port) or a ticketId"))?;
             let engine = engines
                 .iter()
-                .find(|x| x.instance.as_deref() == Some(id) || x.ticket_id == id)
+                .find(|x| x.instance.as_deref() == Some(id.as_str()) || x.ticket_id == id)
                 .ok_or_else(|| HangarError::not_found(format!("no engine {id}")))?;
             if !c.admin && engine.user != c.user {
                 return Err(HangarError::new(
@@ -146,19 +152,28 @@ async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
                     format!("engine {id} belongs to another user"),
                 ));
             }
-            e.manager.finish(&engine.ticket_id, NodeStatus::Failed, format!("killed by {}", c.user), true);
-            killed.push(id.to_string());
+            chosen.push((engine.ticket_id.clone(), id));
         }
-        Ok(json!({"killed": killed}))
+        let mut killed = Vec::new();
+        for (ticket, id) in chosen {
+            e.manager.finish(&ticket, NodeStatus::Failed, format!("killed by {}", c.user), true);
+            killed.push(id);
+        }
+        Ok(KillEngineData { killed })
     }
     .await;
     reply(&uri, r)
 }
 
-async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
-    let r = e.caller(&headers).map(|c| {
-        let want = q.get("user").filter(|_| c.admin).cloned();
-        let rows: Vec<Value> = e
+/// Resources per user, creator and engine type (the caller's; admins: everyone's or `user`'s).
+#[utoipa::path(method(get, post), path = "/api/rest_j/v1/linkisManager/rm/userresources", tag = "linkisManager",
+    params(UserResourcesQuery),
+    responses((status = 200, description = "The resources", body = Envelope<UserResourcesData>)))]
+async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let r = e.caller(&headers).and_then(|c| {
+        let q: UserResourcesQuery = crate::wire::query(&uri)?;
+        let want = q.user.filter(|_| c.admin);
+        let rows = e
             .manager
             .resources()
             .snapshot()
@@ -171,27 +186,33 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
                     Some(u) => user == u,
                     None => c.admin || user == c.user,
                 };
-                visible.then(|| {
-                    json!({
-                        "userCreator": uc, "engineTypeWithVersion": et, "resourceType": "LoadInstance",
-                        "maxResource": lr.max.to_linkis_json(), "usedResource": lr.used.to_linkis_json(),
-                        "lockedResource": lr.locked.to_linkis_json(), "leftResource": lr.left().to_linkis_json(),
-                    })
+                visible.then(|| UserResourceVo {
+                    user_creator: uc.to_string(),
+                    engine_type_with_version: et.to_string(),
+                    resource_type: "LoadInstance".into(),
+                    max_resource: lr.max.into(),
+                    used_resource: lr.used.into(),
+                    locked_resource: lr.locked.into(),
+                    left_resource: lr.left().into(),
                 })
             })
             .collect();
-        json!({"userResources": rows})
+        Ok(UserResourcesData { user_resources: rows })
     });
     reply(&uri, r)
 }
 
 /// A page of an engine's stdout/stderr (Linkis `engineConnLog` operator): the
 /// engine's owner or an admin; `fromLine` is 1-based.
-async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Query(q): Params) -> Response {
+#[utoipa::path(get, path = "/api/rest_j/v1/linkisManager/openEngineLog", tag = "linkisManager",
+    params(EngineLogQuery),
+    responses((status = 200, description = "The lines", body = Envelope<EngineLogData>)))]
+async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = async {
         let c = e.caller(&headers)?;
-        let ticket = q.get("ticketId").ok_or_else(|| HangarError::invalid("query parameter ticketId is required"))?;
-        let owner = e.manager.list_engines().into_iter().find(|x| &x.ticket_id == ticket).map(|x| x.user);
+        let q: EngineLogQuery = crate::wire::query(&uri)?;
+        let ticket = crate::api::required(q.ticket_id, "query parameter ticketId")?;
+        let owner = e.manager.list_engines().into_iter().find(|x| x.ticket_id == ticket).map(|x| x.user);
         match owner {
             Some(u) if u == c.user || c.admin => {}
             Some(_) => {
@@ -202,10 +223,9 @@ async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
             }
             None => admin_only(&c)?,
         }
-        let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
-        let log_type = q.get("logType").map(String::as_str).unwrap_or("stdout");
-        let log = e.manager.engine_log(ticket, log_type, num("fromLine", 1), num("pageSize", 100)).await?;
-        Ok(json!({"logPath": log.log_path, "rows": log.logs.len(), "logs": log.logs, "endLine": log.end_line}))
+        let log_type = q.log_type.as_deref().unwrap_or("stdout");
+        let log = e.manager.engine_log(&ticket, log_type, q.from_line.unwrap_or(1), q.page_size.unwrap_or(100)).await?;
+        Ok(EngineLogData { log_path: log.log_path, rows: log.logs.len(), logs: log.logs, end_line: log.end_line })
     }
     .await;
     reply(&uri, r)

@@ -15,8 +15,9 @@ use hangar_store::JobRecord;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::job::{Prepared, str_map};
+use crate::job::{Prepared, texts};
 use crate::joblog::{JobLog, append_log_line};
+use crate::wire::jobs::JobParams;
 use crate::{Entrance, JobHandle, lock};
 
 /// A re-attached job whose task its engine never received.
@@ -74,10 +75,9 @@ impl Entrance {
     fn prepare_again(&self, j: JobRecord) -> Result<Prepared, String> {
         let bad = |what: &str| format!("its stored {what} cannot be read");
         let labels: LabelSet = serde_json::from_str(&j.labels).map_err(|_| bad("labels"))?;
-        let params: Value = serde_json::from_str(&j.params).map_err(|_| bad("parameters"))?;
-        let conf = params.get("configuration");
-        let startup = str_map(conf.and_then(|c| c.get("startup")), "startup").map_err(|_| bad("parameters"))?;
-        let runtime = str_map(conf.and_then(|c| c.get("runtime")), "runtime").map_err(|_| bad("parameters"))?;
+        let params: JobParams = serde_json::from_str(&j.params).map_err(|_| bad("parameters"))?;
+        let conf = params.configuration.unwrap_or_default();
+        let (startup, runtime) = (texts(conf.startup), texts(conf.runtime));
         // Secrets are masked in the store: such a job cannot run as it was asked.
         let masked = |v: &String| v.contains("***");
         if startup.values().chain(runtime.values()).any(masked) {
@@ -109,7 +109,7 @@ impl Entrance {
     pub(crate) fn reattach(self: &Arc<Self>, j: hangar_store::JobRecord) {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = watch::channel(false);
-        let progress_info = Arc::new(Mutex::new(json!([])));
+        let progress_info = Arc::new(Mutex::new(Vec::new()));
         let (feed, _) = tokio::sync::broadcast::channel(1024);
         lock(&self.jobs).insert(
             j.id,
@@ -170,7 +170,7 @@ impl Entrance {
         metrics: &mut Map<String, Value>,
         mut events: mpsc::UnboundedReceiver<TaskEvent>,
         mut kill: watch::Receiver<bool>,
-        progress_info: Arc<Mutex<Value>>,
+        progress_info: Arc<Mutex<Vec<hangar_protocol::rpc::JobProgressInfo>>>,
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let instance = j.engine_instance.clone().unwrap_or_default();
         let ticket = j.ticket_id.clone().unwrap_or_default();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hangar_manager::EngineGrant;
 use hangar_protocol::logline::Level;
-use hangar_protocol::rpc::{EngineRequest, TaskEvent, TaskExecuteRequest};
+use hangar_protocol::rpc::{EngineRequest, JobProgressInfo, TaskEvent, TaskExecuteRequest};
 use hangar_protocol::{ErrorCode, HangarError, JobStatus, now_ms};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
@@ -29,7 +29,7 @@ impl Entrance {
         events: &mut mpsc::UnboundedReceiver<TaskEvent>,
         kill: &mut watch::Receiver<bool>,
         shutdown: &mut watch::Receiver<bool>,
-        progress_info: Arc<Mutex<Value>>,
+        progress_info: Arc<Mutex<Vec<JobProgressInfo>>>,
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let task_id = job.task_id;
         log.line(
@@ -139,7 +139,7 @@ impl Entrance {
         events: &mut mpsc::UnboundedReceiver<TaskEvent>,
         kill: &mut watch::Receiver<bool>,
         shutdown: &mut watch::Receiver<bool>,
-        progress_info: Arc<Mutex<Value>>,
+        progress_info: Arc<Mutex<Vec<JobProgressInfo>>>,
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let mut kill_deadline: Option<tokio::time::Instant> = None;
         let run_deadline = run_timeout.map(|d| tokio::time::Instant::now() + d);
@@ -170,7 +170,7 @@ impl Entrance {
                     match ev {
                         TaskEvent::Log { lines, .. } => log.raw(&lines).await,
                         TaskEvent::RunningInfo(info) => {
-                            *lock(&progress_info) = serde_json::to_value(&info.progress_info).unwrap_or_else(|_| json!([]));
+                            *lock(&progress_info) = info.progress_info.clone();
                             let _ = feed.send(json!({
                                 "type": "progress", "progress": info.progress, "progressInfo": info.progress_info,
                                 "resource": info.resource.to_linkis_json(), "engineMetrics": info.metrics,

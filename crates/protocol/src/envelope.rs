@@ -15,37 +15,54 @@ pub mod status {
     pub const WARNING: i32 = 4;
 }
 
-/// One REST response body, exactly as Linkis clients parse it.
+/// One REST response body, exactly as Linkis clients parse it: `status` 0
+/// with the endpoint's `data`, or another status with [`ErrorData`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Envelope {
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Envelope<T = Value> {
+    /// `/api/<module>/<path>` of the call (absent on login answers).
     pub method: Option<String>,
+    /// 0 success, -1 not logged in, 1 error, 2 validation failed, 3 permission denied, 4 warning.
     pub status: i32,
     pub message: String,
     #[serde(default)]
-    pub data: Value,
+    pub data: T,
 }
 
-impl Envelope {
+/// The `data` of an error envelope: Hangar's error number and name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorData {
+    pub error_code: i64,
+    pub error_name: String,
+}
+
+impl<T> Envelope<T> {
     /// A success envelope; `method` is the Linkis style `/api/<module>/<path>`.
-    pub fn ok(method: impl Into<String>, data: Value) -> Self {
+    pub fn ok(method: impl Into<String>, data: T) -> Self {
         Self { method: Some(method.into()), status: status::SUCCESS, message: "OK".into(), data }
     }
 
     /// A success envelope with a custom message.
-    pub fn ok_msg(method: impl Into<String>, message: impl Into<String>, data: Value) -> Self {
+    pub fn ok_msg(method: impl Into<String>, message: impl Into<String>, data: T) -> Self {
         Self { method: Some(method.into()), status: status::SUCCESS, message: message.into(), data }
     }
+}
 
+impl Envelope<ErrorData> {
     /// An error envelope built from a typed error: its code picks the status.
     pub fn error(method: impl Into<String>, err: &HangarError) -> Self {
         Self {
             method: Some(method.into()),
             status: err.code.linkis_status(),
             message: err.message.clone(),
-            data: serde_json::json!({ "errorCode": err.code.number(), "errorName": err.code.name() }),
+            data: ErrorData { error_code: err.code.number(), error_name: err.code.name().to_string() },
         }
     }
+}
 
+impl Envelope {
     /// Turn a parsed envelope into a result: `Ok(data)` when status is 0.
     pub fn into_result(self) -> Result<Value, HangarError> {
         if self.status == status::SUCCESS {

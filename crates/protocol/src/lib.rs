@@ -18,7 +18,7 @@ pub mod rpc;
 pub mod secret;
 pub mod status;
 
-pub use envelope::Envelope;
+pub use envelope::{Envelope, ErrorData};
 pub use error::{ErrorCode, HangarError};
 pub use label::{EngineType, LabelSet, UserCreator};
 pub use resource::Resource;

@@ -226,6 +226,7 @@ impl TaskEvent {
 
 /// Linkis `JobProgressInfo`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobProgressInfo {
     pub id: String,

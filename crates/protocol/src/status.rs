@@ -12,6 +12,7 @@ use crate::error::HangarError;
 
 /// Status of an EngineConn or an EngineConnManager, names and ordinals as in Linkis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeStatus {
     Starting,
     Unlock,
@@ -97,6 +98,7 @@ impl fmt::Display for NodeStatus {
 
 /// Status of a job (Entrance) or a task (EngineConn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobStatus {
     Inited,
     WaitForRetry,

@@ -1,0 +1,184 @@
+//! Operator answers in Linkis's `linkisManager` shapes: ECMs, engines,
+//! resources, engine logs.
+
+use hangar_protocol::{LabelSet, NodeStatus, Resource};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Linkis's resource form `{"instance":1,"memory":"1.0 GB","cpu":1}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceVo {
+    pub instance: u64,
+    /// Human-readable, e.g. `512.0 MB`.
+    pub memory: String,
+    pub cpu: u64,
+}
+
+impl From<Resource> for ResourceVo {
+    fn from(r: Resource) -> Self {
+        Self {
+            instance: r.instances.into(),
+            memory: hangar_protocol::resource::format_bytes(r.memory),
+            cpu: r.cores.into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelVo {
+    pub label_key: String,
+    pub string_value: String,
+}
+
+pub(crate) fn labels_vo(l: &LabelSet) -> Vec<LabelVo> {
+    l.iter().map(|(k, v)| LabelVo { label_key: k.to_string(), string_value: v.to_string() }).collect()
+}
+
+/// `Healthy` or `UnHealthy`.
+#[derive(Debug, Serialize, ToSchema)]
+pub enum NodeHealthy {
+    Healthy,
+    UnHealthy,
+}
+
+/// An EngineConn as the manager's listings show it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineVo {
+    pub application_name: String,
+    /// `host:port` once the engine is up.
+    pub instance: Option<String>,
+    pub ticket_id: String,
+    pub owner: String,
+    pub labels: Vec<LabelVo>,
+    pub engine_type: Option<String>,
+    pub node_status: NodeStatus,
+    pub em_instance: String,
+    pub pid: Option<u32>,
+    pub resource: ResourceVo,
+    pub start_time: i64,
+    pub engine_log_path: String,
+    pub running_tasks: u32,
+    pub node_healthy: NodeHealthy,
+    pub unhealthy_reason: Option<String>,
+    #[serde(rename = "rssKB")]
+    pub rss_kb: u64,
+}
+
+/// An EngineConnManager and its resources.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EcmVo {
+    pub application_name: String,
+    pub instance: String,
+    pub labels: Vec<LabelVo>,
+    pub node_status: NodeStatus,
+    pub node_healthy: NodeHealthy,
+    pub max_resource: ResourceVo,
+    pub used_resource: ResourceVo,
+    pub locked_resource: ResourceVo,
+    pub left_resource: ResourceVo,
+    pub engine_count: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EcmsData {
+    #[serde(rename = "EMs")]
+    pub ems: Vec<EcmVo>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnginesData {
+    pub engines: Vec<EngineVo>,
+}
+
+/// `listEMEngines`: the ECM, as Linkis's console sends it or as `{"instance": "host:port"}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(expecting = "a JSON object")]
+pub struct ListEcmEnginesRequest {
+    pub em: Option<EmRef>,
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", expecting = "a JSON object")]
+pub struct EmRef {
+    pub service_instance: Option<ServiceInstance>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(expecting = "a JSON object")]
+pub struct ServiceInstance {
+    pub instance: Option<String>,
+}
+
+/// `killEngineConn`: one engine or a list, each by `instance` or `ticketId`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged, expecting = "an engine {\"instance\"|\"ticketId\": ...} or a list of them")]
+pub enum KillEngineRequest {
+    One(EngineRef),
+    Many(Vec<EngineRef>),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", expecting = "a JSON object")]
+pub struct EngineRef {
+    pub instance: Option<String>,
+    pub ticket_id: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KillEngineData {
+    /// The instances or tickets asked to end.
+    pub killed: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserResourcesQuery {
+    /// Admins: this user's resources only.
+    pub user: Option<String>,
+}
+
+/// One user's resources for one creator and engine type.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserResourceVo {
+    pub user_creator: String,
+    pub engine_type_with_version: String,
+    pub resource_type: String,
+    pub max_resource: ResourceVo,
+    pub used_resource: ResourceVo,
+    pub locked_resource: ResourceVo,
+    pub left_resource: ResourceVo,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserResourcesData {
+    pub user_resources: Vec<UserResourceVo>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct EngineLogQuery {
+    /// The engine's ticket.
+    pub ticket_id: Option<String>,
+    /// `stdout` (default) or `stderr`.
+    pub log_type: Option<String>,
+    /// 1-based first line (default 1).
+    pub from_line: Option<usize>,
+    /// Lines per page (default 100).
+    pub page_size: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineLogData {
+    pub log_path: String,
+    pub rows: usize,
+    pub logs: Vec<String>,
+    pub end_line: usize,
+}
