@@ -131,7 +131,7 @@ const KILLED: &str = "Successfully killed the job(成功kill了job)";
 /// `progress`, `resultSet` and a final `end` event.
 #[utoipa::path(get, path = "/api/rest_j/v1/entrance/{id}/events", tag = "entrance",
     params(("id" = String, Path, description = "execID")),
-    responses((status = 200, description = "An event stream (JSON in each event's data)", content_type = "text/event-stream", body = String)))]
+    responses((status = 200, description = "An event stream (JSON in each event's data)", content_type = "text/event-stream", body = JobEvent)))]
 async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;

@@ -149,6 +149,31 @@ pub struct LogData {
     pub from_line: usize,
 }
 
+/// One Server-Sent Event of `entrance/{id}/events`: its kind, and its data
+/// as JSON text with a `type` field naming the kind again. (It describes the
+/// stream; axum's `Sse` writes it.)
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct JobEvent {
+    pub event: JobEventKind,
+    /// JSON: `status` {status}; `log` {fromLine, lines}; `progress` {progress,
+    /// progressInfo, resource, engineMetrics}; `resultSet` {alias, rows};
+    /// `end` {status, errDesc}; `lagged` {missed}.
+    pub data: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub enum JobEventKind {
+    Status,
+    Log,
+    Progress,
+    ResultSet,
+    End,
+    Lagged,
+}
+
 /// `POST /entrance/{id}/killJobs`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", expecting = "a JSON object")]
