@@ -205,8 +205,12 @@ pub async fn main(argv: &[String], out: &mut impl Write) -> anyhow::Result<i32> 
     if a.is_async {
         return Ok(0);
     }
-    let status = crate::follow(&client, &exec).await?;
-    let code = print_outcome(&client, task, &status, out).await?;
+    let mode = crate::FollowMode { verbose: true, live_output: false, ctrl_c_kills: true };
+    let outcome = crate::follow(&client, &exec, task, mode).await?;
+    if outcome.left_running {
+        return Ok(130);
+    }
+    let code = print_outcome(&client, task, &outcome.status, out).await?;
     let _ = &mut client;
     Ok(code)
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use hangar_protocol::dolphin::{self, Column};
 use hangar_protocol::logline::{self, Level};
-use hangar_protocol::rpc::JobProgressInfo;
+use hangar_protocol::rpc::{JobProgressInfo, OutputStream};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::sync::{Notify, mpsc};
 
@@ -26,6 +26,13 @@ pub enum ExecutorEvent {
         alias: u32,
         rs_type: u32,
         rows: u64,
+        /// Rows produced, when the row limit kept fewer.
+        total_rows: Option<u64>,
+    },
+    /// A line the task printed, for clients following the job live.
+    Output {
+        stream: OutputStream,
+        line: String,
     },
 }
 
@@ -65,6 +72,7 @@ pub struct ExecutionContext {
     max_rows: u64,
     events: mpsc::UnboundedSender<ExecutorEvent>,
     cancel: CancelSignal,
+    exit_code: Option<i32>,
 }
 
 impl ExecutionContext {
@@ -77,7 +85,23 @@ impl ExecutionContext {
         events: mpsc::UnboundedSender<ExecutorEvent>,
         cancel: CancelSignal,
     ) -> Self {
-        Self { task_id, user, properties, result_dir, next_alias: 0, max_rows, events, cancel }
+        Self { task_id, user, properties, result_dir, next_alias: 0, max_rows, events, cancel, exit_code: None }
+    }
+
+    /// The exit code of the task's program (engines that run one: shell).
+    pub fn set_exit_code(&mut self, code: i32) {
+        self.exit_code = Some(code);
+    }
+
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code
+    }
+
+    /// A line the task's program wrote to stderr: in the job log, and live
+    /// to clients following the job.
+    pub fn stderr(&self, line: &str) {
+        self.info(line);
+        let _ = self.events.send(ExecutorEvent::Output { stream: OutputStream::Stderr, line: line.to_string() });
     }
 
     fn log(&self, level: Level, msg: &str) {
@@ -144,8 +168,8 @@ impl ExecutionContext {
             alias,
             rs_type,
             rows: 0,
+            produced: 0,
             max_rows: self.max_rows,
-            truncated: false,
             events: self.events.clone(),
         })
     }
@@ -155,32 +179,27 @@ fn io_err(path: &Path, e: std::io::Error) -> String {
     format!("cannot write result file {}: {e}", path.display())
 }
 
-/// Writes one result set; rows beyond the engine's row limit are dropped with
-/// a warning in the task log.
+/// The setting that raises the row limit, as a user would set it.
+pub const ROW_LIMIT_SETTING: &str = "engineconn.max_result_rows (HANGAR_ENGINECONN_MAX_RESULT_ROWS)";
+
+/// Writes one result set; rows beyond the engine's row limit are counted but
+/// not stored, and the task log says how many were kept of how many. Lines of
+/// a TEXT result set (a program's stdout) also go live to clients.
 pub struct ResultSetWriter {
     out: BufWriter<tokio::fs::File>,
     path: PathBuf,
     alias: u32,
     rs_type: u32,
     rows: u64,
+    produced: u64,
     max_rows: u64,
-    truncated: bool,
     events: mpsc::UnboundedSender<ExecutorEvent>,
 }
 
 impl ResultSetWriter {
     fn admit(&mut self) -> bool {
+        self.produced += 1;
         if self.rows >= self.max_rows {
-            if !self.truncated {
-                self.truncated = true;
-                let _ = self.events.send(ExecutorEvent::Log(logline::format(
-                    Level::Warn,
-                    &format!(
-                        "result set _{}.dolphin reached the row limit of {} rows; further rows are not stored",
-                        self.alias, self.max_rows
-                    ),
-                )));
-            }
             return false;
         }
         self.rows += 1;
@@ -188,6 +207,7 @@ impl ResultSetWriter {
     }
 
     pub async fn add_line(&mut self, line: &str) -> Result<(), String> {
+        let _ = self.events.send(ExecutorEvent::Output { stream: OutputStream::Stdout, line: line.to_string() });
         if self.admit() {
             let rec = dolphin::text_line(line);
             self.out.write_all(&rec).await.map_err(|e| io_err(&self.path, e))?;
@@ -212,11 +232,24 @@ impl ResultSetWriter {
         // Flushed to the OS, not fsynced: a result set is rewritten by rerunning
         // its job, and an fsync per result costs more than the job itself.
         self.out.flush().await.map_err(|e| io_err(&self.path, e))?;
+        let cut = self.produced > self.rows;
+        if cut {
+            let _ = self.events.send(ExecutorEvent::Log(logline::format(
+                Level::Warn,
+                &format!(
+                    "result set {} kept {} of {} rows (the row limit); raise {ROW_LIMIT_SETTING} to keep more",
+                    self.alias + 1,
+                    self.rows,
+                    self.produced
+                ),
+            )));
+        }
         let _ = self.events.send(ExecutorEvent::ResultSet {
             path: self.path.display().to_string(),
             alias: self.alias,
             rs_type: self.rs_type,
             rows: self.rows,
+            total_rows: cut.then_some(self.produced),
         });
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hangar_engineconn_plugin::{CancelSignal, ExecutionContext, Executor, ExecutorEvent};
 use hangar_protocol::JobStatus;
 use hangar_protocol::logline::{self, Level};
-use hangar_protocol::rpc::{JobProgressInfo, TaskEvent, TaskExecuteRequest, TaskRunningInfo};
+use hangar_protocol::rpc::{JobProgressInfo, OutputLine, TaskEvent, TaskExecuteRequest, TaskRunningInfo};
 use tokio::sync::mpsc;
 
 use crate::state::Engine;
@@ -31,7 +31,7 @@ pub(crate) async fn run(
         tx,
         cancel.clone(),
     );
-    engine.out.event(&cb, TaskEvent::Status { task_id, status: JobStatus::Running, error: None });
+    engine.out.event(&cb, TaskEvent::Status { task_id, status: JobStatus::Running, error: None, exit_code: None });
     ctx.info(&format!("engine {} (ticket {}) runs task {task_id}", engine.instance, engine.ctx.ticket_id));
     let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, rx));
 
@@ -66,19 +66,20 @@ pub(crate) async fn run(
         (r, ctx)
     })
     .await;
-    let (result, error_line) = match outcome {
+    let (result, error_line, exit_code) = match outcome {
         Ok((r, ctx)) => {
             if let Err(e) = &r
                 && !cancel.is_cancelled()
             {
                 ctx.error(e);
             }
+            let exit_code = ctx.exit_code();
             drop(ctx);
-            (r, None)
+            (r, None, exit_code)
         }
         Err(join) => {
             let msg = format!("executor panicked: {join}");
-            (Err(msg.clone()), Some(logline::format(Level::Error, &msg)))
+            (Err(msg.clone()), Some(logline::format(Level::Error, &msg)), None)
         }
     };
     let progress = forwarder.await.unwrap_or(0.0);
@@ -95,7 +96,7 @@ pub(crate) async fn run(
     };
     let final_progress = if status == JobStatus::Succeed { 1.0 } else { progress };
     engine.out.event(&cb, running_info(&engine, task_id, final_progress, Vec::new()));
-    engine.out.event(&cb, TaskEvent::Status { task_id, status, error: error.clone() });
+    engine.out.event(&cb, TaskEvent::Status { task_id, status, error: error.clone(), exit_code });
     engine.task_finished(task_id, status, error);
 }
 
@@ -108,12 +109,16 @@ fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec
 /// the last progress.
 async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::UnboundedReceiver<ExecutorEvent>) -> f32 {
     let mut lines: Vec<String> = Vec::new();
+    let mut output: Vec<OutputLine> = Vec::new();
     // Linkis floors progress at 0.1 while a task runs.
     let mut progress: f32 = 0.1;
     let mut info: Vec<JobProgressInfo> = Vec::new();
     let mut log_tick = tokio::time::interval(engine.opts.log_push_interval);
     let mut info_tick = tokio::time::interval(engine.opts.running_info_interval);
-    let flush = |lines: &mut Vec<String>| {
+    let flush = |lines: &mut Vec<String>, output: &mut Vec<OutputLine>| {
+        if !output.is_empty() {
+            engine.out.event(&cb, TaskEvent::Output { task_id, lines: std::mem::take(output) });
+        }
         if !lines.is_empty() {
             engine.out.event(&cb, TaskEvent::Log { task_id, lines: std::mem::take(lines) });
         }
@@ -125,26 +130,32 @@ async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::Un
                 Some(ExecutorEvent::Log(line)) => {
                     lines.push(line);
                     if lines.len() >= engine.opts.log_push_lines {
-                        flush(&mut lines);
+                        flush(&mut lines, &mut output);
+                    }
+                }
+                Some(ExecutorEvent::Output { stream, line }) => {
+                    output.push(OutputLine { stream, line });
+                    if output.len() >= engine.opts.log_push_lines {
+                        flush(&mut lines, &mut output);
                     }
                 }
                 Some(ExecutorEvent::Progress { progress: p, info: i }) => {
                     progress = p.max(0.1);
                     info = i;
-                    flush(&mut lines);
+                    flush(&mut lines, &mut output);
                     engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
                 }
-                Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows }) => {
-                    flush(&mut lines);
-                    engine.out.event(&cb, TaskEvent::ResultSet { task_id, path, alias, rs_type, rows });
+                Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows, total_rows }) => {
+                    flush(&mut lines, &mut output);
+                    engine.out.event(&cb, TaskEvent::ResultSet { task_id, path, alias, rs_type, rows, total_rows });
                 }
             },
-            _ = log_tick.tick() => flush(&mut lines),
+            _ = log_tick.tick() => flush(&mut lines, &mut output),
             _ = info_tick.tick() => {
                 engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
             }
         }
     }
-    flush(&mut lines);
+    flush(&mut lines, &mut output);
     progress
 }

@@ -50,7 +50,7 @@ impl Entrance {
         task_id: i64,
         ask: &AskRequest,
         log: &mut JobLog,
-        feed: &tokio::sync::broadcast::Sender<serde_json::Value>,
+        feed: &crate::feed::Feed,
     ) -> Result<EngineGrant, HangarError> {
         let deadline = Instant::now() + ask.timeout;
         let mut backoff = Duration::from_millis(100);
@@ -63,7 +63,7 @@ impl Entrance {
                 Ok(g) => {
                     if waiting_for.is_some() {
                         self.store.update_status(task_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
-                        let _ = feed.send(json!({"type": "status", "status": "Scheduled"}));
+                        feed.send(json!({"type": "status", "status": "Scheduled"}));
                         log.line(Level::Info, "an engine can be had now").await;
                     }
                     return Ok(g);
@@ -75,7 +75,7 @@ impl Entrance {
                 if waiting_for.as_deref() != Some(err.message.as_str()) {
                     if waiting_for.is_none() {
                         self.store.update_status(task_id, JobStatus::WaitForRetry, None, None, None, now_ms()).await?;
-                        let _ = feed.send(json!({"type": "status", "status": "WaitForRetry"}));
+                        feed.send(json!({"type": "status", "status": "WaitForRetry"}));
                     }
                     let secs = deadline.saturating_duration_since(Instant::now()).as_secs();
                     let msg = format!(

@@ -24,7 +24,7 @@ use crate::{Entrance, JobHandle, lock};
 /// A validated submission, ready to run.
 pub(crate) struct Prepared {
     /// What `/entrance/{execID}/events` subscribers see.
-    pub feed: tokio::sync::broadcast::Sender<Value>,
+    pub feed: crate::feed::Feed,
     pub task_id: i64,
     pub exec_id: String,
     pub user: String,
@@ -160,7 +160,7 @@ impl Entrance {
             }
         };
         self.start(Prepared {
-            feed: tokio::sync::broadcast::channel(1024).0,
+            feed: crate::feed::JobFeed::new(),
             task_id,
             exec_id: exec.clone(),
             user: execute_user,
@@ -269,7 +269,7 @@ impl Entrance {
         &self,
         task_id: i64,
         exec_id: &str,
-        feed: &tokio::sync::broadcast::Sender<Value>,
+        feed: &crate::feed::Feed,
         log: &mut JobLog,
         mut metrics: Map<String, Value>,
         outcome: Result<(JobStatus, Option<HangarError>), HangarError>,
@@ -300,6 +300,7 @@ impl Entrance {
             .as_ref()
             .filter(|_| status != JobStatus::Succeed || lost_log)
             .map(|e| (e.code.number(), e.message.as_str()));
+        let exit_code = metrics.get(crate::run::EXIT_CODE).cloned().unwrap_or(Value::Null);
         let metrics = Value::Object(metrics).to_string();
         if let Err(e) = self.store.update_status(task_id, status, progress, err, Some(&metrics), now_ms()).await {
             // A job never stays unfinished in the store: keep trying (a full
@@ -324,7 +325,7 @@ impl Entrance {
             });
         }
         let desc = error.as_ref().filter(|_| status != JobStatus::Succeed || lost_log).map(|e| e.message.clone());
-        let _ = feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc}));
+        feed.send(json!({"type": "end", "status": status.as_str(), "errDesc": desc, "exitCode": exit_code}));
         lock(&self.jobs).remove(&task_id);
         tracing::info!(task_id, %status, "job finished");
     }
@@ -374,7 +375,7 @@ impl Entrance {
         self.dequeue(&job.group);
         let _permit = permit;
         self.store.update_status(task_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
-        let _ = job.feed.send(json!({"type": "status", "status": "Scheduled"}));
+        job.feed.send(json!({"type": "status", "status": "Scheduled"}));
         metrics.insert("scheduleTime".into(), json!(now_ms()));
         log.line(
             Level::Info,

@@ -12,7 +12,7 @@ pub(crate) struct JobLog {
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     /// Lines written so far (the `fromLine` of the next one).
     lines: u64,
-    pub(crate) feed: Option<tokio::sync::broadcast::Sender<Value>>,
+    pub(crate) feed: Option<crate::feed::Feed>,
     /// Why the log could not be written, the first time it could not.
     pub(crate) error: Option<String>,
 }
@@ -64,7 +64,7 @@ impl JobLog {
             }
         }
         if let Some(feed) = &self.feed {
-            let _ = feed.send(json!({"type": "log", "fromLine": self.lines, "lines": lines}));
+            feed.send(json!({"type": "log", "fromLine": self.lines, "lines": lines}));
         }
         self.lines += lines.len() as u64;
     }

@@ -144,11 +144,19 @@ async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Pa
         Ok(j) => j,
         Err(err) => return error_reply(method_of(&uri), &err),
     };
-    let end_of = |j: &JobRecord| json!({"type": "end", "status": j.status.as_str(), "errDesc": j.err_desc});
-    // Subscribe before reading the status so no transition falls in between.
-    let rx = crate::lock(&e.jobs).get(&job.id).map(|h| h.feed.subscribe());
-    let first: Vec<Value> = match (&rx, job.status.is_completed()) {
-        (Some(_), false) => vec![json!({"type": "status", "status": job.status.as_str()})],
+    let end_of = |j: &JobRecord| {
+        let metrics: Value = serde_json::from_str(&j.metrics).unwrap_or_default();
+        let exit_code = metrics.get(crate::run::EXIT_CODE).cloned().unwrap_or(Value::Null);
+        json!({"type": "end", "status": j.status.as_str(), "errDesc": j.err_desc, "exitCode": exit_code})
+    };
+    // Subscribe before reading the status so no transition falls in between;
+    // then the output printed before this subscriber came.
+    let feed = crate::lock(&e.jobs).get(&job.id).map(|h| h.feed.clone());
+    let rx = feed.as_ref().map(|f| f.subscribe());
+    let first: Vec<Value> = match (&feed, job.status.is_completed()) {
+        (Some(f), false) => {
+            std::iter::once(json!({"type": "status", "status": job.status.as_str()})).chain(f.replay()).collect()
+        }
         _ => vec![end_of(&job)],
     };
     let done = first.iter().any(|v| v["type"] == "end");

@@ -7,6 +7,7 @@ mod ask;
 pub mod auth;
 mod bml;
 mod config;
+mod feed;
 mod files;
 #[doc(hidden)]
 pub mod fuzz_support;
@@ -40,7 +41,7 @@ pub use config::{EntranceConfig, TokenConfig, UserConfig};
 pub(crate) struct JobHandle {
     pub events: mpsc::UnboundedSender<TaskEvent>,
     /// What `/entrance/{execID}/events` subscribers see.
-    pub feed: tokio::sync::broadcast::Sender<serde_json::Value>,
+    pub feed: crate::feed::Feed,
     pub kill: watch::Sender<bool>,
     pub progress_info: Arc<Mutex<Vec<hangar_protocol::rpc::JobProgressInfo>>>,
     /// The engine the task was sent to: only its events are taken.

@@ -88,7 +88,7 @@ impl Entrance {
         let group = format!("{}_{}_{}", uc.creator, uc.user, et.engine);
         self.with_group(&group, |g| g.queued += 1);
         Ok(Prepared {
-            feed: tokio::sync::broadcast::channel(1024).0,
+            feed: crate::feed::JobFeed::new(),
             task_id: j.id,
             exec_id: j.exec_id,
             user: j.execute_user,
@@ -110,7 +110,7 @@ impl Entrance {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = watch::channel(false);
         let progress_info = Arc::new(Mutex::new(Vec::new()));
-        let (feed, _) = tokio::sync::broadcast::channel(1024);
+        let feed = crate::feed::JobFeed::new();
         lock(&self.jobs).insert(
             j.id,
             JobHandle {
@@ -165,7 +165,7 @@ impl Entrance {
     async fn reattach_inner(
         &self,
         j: &hangar_store::JobRecord,
-        feed: &tokio::sync::broadcast::Sender<Value>,
+        feed: &crate::feed::Feed,
         log: &mut JobLog,
         metrics: &mut Map<String, Value>,
         mut events: mpsc::UnboundedReceiver<TaskEvent>,

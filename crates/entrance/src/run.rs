@@ -68,7 +68,7 @@ impl Entrance {
             is_reuse: grant.reused,
         };
         self.store.set_running(task_id, &assignment, &Value::Object(metrics.clone()).to_string(), now_ms()).await?;
-        let _ = job.feed.send(json!({"type": "status", "status": "Running"}));
+        job.feed.send(json!({"type": "status", "status": "Running"}));
         let req = TaskExecuteRequest {
             task_id,
             exec_id: job.exec_id.clone(),
@@ -130,7 +130,7 @@ impl Entrance {
     pub(crate) async fn follow(
         &self,
         task_id: i64,
-        feed: &tokio::sync::broadcast::Sender<Value>,
+        feed: &crate::feed::Feed,
         log: &mut JobLog,
         metrics: &mut Map<String, Value>,
         grant: &EngineGrant,
@@ -171,7 +171,7 @@ impl Entrance {
                         TaskEvent::Log { lines, .. } => log.raw(&lines).await,
                         TaskEvent::RunningInfo(info) => {
                             *lock(&progress_info) = info.progress_info.clone();
-                            let _ = feed.send(json!({
+                            feed.send(json!({
                                 "type": "progress", "progress": info.progress, "progressInfo": info.progress_info,
                                 "resource": info.resource.to_linkis_json(), "engineMetrics": info.metrics,
                             }));
@@ -183,11 +183,22 @@ impl Entrance {
                                 self.store.set_progress(task_id, info.progress as f64, &m, now_ms()).await?;
                             }
                         }
-                        TaskEvent::ResultSet { alias, rows, .. } => {
-                            let _ = feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows}));
+                        TaskEvent::Output { lines, .. } => feed.output(lines),
+                        TaskEvent::ResultSet { alias, rows, total_rows, .. } => {
+                            feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows, "totalRows": total_rows}));
                             log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
+                            if let Some(total) = total_rows {
+                                let cut = json!({"alias": alias, "kept": rows, "total": total});
+                                match metrics.get_mut(TRUNCATED).and_then(Value::as_array_mut) {
+                                    Some(list) => list.push(cut),
+                                    None => { metrics.insert(TRUNCATED.into(), json!([cut])); }
+                                }
+                            }
                         }
-                        TaskEvent::Status { status, error, .. } => {
+                        TaskEvent::Status { status, error, exit_code, .. } => {
+                            if let Some(code) = exit_code {
+                                metrics.insert(EXIT_CODE.into(), json!(code));
+                            }
                             if status.is_completed() {
                                 let err = error.map(|m| HangarError::new(if status == JobStatus::Cancelled { ErrorCode::InvalidRequest } else { ErrorCode::Internal }, m));
                                 return Ok((status, err));
@@ -202,7 +213,11 @@ impl Entrance {
                         while let Ok(ev) = events.try_recv() {
                             match ev {
                                 TaskEvent::Log { lines, .. } => log.raw(&lines).await,
-                                TaskEvent::Status { status, error, .. } if status.is_completed() => {
+                                TaskEvent::Output { lines, .. } => feed.output(lines),
+                                TaskEvent::Status { status, error, exit_code, .. } if status.is_completed() => {
+                                    if let Some(code) = exit_code {
+                                        metrics.insert(EXIT_CODE.into(), json!(code));
+                                    }
                                     return Ok((status, error.map(|m| HangarError::new(ErrorCode::Internal, m))));
                                 }
                                 _ => {}
@@ -260,6 +275,11 @@ async fn prepare_result_dir(
     .await
     .map_err(|e| HangarError::internal(e.to_string()))?
 }
+
+/// Job metrics key: the exit code of the task's program (shell).
+pub(crate) const EXIT_CODE: &str = "exitCode";
+/// Job metrics key: result sets cut at the row limit, `{alias, kept, total}`.
+pub(crate) const TRUNCATED: &str = "truncatedResults";
 
 /// Resolves once the flag is set (or its sender is gone).
 pub(crate) async fn fired(rx: &mut watch::Receiver<bool>) {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +232,76 @@ impl Config {
     }
 }
 
+/// Names Hangar reads besides `HANGAR_<SECTION>_<KEY>`: client settings, the
+/// first admin, the log filter, and what an ECM gives its engines.
+const OTHER_NAMES: &[&str] = &[
+    "HANGAR_TOKEN",
+    "HANGAR_SERVER",
+    "HANGAR_USER",
+    "HANGAR_CONFIG",
+    "HANGAR_LOG",
+    "HANGAR_ADMIN_USER",
+    "HANGAR_ADMIN_PASSWORD",
+    "HANGAR_ENGINE_TICKET",
+    "HANGAR_RESOURCES_DIR",
+    "HANGAR_LIB_DIR",
+    "HANGAR_CONF_DIR",
+    "HANGAR_PYTHON_RESOLVED",
+];
+
+/// The test suite's and the benchmark's own variables.
+const OTHER_PREFIXES: &[&str] = &["HANGAR_TEST_", "HANGAR_CHAOS_", "HANGAR_SCHEMATHESIS_", "HANGAR_BENCH_", "HANGAR_WRITE_"];
+
+/// A `HANGAR_*` variable the server does not know stops it, naming the
+/// closest known one: a typo must not be ignored silently.
+pub fn check_env_names(names: impl IntoIterator<Item = String>) -> anyhow::Result<()> {
+    let mut known: Vec<String> = OTHER_NAMES.iter().map(|s| s.to_string()).collect();
+    if let Ok(tree) = toml::Value::try_from(Config::default()) {
+        leaf_env_names(&tree, "HANGAR", &mut known);
+    }
+    for name in names {
+        if !name.starts_with("HANGAR_")
+            || known.contains(&name)
+            || OTHER_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        let closest = known.iter().min_by_key(|k| edit_distance(k, &name)).map(String::as_str).unwrap_or("");
+        bail!(
+            "unknown environment variable {name} (did you mean {closest}?); every setting and its variable is in \
+             docs/configuration.md"
+        );
+    }
+    Ok(())
+}
+
+fn leaf_env_names(tree: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    if let toml::Value::Table(t) = tree {
+        for (k, v) in t {
+            let name = format!("{prefix}_{}", k.to_ascii_uppercase());
+            if v.is_table() {
+                leaf_env_names(v, &name, out);
+            } else {
+                out.push(name);
+            }
+        }
+    }
+}
+
+/// Levenshtein distance over bytes (names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 fn merge(base: &mut toml::Value, over: toml::Value) {
     match (base, over) {
         (toml::Value::Table(b), toml::Value::Table(o)) => {
@@ -317,6 +387,16 @@ mod tests {
         std::fs::write(&f, "[server]\nprot = 1\n").expect("w");
         let err = Config::load(Some(&f), &|_| None).expect_err("unknown key");
         assert!(format!("{err:#}").contains("prot"), "{err:#}");
+    }
+
+    #[test]
+    fn unknown_variables_name_the_closest_key() {
+        let err = check_env_names(["HANGAR_SERVER_PROT".to_string()]).expect_err("typo");
+        assert!(format!("{err}").contains("did you mean HANGAR_SERVER_PORT?"), "{err}");
+        let err = check_env_names(["HANGAR_TOKN".to_string()]).expect_err("typo");
+        assert!(format!("{err}").contains("HANGAR_TOKEN"), "{err}");
+        let fine = ["HANGAR_SERVER_PORT", "HANGAR_TOKEN", "HANGAR_TEST_STORE", "PATH", "HANGAR_MANAGER_USER_MAX_INSTANCES"];
+        check_env_names(fine.map(String::from)).expect("known names");
     }
 
     /// Every key is documented, and the example file parses.

@@ -49,6 +49,54 @@ pub(crate) fn prepare_data_dir(dir: &Path, engines_switch: bool) -> anyhow::Resu
     Ok(dir)
 }
 
+/// One server per data dir: an exclusive `flock` on `<data_dir>/server.lock`,
+/// held for the life of the process (the kernel drops it when the process
+/// dies, so a crashed server never leaves it stuck; engines do not inherit
+/// it). The file says who holds it, for the next server's refusal.
+pub(crate) struct DataDirLock {
+    file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl DataDirLock {
+    pub(crate) fn take(data_dir: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join("server.lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(file) => Ok(Self { file }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                let holder = if holder.is_empty() { "another Hangar server (starting)" } else { holder };
+                bail!(
+                    "the data dir {} is in use by {holder}; stop that server first, or give this one its own                      --data-dir",
+                    data_dir.display()
+                )
+            }
+            Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+        }
+    }
+
+    /// Record who holds the lock (shown to a second server).
+    pub(crate) fn describe(&mut self, what: &str) {
+        use std::io::{Seek, Write};
+        let text = format!("{what} (pid {})\n", std::process::id());
+        let f: &mut std::fs::File = &mut self.file;
+        let written = f.set_len(0).and_then(|()| f.rewind()).and_then(|()| f.write_all(text.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot record this server in server.lock");
+        }
+    }
+}
+
 /// Create a server-owned folder (if missing) and set its mode.
 pub(crate) fn private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;

@@ -47,7 +47,7 @@ enum Command {
     /// Print a job's status (by taskID or execID).
     Status(IdArgs),
     /// Print a job's log.
-    Log(IdArgs),
+    Log(LogArgs),
     /// Print a job's result sets.
     Result(IdArgs),
     /// Kill a job.
@@ -179,6 +179,20 @@ struct RunArgs {
     /// Submit and print the taskID without waiting.
     #[arg(long)]
     detach: bool,
+    /// Also print the job's log (INFO lines) on stderr.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// taskID or execID.
+    id: String,
+    /// Follow the log until the job ends (Ctrl-C stops following, not the job).
+    #[arg(long, short = 'f')]
+    follow: bool,
 }
 
 #[derive(Args)]
@@ -288,6 +302,7 @@ async fn cmd_material(a: MaterialArgs) -> anyhow::Result<i32> {
 }
 
 fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
+    config::check_env_names(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))?;
     let mut cfg = config::Config::load(a.config.as_deref(), &|k| std::env::var(k).ok())?;
     if let Some(p) = a.port {
         cfg.server.port = p;
@@ -321,12 +336,9 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn client(c: &ConnArgs) -> anyhow::Result<Client> {
-    let user = c
-        .user
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "hangar".into());
+    let user = c.user.clone().filter(|u| !u.is_empty()).or_else(hangar_cli::default_user).ok_or_else(|| {
+        anyhow::anyhow!("cannot tell which user you are: pass --user NAME or set HANGAR_USER")
+    })?;
     Client::new(Connection { server: c.server.clone(), user, token: c.token.clone(), cookie: None })
 }
 
@@ -363,7 +375,7 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         startup: json_map(pairs(&a.startup, "startup")?),
         runtime: json_map(pairs(&a.runtime, "runtime")?),
     };
-    hangar_cli::run(&client(&a.conn)?, &spec, a.detach).await
+    hangar_cli::run(&client(&a.conn)?, &spec, a.detach, a.verbose).await
 }
 
 async fn cmd_status(a: IdArgs) -> anyhow::Result<i32> {
@@ -373,9 +385,15 @@ async fn cmd_status(a: IdArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn cmd_log(a: IdArgs) -> anyhow::Result<i32> {
+async fn cmd_log(a: LogArgs) -> anyhow::Result<i32> {
     let c = client(&a.conn)?;
-    let (exec, _) = c.resolve(&a.id).await?;
+    let (exec, task_id) = c.resolve(&a.id).await?;
+    if a.follow {
+        let mode = hangar_cli::FollowMode { verbose: true, live_output: false, ctrl_c_kills: false };
+        let o = hangar_cli::follow(&c, &exec, task_id, mode).await?;
+        eprintln!("job {task_id} {}", o.status);
+        return Ok(0);
+    }
     let (text, _) = c.log(&exec, 0).await?;
     print!("{text}");
     Ok(0)
@@ -383,8 +401,22 @@ async fn cmd_log(a: IdArgs) -> anyhow::Result<i32> {
 
 async fn cmd_result(a: IdArgs) -> anyhow::Result<i32> {
     let c = client(&a.conn)?;
-    let (_, task_id) = c.resolve(&a.id).await?;
+    let (exec, task_id) = c.resolve(&a.id).await?;
+    let status = c.status(&exec).await?;
+    if !matches!(status.as_str(), "Succeed" | "Failed" | "Cancelled" | "Timeout") {
+        anyhow::bail!("job {task_id} is still {status}: its results are not complete yet (`hangar log -f {task_id}` follows it)");
+    }
     hangar_cli::print_results(&mut std::io::stdout().lock(), &c.results(task_id).await?)?;
+    let job = c.job(task_id).await?;
+    for cut in job.pointer("/metrics/truncatedResults").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        eprintln!(
+            "result set {}: {} of {} rows were kept (the row limit); raise {} to keep more",
+            cut["alias"].as_u64().unwrap_or(0) + 1,
+            cut["kept"],
+            cut["total"],
+            hangar_engineconn_plugin::ROW_LIMIT_SETTING
+        );
+    }
     Ok(0)
 }
 

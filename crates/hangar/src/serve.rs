@@ -26,7 +26,7 @@ use hangar_store::Store;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::datadir::{control_plane_secrets, dir_or, engines_can_reach, prepare_data_dir, private_dir};
+use crate::datadir::{DataDirLock, control_plane_secrets, dir_or, engines_can_reach, prepare_data_dir, private_dir};
 
 /// The in-process ECM as the manager sees it.
 struct LocalEcm(Arc<Ecm>);
@@ -221,6 +221,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         )
         .is_ok_and(|i| i.switches());
     let data_dir = prepare_data_dir(Path::new(&cfg.server.data_dir), switches)?;
+    // Held until this function returns (the process ends soon after).
+    let mut lock = DataDirLock::take(&data_dir)?;
     let secrets = control_plane_secrets(&cfg, roles, &data_dir)?;
     let listener = tokio::net::TcpListener::bind((cfg.server.bind.as_str(), cfg.server.port))
         .await
@@ -229,6 +231,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let reach_host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
     let instance = format!("{reach_host}:{}", addr.port());
     let base_url = format!("http://{instance}");
+    lock.describe(&format!("the Hangar server at {base_url}"));
     let loopback_only = addr.ip().is_loopback() && !crate::exposure::beyond_loopback(&cfg.server.bind);
     if roles == Roles::Ecm {
         return serve_ecm(cfg, plugins, data_dir, listener, instance, secrets.ecm_token).await;

@@ -189,6 +189,26 @@ pub struct TaskEventBatch {
     pub events: Vec<TaskEvent>,
 }
 
+/// What separates a failure's reason from the last stderr lines quoted after
+/// it (clients that showed stderr live print only the reason).
+pub const STDERR_TAIL: &str = "; last stderr lines:\n";
+
+/// Which stream a line of a task's output came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line a task printed, streamed to clients as it is produced (stdout
+/// lines are kept in the TEXT result set too; stderr lines in the job log).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutputLine {
+    pub stream: OutputStream,
+    pub line: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type")]
 pub enum TaskEvent {
@@ -196,10 +216,17 @@ pub enum TaskEvent {
         task_id: i64,
         status: JobStatus,
         error: Option<String>,
+        /// The exit code of the task's program, where the engine has one (shell).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
     },
     Log {
         task_id: i64,
         lines: Vec<String>,
+    },
+    Output {
+        task_id: i64,
+        lines: Vec<OutputLine>,
     },
     /// The combined report of the metrics-reporting seed: progress, resource
     /// and engine metrics in one message.
@@ -209,7 +236,11 @@ pub enum TaskEvent {
         path: String,
         alias: u32,
         rs_type: u32,
+        /// Rows stored.
         rows: u64,
+        /// Rows produced, when more than the engine's row limit let it store.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total_rows: Option<u64>,
     },
 }
 
@@ -218,6 +249,7 @@ impl TaskEvent {
         match self {
             TaskEvent::Status { task_id, .. }
             | TaskEvent::Log { task_id, .. }
+            | TaskEvent::Output { task_id, .. }
             | TaskEvent::ResultSet { task_id, .. } => *task_id,
             TaskEvent::RunningInfo(info) => info.task_id,
         }

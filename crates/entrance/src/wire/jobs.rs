@@ -156,9 +156,11 @@ pub struct LogData {
 #[allow(dead_code)]
 pub struct JobEvent {
     pub event: JobEventKind,
-    /// JSON: `status` {status}; `log` {fromLine, lines}; `progress` {progress,
-    /// progressInfo, resource, engineMetrics}; `resultSet` {alias, rows};
-    /// `end` {status, errDesc}; `lagged` {missed}.
+    /// JSON: `status` {status}; `log` {fromLine, lines}; `output` {fromLine,
+    /// lines: [{stream: stdout|stderr, line}]} (what the task prints, live;
+    /// numbered from 0); `progress` {progress, progressInfo, resource,
+    /// engineMetrics}; `resultSet` {alias, rows, totalRows}; `end` {status,
+    /// errDesc, exitCode}; `lagged` {missed}.
     pub data: String,
 }
 
@@ -168,6 +170,7 @@ pub struct JobEvent {
 pub enum JobEventKind {
     Status,
     Log,
+    Output,
     Progress,
     ResultSet,
     End,

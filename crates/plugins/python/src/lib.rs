@@ -555,7 +555,7 @@ impl Executor for PythonExecutor {
                     match serde_json::from_str::<Msg>(&line) {
                         Ok(Msg::Stdout { s }) => output.line(ctx, &s).await,
                         Ok(Msg::Stderr { s }) => {
-                            ctx.info(&s);
+                            ctx.stderr(&s);
                             interp.shared.push_tail(&s);
                         }
                         Ok(Msg::Table { columns, rows }) => output.table(ctx, columns, rows).await,

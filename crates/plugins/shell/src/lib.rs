@@ -163,7 +163,7 @@ impl Executor for ShellExecutor {
                         Ok(0) | Err(_) => err_open = false,
                         Ok(_) => {
                             let line = take_line(&mut err_buf);
-                            ctx.info(&line);
+                            ctx.stderr(&line);
                             if tail.len() == STDERR_TAIL_LINES {
                                 tail.pop_front();
                             }
@@ -191,6 +191,9 @@ impl Executor for ShellExecutor {
             let _ = killpg(pg, Signal::SIGKILL);
         }
         writer.close().await?;
+        if let Some(code) = status.code() {
+            ctx.set_exit_code(code);
+        }
         if status.success() {
             return Ok(());
         }
@@ -202,7 +205,7 @@ impl Executor for ShellExecutor {
         if tail.is_empty() {
             Err(format!("shell script ended with {how}"))
         } else {
-            Err(format!("shell script ended with {how}; last stderr lines:\n{}", tail.join("\n")))
+            Err(format!("shell script ended with {how}{}{}", hangar_protocol::rpc::STDERR_TAIL, tail.join("\n")))
         }
     }
 }
