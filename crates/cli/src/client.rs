@@ -19,8 +19,8 @@ pub struct Connection {
 }
 
 pub struct Client {
-    http: reqwest::Client,
-    conn: Connection,
+    pub(crate) http: reqwest::Client,
+    pub(crate) conn: Connection,
 }
 
 impl Client {
@@ -29,7 +29,7 @@ impl Client {
         Ok(Self { http, conn })
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
         let resp = self.authed(req).send().await.with_context(|| {
             format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server)
         })?;
@@ -40,7 +40,7 @@ impl Client {
         env.into_result().map_err(|e| anyhow::anyhow!("{what}: {}", e.message))
     }
 
-    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    pub(crate) fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.conn.cookie {
             Some(c) => req.header("Cookie", c),
             None => req.header("Token-User", &self.conn.user).header("Token-Code", &self.conn.token),
@@ -242,4 +242,3 @@ impl Client {
         Ok(Some(EventStream { resp, buf: String::new() }))
     }
 }
-

@@ -46,13 +46,13 @@ pub fn default_run_type(engine_type: &str) -> String {
     }
 }
 
-
 /// The user a client acts as when none is given: `$USER`, else this process's
 /// account name (never a made-up name).
 pub fn default_user() -> Option<String> {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(|| {
-        nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name)
-    })
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name))
 }
 
 /// A value at a JSON pointer as display text (`-` when absent or null).

@@ -153,7 +153,8 @@ mod tests {
     #[test]
     fn adjacent_logs_merge_but_keep_order() {
         let log = |t, l: &str| TaskEvent::Log { task_id: t, lines: vec![l.to_string()] };
-        let st = TaskEvent::Status { task_id: 1, status: hangar_protocol::JobStatus::Running, error: None };
+        let st =
+            TaskEvent::Status { task_id: 1, status: hangar_protocol::JobStatus::Running, error: None, exit_code: None };
         let merged = merge_logs(vec![log(1, "a"), log(1, "b"), st.clone(), log(1, "c"), log(2, "d")]);
         assert_eq!(merged.len(), 4);
         assert_eq!(merged[0], TaskEvent::Log { task_id: 1, lines: vec!["a".into(), "b".into()] });

@@ -105,6 +105,8 @@ fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec
     TaskEvent::RunningInfo(TaskRunningInfo { task_id, progress, progress_info, resource: engine.resource, metrics })
 }
 
+const OUTPUT_PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Forward executor events until the executor's context is dropped; returns
 /// the last progress.
 async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::UnboundedReceiver<ExecutorEvent>) -> f32 {
@@ -114,6 +116,9 @@ async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::Un
     let mut progress: f32 = 0.1;
     let mut info: Vec<JobProgressInfo> = Vec::new();
     let mut log_tick = tokio::time::interval(engine.opts.log_push_interval);
+    // What the task prints reaches a following client within ~50 ms.
+    let mut output_tick = tokio::time::interval(OUTPUT_PUSH_INTERVAL);
+    output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut info_tick = tokio::time::interval(engine.opts.running_info_interval);
     let flush = |lines: &mut Vec<String>, output: &mut Vec<OutputLine>| {
         if !output.is_empty() {
@@ -151,6 +156,9 @@ async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::Un
                 }
             },
             _ = log_tick.tick() => flush(&mut lines, &mut output),
+            _ = output_tick.tick(), if !output.is_empty() => {
+                engine.out.event(&cb, TaskEvent::Output { task_id, lines: std::mem::take(&mut output) });
+            }
             _ = info_tick.tick() => {
                 engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
             }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hangar_protocol::logline::{self, Level};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
 /// The job's log file; writes never fail the job (a warning is traced instead).

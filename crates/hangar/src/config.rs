@@ -250,7 +250,8 @@ const OTHER_NAMES: &[&str] = &[
 ];
 
 /// The test suite's and the benchmark's own variables.
-const OTHER_PREFIXES: &[&str] = &["HANGAR_TEST_", "HANGAR_CHAOS_", "HANGAR_SCHEMATHESIS_", "HANGAR_BENCH_", "HANGAR_WRITE_"];
+const OTHER_PREFIXES: &[&str] =
+    &["HANGAR_TEST_", "HANGAR_CHAOS_", "HANGAR_SCHEMATHESIS_", "HANGAR_BENCH_", "HANGAR_WRITE_"];
 
 /// A `HANGAR_*` variable the server does not know stops it, naming the
 /// closest known one: a typo must not be ignored silently.
@@ -260,10 +261,7 @@ pub fn check_env_names(names: impl IntoIterator<Item = String>) -> anyhow::Resul
         leaf_env_names(&tree, "HANGAR", &mut known);
     }
     for name in names {
-        if !name.starts_with("HANGAR_")
-            || known.contains(&name)
-            || OTHER_PREFIXES.iter().any(|p| name.starts_with(p))
-        {
+        if !name.starts_with("HANGAR_") || known.contains(&name) || OTHER_PREFIXES.iter().any(|p| name.starts_with(p)) {
             continue;
         }
         let closest = known.iter().min_by_key(|k| edit_distance(k, &name)).map(String::as_str).unwrap_or("");
@@ -395,7 +393,8 @@ mod tests {
         assert!(format!("{err}").contains("did you mean HANGAR_SERVER_PORT?"), "{err}");
         let err = check_env_names(["HANGAR_TOKN".to_string()]).expect_err("typo");
         assert!(format!("{err}").contains("HANGAR_TOKEN"), "{err}");
-        let fine = ["HANGAR_SERVER_PORT", "HANGAR_TOKEN", "HANGAR_TEST_STORE", "PATH", "HANGAR_MANAGER_USER_MAX_INSTANCES"];
+        let fine =
+            ["HANGAR_SERVER_PORT", "HANGAR_TOKEN", "HANGAR_TEST_STORE", "PATH", "HANGAR_MANAGER_USER_MAX_INSTANCES"];
         check_env_names(fine.map(String::from)).expect("known names");
     }
 

@@ -77,7 +77,7 @@ impl DataDirLock {
                 let holder = holder.trim();
                 let holder = if holder.is_empty() { "another Hangar server (starting)" } else { holder };
                 bail!(
-                    "the data dir {} is in use by {holder}; stop that server first, or give this one its own                      --data-dir",
+                    "the data dir {} is in use by {holder}; stop that server first, or give this one its own --data-dir",
                     data_dir.display()
                 )
             }

@@ -336,9 +336,12 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn client(c: &ConnArgs) -> anyhow::Result<Client> {
-    let user = c.user.clone().filter(|u| !u.is_empty()).or_else(hangar_cli::default_user).ok_or_else(|| {
-        anyhow::anyhow!("cannot tell which user you are: pass --user NAME or set HANGAR_USER")
-    })?;
+    let user = c
+        .user
+        .clone()
+        .filter(|u| !u.is_empty())
+        .or_else(hangar_cli::default_user)
+        .ok_or_else(|| anyhow::anyhow!("cannot tell which user you are: pass --user NAME or set HANGAR_USER"))?;
     Client::new(Connection { server: c.server.clone(), user, token: c.token.clone(), cookie: None })
 }
 
@@ -404,7 +407,9 @@ async fn cmd_result(a: IdArgs) -> anyhow::Result<i32> {
     let (exec, task_id) = c.resolve(&a.id).await?;
     let status = c.status(&exec).await?;
     if !matches!(status.as_str(), "Succeed" | "Failed" | "Cancelled" | "Timeout") {
-        anyhow::bail!("job {task_id} is still {status}: its results are not complete yet (`hangar log -f {task_id}` follows it)");
+        anyhow::bail!(
+            "job {task_id} is still {status}: its results are not complete yet (`hangar log -f {task_id}` follows it)"
+        );
     }
     hangar_cli::print_results(&mut std::io::stdout().lock(), &c.results(task_id).await?)?;
     let job = c.job(task_id).await?;

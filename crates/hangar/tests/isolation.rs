@@ -155,7 +155,7 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
 
     let forged = vec![
         TaskEvent::Log { task_id: task_a, lines: vec!["forged by bob".into()] },
-        TaskEvent::Status { task_id: task_a, status: JobStatus::Succeed, error: None },
+        TaskEvent::Status { task_id: task_a, status: JobStatus::Succeed, error: None, exit_code: None },
     ];
     let entrance = format!("{}{ENTRANCE_RPC_PATH}", s.base);
     // Task events for her task from bob's engine, and in her engine's name.
