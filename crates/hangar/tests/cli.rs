@@ -24,15 +24,21 @@ fn text(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_and_operator_views() {
     let s = Server::start(FAST).await;
+    // Quiet by default: the program's stdout and stderr, nothing else.
     let out = hangar(&s, "alice", &["run", "--engine", "shell-1", "--code", "echo hi; echo note >&2"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
+    assert_eq!(text(&out.stderr), "note\n");
+    // `-v` adds the job's log.
+    let out = hangar(&s, "alice", &["run", "-v", "--code", "echo hi"]);
     let err = text(&out.stderr);
-    assert!(err.contains("submitted job 1") && err.contains("note") && err.contains("ended Succeed"), "{err}");
+    assert!(err.contains("submitted job 2") && err.contains("ended Succeed"), "{err}");
 
-    let out = hangar(&s, "alice", &["run", "--code", "echo bad >&2; exit 4"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("exit code 4"), "{}", text(&out.stderr));
+    // A failure: its partial output, its reason once, the program's exit code.
+    let out = hangar(&s, "alice", &["run", "--code", "echo part; echo bad >&2; exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(text(&out.stdout), "part\n");
+    assert_eq!(text(&out.stderr), "bad\njob 3 Failed: shell script ended with exit code 4\n");
 
     assert_eq!(text(&hangar(&s, "alice", &["status", "1"]).stdout), "Succeed\n");
     assert_eq!(text(&hangar(&s, "alice", &["result", "1"]).stdout), "hi\n");
@@ -68,8 +74,8 @@ async fn client_commands_and_operator_views() {
     assert!(ecms.contains("Running") && ecms.lines().count() == 2, "{ecms}");
 
     let metrics = reqwest::get(format!("{}/metrics", s.base)).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("hangar_engine_asks_total 3"), "{metrics}");
-    assert!(metrics.contains("hangar_engine_reuse_hits_total 2"), "{metrics}");
+    assert!(metrics.contains("hangar_engine_asks_total 4"), "{metrics}");
+    assert!(metrics.contains("hangar_engine_reuse_hits_total 3"), "{metrics}");
     assert!(metrics.contains("hangar_engine_start_seconds_count 1"), "{metrics}");
     assert!(metrics.contains("hangar_engines{status=\"Unlock\",engine_type=\"shell-1\"} 1"), "{metrics}");
 
@@ -127,8 +133,8 @@ async fn the_event_stream_carries_logs_progress_and_the_end_while_the_job_runs()
     assert_eq!(ev.next().await.expect("e").expect("end")["type"], "end");
     let bob = hangar_cli::Client::new(conn("bob")).expect("client");
     assert!(bob.open_events(&exec).await.is_err());
-    // `hangar run` follows through the stream and prints every log line once.
-    let out = hangar(&s, "alice", &["run", "--code", "for i in 1 2 3; do echo e$i >&2; sleep 0.1; done"]);
+    // `hangar run -v` follows through the stream and prints every log line once.
+    let out = hangar(&s, "alice", &["run", "-v", "--code", "for i in 1 2 3; do echo e$i >&2; sleep 0.1; done"]);
     let err = text(&out.stderr);
     for l in [" INFO e1", " INFO e2", " INFO e3", "Your job is accepted", "ended Succeed"] {
         assert_eq!(err.lines().filter(|x| x.contains(l)).count(), 1, "{l} once in:\n{err}");
