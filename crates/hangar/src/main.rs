@@ -170,6 +170,11 @@ struct RunArgs {
     /// Extra label, key=value (repeatable).
     #[arg(long = "label", short = 'l')]
     labels: Vec<String>,
+    /// Run in this session: every job of a session goes to one engine, so its
+    /// state (variables, imports, working folder) is kept between jobs
+    /// (Linkis's `fixedEngineConn` label).
+    #[arg(long, short = 's')]
+    session: Option<String>,
     /// Startup parameter, key=value (repeatable).
     #[arg(long = "startup")]
     startup: Vec<String>,
@@ -369,12 +374,16 @@ async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
             s
         }
     };
+    let mut labels = pairs(&a.labels, "label")?;
+    if let Some(session) = a.session {
+        labels.push(("fixedEngineConn".into(), session));
+    }
     let spec = JobSpec {
         engine_type: a.engine,
         code,
         run_type: a.run_type,
         creator: a.creator,
-        labels: pairs(&a.labels, "label")?,
+        labels,
         startup: json_map(pairs(&a.startup, "startup")?),
         runtime: json_map(pairs(&a.runtime, "runtime")?),
     };

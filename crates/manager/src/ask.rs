@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineResourceRequest, find_plugin};
 use hangar_protocol::rpc::{EngineReply, EngineRequest, MaterialKind, MaterialRef, OsAccount};
+use hangar_protocol::label::FIXED_ENGINE_CONN;
 use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
 
@@ -44,7 +45,23 @@ impl Manager {
         {
             return Ok(g);
         }
+        self.session_busy(&req.labels)?;
         self.create(req, materials, files, deadline).await
+    }
+
+    /// A session (`fixedEngineConn`) has one engine: while it lives, jobs of
+    /// the session wait for it (a shortage) rather than start a second one.
+    fn session_busy(&self, labels: &LabelSet) -> Result<(), HangarError> {
+        let Some(session) = labels.get(FIXED_ENGINE_CONN) else { return Ok(()) };
+        let want = labels.core();
+        let busy = lock(&self.engines).values().find(|n| n.labels.core() == want && !n.status.is_completed()).map(|n| n.status);
+        match busy {
+            None => Ok(()),
+            Some(status) => Err(HangarError::new(
+                ErrorCode::NotEnoughResource,
+                format!("the engine of session '{session}' is {status} (one engine per session); the job waits for it"),
+            )),
+        }
     }
 
     fn gate(&self, labels: &LabelSet) -> Arc<Semaphore> {

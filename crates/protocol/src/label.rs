@@ -20,6 +20,8 @@ pub const TENANT: &str = "tenant";
 pub const ENGINE_CONN_MODE: &str = "engineConnMode";
 pub const REUSE_EXCLUSION: &str = "reuseExclusion";
 pub const EM_INSTANCE: &str = "emInstance";
+/// A session: jobs with the same value share one engine (Linkis `FixedEngineConnLabel`).
+pub const FIXED_ENGINE_CONN: &str = "fixedEngineConn";
 pub const ENGINE_INSTANCE: &str = "engineInstance";
 
 /// Label keys whose Feature is CORE in Linkis: an engine is reusable for an
@@ -32,7 +34,7 @@ const CORE_KEYS: &[&str] = &[
     ENGINE_CONN_MODE,
     "yarnCluster",
     "envType",
-    "fixedEngineConn",
+    FIXED_ENGINE_CONN,
     "engingeConnRuntimeMode",
 ];
 
