@@ -224,7 +224,8 @@ async fn finish(client: &Client, task_id: i64, o: &Outcome) -> anyhow::Result<i3
         if o.streamed || o.missed_output {
             sets.retain(|rs| rs.rs_type != "1");
         }
-        print_results(&mut std::io::stdout().lock(), &sets)?;
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        print_results(&mut std::io::stdout().lock(), &sets, crate::Format::Table, terminal)?;
         return Ok(0);
     }
     let desc = o.err_desc.as_deref().unwrap_or("no reason recorded");

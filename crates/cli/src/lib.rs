@@ -4,14 +4,16 @@
 
 mod client;
 mod follow;
+mod history;
 pub mod linkis_cli;
 mod materials;
 mod tables;
 
 pub use client::{Client, Connection, EventStream, ResultSet};
 pub use follow::{FollowMode, Outcome, follow, run};
+pub use history::{JobsQuery, human_ms, jobs, parse_age, status};
 pub use materials::{MaterialCmd, material};
-pub use tables::{OpsView, kill_engine, ops, print_results, print_table};
+pub use tables::{Format, OpsView, emit, kill_engine, ops, print_results, print_table};
 
 use serde_json::Value;
 

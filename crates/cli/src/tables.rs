@@ -6,17 +6,86 @@ use serde_json::{Value, json};
 
 use crate::{Client, ResultSet, text_at as s};
 
-/// Print result sets: TEXT lines as they are, TABLE rows tab-separated under a header.
-pub fn print_results(out: &mut impl Write, sets: &[ResultSet]) -> std::io::Result<()> {
+/// How a command prints: aligned tables for people (the default), JSON or
+/// CSV for scripts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+/// Rows under a header in the chosen format; `raw` is what JSON prints.
+pub fn emit(
+    out: &mut impl Write,
+    format: Format,
+    header: &[&str],
+    rows: &[Vec<String>],
+    raw: &Value,
+) -> std::io::Result<()> {
+    match format {
+        Format::Table => print_table(out, header, rows),
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(raw).unwrap_or_default()),
+        Format::Csv => {
+            writeln!(out, "{}", csv_line(header.iter().copied()))?;
+            for r in rows {
+                writeln!(out, "{}", csv_line(r.iter().map(String::as_str)))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn csv_line<'a>(cells: impl Iterator<Item = &'a str>) -> String {
+    cells
+        .map(
+            |c| {
+                if c.contains([',', '"', '\n', '\r']) {
+                    format!("\"{}\"", c.replace('"', "\"\""))
+                } else {
+                    c.to_string()
+                }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Print result sets: TEXT lines as they are; TABLE rows aligned under their
+/// header on a terminal, tab-separated into a pipe; or JSON / CSV.
+pub fn print_results(out: &mut impl Write, sets: &[ResultSet], format: Format, terminal: bool) -> std::io::Result<()> {
+    if format == Format::Json {
+        let v: Vec<Value> =
+            sets.iter().map(|rs| json!({"type": rs.rs_type, "columns": rs.columns, "rows": rs.rows})).collect();
+        return writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
     for (i, rs) in sets.iter().enumerate() {
-        if sets.len() > 1 {
+        if sets.len() > 1 && format == Format::Table {
             writeln!(out, "==== result set {} ====", i + 1)?;
+        } else if i > 0 {
+            writeln!(out)?;
         }
-        if rs.rs_type == "2" {
-            writeln!(out, "{}", rs.columns.join("\t"))?;
-        }
-        for row in &rs.rows {
-            writeln!(out, "{}", row.join("\t"))?;
+        let columns: Vec<&str> = rs.columns.iter().map(String::as_str).collect();
+        match (rs.rs_type == "2", format) {
+            (true, Format::Csv) => emit(out, Format::Csv, &columns, &rs.rows, &Value::Null)?,
+            (true, _) if terminal => print_table(out, &columns, &rs.rows)?,
+            (true, _) => {
+                writeln!(out, "{}", rs.columns.join("\t"))?;
+                for row in &rs.rows {
+                    writeln!(out, "{}", row.join("\t"))?;
+                }
+            }
+            (false, Format::Csv) => {
+                for row in &rs.rows {
+                    writeln!(out, "{}", csv_line(row.iter().map(String::as_str)))?;
+                }
+            }
+            (false, _) => {
+                for row in &rs.rows {
+                    writeln!(out, "{}", row.join("\t"))?;
+                }
+            }
         }
     }
     Ok(())
@@ -59,7 +128,7 @@ fn res(v: &Value, ptr: &str) -> String {
 }
 
 /// Operator views as tables.
-pub async fn ops(client: &Client, what: OpsView, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn ops(client: &Client, what: OpsView, format: Format, out: &mut impl Write) -> anyhow::Result<()> {
     type RowFn = fn(&Value) -> Vec<String>;
     let (path, key, headers, row): (&str, &str, &[&str], RowFn) = match what {
         OpsView::Ecms => {
@@ -102,7 +171,7 @@ pub async fn ops(client: &Client, what: OpsView, out: &mut impl Write) -> anyhow
     };
     let d = client.get(path, &[]).await?;
     let rows: Vec<Vec<String>> = d[key].as_array().map(|a| a.iter().map(row).collect()).unwrap_or_default();
-    print_table(out, headers, &rows)?;
+    emit(out, format, headers, &rows, &d[key])?;
     Ok(())
 }
 
@@ -139,10 +208,17 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
-        print_results(&mut out, &sets).expect("print");
+        print_results(&mut out, &sets, Format::Table, false).expect("print");
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "==== result set 1 ====\nhi\n==== result set 2 ====\na\tb\n1\tx\n"
         );
+        let mut out = Vec::new();
+        print_results(&mut out, &sets[1..], Format::Table, true).expect("print");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "a  b\n1  x\n");
+        let mut out = Vec::new();
+        let rows = vec![vec!["1".to_string(), "say \"hi\", bye".to_string()]];
+        emit(&mut out, Format::Csv, &["n", "text"], &rows, &Value::Null).expect("csv");
+        assert_eq!(String::from_utf8(out).expect("utf8"), "n,text\n1,\"say \"\"hi\"\", bye\"\n");
     }
 }

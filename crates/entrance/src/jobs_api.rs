@@ -32,6 +32,7 @@ pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entra
         .routes(routes!(kill))
         .routes(routes!(kill_jobs))
         .routes(routes!(job_history))
+        .routes(routes!(job_list))
 }
 
 async fn submit_body(
@@ -365,6 +366,51 @@ async fn job_history(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
         let task_id: i64 = id.parse().map_err(|_| HangarError::not_found(format!("'{id}' is not a taskID")))?;
         let job = e.owned_job(&caller, task_id).await?;
         Ok(TaskData { task: task_vo(&job) })
+    }
+    .await;
+    reply(&uri, result)
+}
+
+/// Job history: the caller's jobs (admins with `isAdminView`: everyone's, or
+/// `proxyUser`'s), filtered, newest first.
+#[utoipa::path(get, path = "/api/rest_j/v1/jobhistory/list", tag = "jobhistory", params(JobListQuery),
+    responses((status = 200, description = "One page of jobs", body = Envelope<JobListData>)))]
+async fn job_list(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    const CODE_CHARS: usize = 1000;
+    let result = async {
+        let caller = e.caller(&headers)?;
+        let q: JobListQuery = crate::wire::query(&uri)?;
+        let user = match (caller.admin && q.is_admin_view == Some(true), q.proxy_user) {
+            (true, proxy) => proxy.filter(|p| !p.is_empty()),
+            (false, _) => Some(caller.user.clone()),
+        };
+        let until = match (q.start_date, q.end_date) {
+            (Some(s), Some(e)) if s == e => Some(e + 24 * 3600 * 1000),
+            (_, e) => e,
+        };
+        let filter = hangar_store::JobFilter {
+            user,
+            status: q.status,
+            creator: q.creator.filter(|c| !c.is_empty()),
+            engine: q.execute_application_name.filter(|c| !c.is_empty()),
+            since_ms: q.start_date,
+            until_ms: until,
+            task_id: q.task_id,
+            page: q.page_now.unwrap_or(1).max(1),
+            page_size: q.page_size.unwrap_or(20).clamp(1, 1000),
+        };
+        let (jobs, total) = e.store.list_jobs(&filter).await?;
+        let tasks = jobs
+            .iter()
+            .map(|j| {
+                let mut vo = task_vo(j);
+                if let Some((cut, _)) = vo.execution_code.char_indices().nth(CODE_CHARS) {
+                    vo.execution_code.truncate(cut);
+                }
+                vo
+            })
+            .collect();
+        Ok(JobListData { tasks, total_page: total })
     }
     .await;
     reply(&uri, result)

@@ -40,7 +40,20 @@ async fn client_commands_and_operator_views() {
     assert_eq!(text(&out.stdout), "part\n");
     assert_eq!(text(&out.stderr), "bad\njob 3 Failed: shell script ended with exit code 4\n");
 
-    assert_eq!(text(&hangar(&s, "alice", &["status", "1"]).stdout), "Succeed\n");
+    let status = text(&hangar(&s, "alice", &["status", "1"]).stdout);
+    assert!(
+        status.starts_with("Succeed\n") && status.contains("duration:") && status.contains("progress:  100%"),
+        "{status}"
+    );
+    let failed = text(&hangar(&s, "alice", &["status", "3"]).stdout);
+    assert!(
+        failed.starts_with("Failed\n") && failed.contains("exit code: 4") && failed.contains("reason:"),
+        "{failed}"
+    );
+    let jobs = text(&hangar(&s, "alice", &["jobs", "--status", "Succeed", "--csv"]).stdout);
+    assert_eq!(jobs.lines().count(), 3, "header and jobs 2, 1: {jobs}");
+    assert!(jobs.starts_with("ID,STATUS") && jobs.lines().nth(1).is_some_and(|l| l.starts_with("2,Succeed")), "{jobs}");
+    assert!(text(&hangar(&s, "bob", &["jobs"]).stdout).lines().count() == 1, "bob sees none of alice's jobs");
     assert_eq!(text(&hangar(&s, "alice", &["result", "1"]).stdout), "hi\n");
     assert!(text(&hangar(&s, "alice", &["log", "1"]).stdout).contains("ended Succeed"));
     let other = hangar(&s, "bob", &["status", "1"]);

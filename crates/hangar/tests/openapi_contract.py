@@ -63,6 +63,9 @@ call("GET", f"/entrance/{exec_id}/log?fromLine=1&size=5&distinctLevel=false", te
 events = call("GET", f"/entrance/{exec_id}/events", template="/entrance/{id}/events")
 assert "event: end" in events.text, events.text
 task = call("GET", f"/jobhistory/{task_id}/get", template="/jobhistory/{id}/get")["data"]["task"]
+listed = call("GET", "/jobhistory/list?status=Succeed&pageSize=1&executeApplicationName=shell")["data"]
+assert listed["totalPage"] >= 2 and len(listed["tasks"]) == 1, listed
+call("GET", "/jobhistory/list?isAdminView=true&proxyUser=alice", user="admin")
 tree = call("GET", f"/filesystem/getDirFileTrees?path={enc(task['resultLocation'])}")["data"]["dirFileTrees"]
 assert tree["children"], tree
 page = call("GET", f"/filesystem/openFile?path={enc(tree['children'][0]['path'])}&page=1&pageSize=10")

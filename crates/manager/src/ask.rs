@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineResourceRequest, find_plugin};
-use hangar_protocol::rpc::{EngineReply, EngineRequest, MaterialKind, MaterialRef, OsAccount};
 use hangar_protocol::label::FIXED_ENGINE_CONN;
+use hangar_protocol::rpc::{EngineReply, EngineRequest, MaterialKind, MaterialRef, OsAccount};
 use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
 
@@ -54,7 +54,10 @@ impl Manager {
     fn session_busy(&self, labels: &LabelSet) -> Result<(), HangarError> {
         let Some(session) = labels.get(FIXED_ENGINE_CONN) else { return Ok(()) };
         let want = labels.core();
-        let busy = lock(&self.engines).values().find(|n| n.labels.core() == want && !n.status.is_completed()).map(|n| n.status);
+        let busy = lock(&self.engines)
+            .values()
+            .find(|n| n.labels.core() == want && !n.status.is_completed())
+            .map(|n| n.status);
         match busy {
             None => Ok(()),
             Some(status) => Err(HangarError::new(

@@ -5,6 +5,7 @@
 //! reached a final state is never moved again, whoever writes late.
 
 mod bml;
+mod history;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 pub use bml::{MaterialVersion, version_name};
+pub use history::JobFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -111,7 +113,7 @@ pub struct Store {
     backend: Backend,
 }
 
-const COLUMNS: &str = "id, exec_id, submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, log_path, result_location, err_code, err_desc, created_ms, updated_ms, engine_instance, ecm_instance, ticket_id, is_reuse, metrics";
+pub(crate) const COLUMNS: &str = "id, exec_id, submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, log_path, result_location, err_code, err_desc, created_ms, updated_ms, engine_instance, ecm_instance, ticket_id, is_reuse, metrics";
 
 const TERMINAL: &str = "('Succeed','Failed','Cancelled','Timeout')";
 
@@ -195,8 +197,8 @@ impl Store {
         }
         sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
         sqlx::query("CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)").execute(&mut *tx).await?;
-        for ddl in bml::DDL {
-            sqlx::query(ddl).execute(&mut *tx).await?;
+        for ddl in bml::DDL.iter().chain(history::DDL.iter()) {
+            sqlx::query(*ddl).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -349,7 +351,7 @@ impl Store {
     }
 }
 
-fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
+pub(crate) fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
     let status: String = r.try_get("status")?;
     Ok(JobRecord {
         id: r.try_get("id")?,

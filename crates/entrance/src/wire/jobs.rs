@@ -192,6 +192,47 @@ pub struct KillJobsData {
     pub messages: Vec<Value>,
 }
 
+/// `GET /jobhistory/list`: every parameter optional.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobListQuery {
+    /// Created at or after (epoch ms).
+    #[serde(rename = "startDate")]
+    pub start_date: Option<i64>,
+    /// Created before (epoch ms; a day after `startDate` when they are equal).
+    #[serde(rename = "endDate")]
+    pub end_date: Option<i64>,
+    pub status: Option<JobStatus>,
+    /// 1-based page (default 1).
+    #[serde(rename = "pageNow")]
+    pub page_now: Option<u32>,
+    /// Rows per page (default 20, at most 1000).
+    #[serde(rename = "pageSize")]
+    pub page_size: Option<u32>,
+    #[serde(rename = "taskID")]
+    pub task_id: Option<i64>,
+    /// Engine type, e.g. `shell` or `python-python3`.
+    #[serde(rename = "executeApplicationName")]
+    pub execute_application_name: Option<String>,
+    pub creator: Option<String>,
+    /// Admins with `isAdminView`: this user's jobs only.
+    #[serde(rename = "proxyUser")]
+    pub proxy_user: Option<String>,
+    /// Admins: every user's jobs.
+    #[serde(rename = "isAdminView")]
+    pub is_admin_view: Option<bool>,
+}
+
+/// One page of job history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobListData {
+    /// The jobs (`executionCode` cut to its first 1000 characters).
+    pub tasks: Vec<TaskVo>,
+    /// The number of matching jobs in all (Linkis's name for it).
+    pub total_page: i64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskData {
     pub task: TaskVo,
