@@ -26,7 +26,9 @@ pub enum ExecutorEvent {
         alias: u32,
         rs_type: u32,
         rows: u64,
-        /// Rows produced, when the row limit kept fewer.
+        /// Cut at the row limit.
+        cut: bool,
+        /// Rows produced, when cut and known.
         total_rows: Option<u64>,
     },
     /// A line the task printed, for clients following the job live.
@@ -169,6 +171,7 @@ impl ExecutionContext {
             rs_type,
             rows: 0,
             produced: 0,
+            unread: false,
             max_rows: self.max_rows,
             events: self.events.clone(),
         })
@@ -192,6 +195,8 @@ pub struct ResultSetWriter {
     rs_type: u32,
     rows: u64,
     produced: u64,
+    /// The engine stopped reading at the limit: `produced` is a lower bound.
+    unread: bool,
     max_rows: u64,
     events: mpsc::UnboundedSender<ExecutorEvent>,
 }
@@ -227,6 +232,12 @@ impl ResultSetWriter {
         self.rows
     }
 
+    /// The engine stops reading its source at the row limit (the total is
+    /// then not known).
+    pub fn stop_reading(&mut self) {
+        self.unread = true;
+    }
+
     /// Flush the file and announce the result set.
     pub async fn close(mut self) -> Result<(), String> {
         // Flushed to the OS, not fsynced: a result set is rewritten by rerunning
@@ -234,13 +245,16 @@ impl ResultSetWriter {
         self.out.flush().await.map_err(|e| io_err(&self.path, e))?;
         let cut = self.produced > self.rows;
         if cut {
+            let what = if self.unread {
+                format!("kept its first {} rows; the rest was not read", self.rows)
+            } else {
+                format!("kept {} of {} rows", self.rows, self.produced)
+            };
             let _ = self.events.send(ExecutorEvent::Log(logline::format(
                 Level::Warn,
                 &format!(
-                    "result set {} kept {} of {} rows (the row limit); raise {ROW_LIMIT_SETTING} to keep more",
-                    self.alias + 1,
-                    self.rows,
-                    self.produced
+                    "result set {} {what} (the row limit); raise {ROW_LIMIT_SETTING} to keep more",
+                    self.alias + 1
                 ),
             )));
         }
@@ -249,7 +263,8 @@ impl ResultSetWriter {
             alias: self.alias,
             rs_type: self.rs_type,
             rows: self.rows,
-            total_rows: cut.then_some(self.produced),
+            cut,
+            total_rows: (cut && !self.unread).then_some(self.produced),
         });
         Ok(())
     }

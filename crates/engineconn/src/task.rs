@@ -150,9 +150,9 @@ async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::Un
                     flush(&mut lines, &mut output);
                     engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
                 }
-                Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows, total_rows }) => {
+                Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows, cut, total_rows }) => {
                     flush(&mut lines, &mut output);
-                    engine.out.event(&cb, TaskEvent::ResultSet { task_id, path, alias, rs_type, rows, total_rows });
+                    engine.out.event(&cb, TaskEvent::ResultSet { task_id, path, alias, rs_type, rows, cut, total_rows });
                 }
             },
             _ = log_tick.tick() => flush(&mut lines, &mut output),

@@ -280,7 +280,10 @@ async fn refresh_all(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
     let result = async {
         let caller = e.caller(&headers)?;
         if !caller.admin {
-            return Err(HangarError::new(ErrorCode::PermissionDenied, "only admins may refresh engine plugins"));
+            return Err(HangarError::new(
+                ErrorCode::PermissionDenied,
+                "only admins may refresh engine plugins (admins are named by the server's auth.admins)",
+            ));
         }
         let found = library(&e)?.refresh_plugins().await?;
         Ok(RefreshData { materials: found })

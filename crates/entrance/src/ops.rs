@@ -65,7 +65,13 @@ fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
     if c.admin {
         Ok(())
     } else {
-        Err(HangarError::new(ErrorCode::PermissionDenied, format!("user '{}' is not an admin", c.user)))
+        Err(HangarError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "user '{}' is not an admin (admins are named by the server's auth.admins, or HANGAR_AUTH_ADMINS=name1,name2)",
+                c.user
+            ),
+        ))
     }
 }
 

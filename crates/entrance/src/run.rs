@@ -184,10 +184,11 @@ impl Entrance {
                             }
                         }
                         TaskEvent::Output { lines, .. } => feed.output(lines),
-                        TaskEvent::ResultSet { alias, rows, total_rows, .. } => {
-                            feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows, "totalRows": total_rows}));
+                        TaskEvent::ResultSet { alias, rows, cut, total_rows, .. } => {
+                            feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows, "cut": cut, "totalRows": total_rows}));
                             log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
-                            if let Some(total) = total_rows {
+                            if cut {
+                                let total = total_rows;
                                 let cut = json!({"alias": alias, "kept": rows, "total": total});
                                 match metrics.get_mut(TRUNCATED).and_then(Value::as_array_mut) {
                                     Some(list) => list.push(cut),

@@ -316,11 +316,11 @@ pub(crate) async fn cmd_result(a: ShowArgs) -> anyhow::Result<i32> {
     hangar_cli::print_results(&mut std::io::stdout().lock(), &c.results(task_id).await?, a.out.format(), terminal)?;
     let job = c.job(task_id).await?;
     for cut in job.pointer("/metrics/truncatedResults").and_then(serde_json::Value::as_array).into_iter().flatten() {
+        let of = cut["total"].as_u64().map_or(String::new(), |t| format!(" of {t}"));
         eprintln!(
-            "result set {}: {} of {} rows were kept (the row limit); raise {} to keep more",
+            "result set {}: {}{of} rows were kept (the row limit); raise {} to keep more",
             cut["alias"].as_u64().unwrap_or(0) + 1,
             cut["kept"],
-            cut["total"],
             hangar_engineconn_plugin::ROW_LIMIT_SETTING
         );
     }

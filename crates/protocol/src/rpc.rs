@@ -238,7 +238,10 @@ pub enum TaskEvent {
         rs_type: u32,
         /// Rows stored.
         rows: u64,
-        /// Rows produced, when more than the engine's row limit let it store.
+        /// Cut at the engine's row limit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cut: bool,
+        /// Rows produced, when cut and known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         total_rows: Option<u64>,
     },

@@ -224,6 +224,7 @@ impl Executor for SqlExecutor {
                         let cells: Vec<Option<&str>> = row.iter().map(|c| c.as_deref()).collect();
                         w.add_row(&cells).await?;
                         if w.rows() == before {
+                            w.stop_reading();
                             at_limit = true;
                             break;
                         }
@@ -301,8 +302,18 @@ async fn produce(ctx: &SessionContext, sql: &str, tx: &mpsc::Sender<Out>) -> Res
     Ok(true)
 }
 
+/// A DataFusion error as a person reads it (DataFusion prints SQL syntax
+/// errors as Rust debug text).
 fn df_error(e: DataFusionError) -> String {
-    e.strip_backtrace()
+    use datafusion::sql::sqlparser::parser::ParserError;
+    match e.find_root() {
+        DataFusionError::SQL(pe, _) => match pe.as_ref() {
+            ParserError::ParserError(msg) => format!("SQL syntax error: {msg}"),
+            ParserError::TokenizerError(msg) => format!("SQL syntax error: {msg}"),
+            ParserError::RecursionLimitExceeded => "SQL syntax error: the query is nested too deeply".into(),
+        },
+        _ => e.strip_backtrace(),
+    }
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {

@@ -114,6 +114,9 @@ async fn errors_carry_datafusion_messages_and_rows_stop_at_the_limit() {
     let err = r.res.clone().expect_err("fails");
     assert!(err.contains("no_such_table") && err.contains("not found"), "{err}");
     assert_eq!(r.result_sets().len(), 1, "the statement after the failure did not run");
+    let r = e.run("selec 1 from", None).await;
+    let err = r.res.clone().expect_err("syntax");
+    assert!(err.starts_with("SQL syntax error: ") && !err.contains("ParserError("), "{err}");
 
     e.max_rows = 5;
     let started = Instant::now();
@@ -121,7 +124,7 @@ async fn errors_carry_datafusion_messages_and_rows_stop_at_the_limit() {
     assert_eq!(r.res, Ok(()), "{}", r.logs());
     assert!(started.elapsed() < Duration::from_secs(10), "stopped pulling at the limit");
     assert_eq!(r.result_sets()[0].rows, cells(&[&[Some("0")], &[Some("1")], &[Some("2")], &[Some("3")], &[Some("4")]]));
-    assert!(r.logs().contains("row limit"), "{}", r.logs());
+    assert!(r.logs().contains("kept its first 5 rows; the rest was not read (the row limit)"), "{}", r.logs());
 }
 
 #[tokio::test]
