@@ -287,6 +287,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         let adopted = ecm.recover().await;
         if !adopted.is_empty() {
             tracing::info!(engines = adopted.len(), "engines of an earlier run are watched until they exit");
+            // Idle engines too (a session's interpreter): taken back before new ones are made.
+            manager.expect_rejoins(adopted, ms(cfg.entrance.reattach_timeout_ms));
         }
         Some(ecm)
     } else {

@@ -23,6 +23,9 @@ impl Manager {
         self.validate(&req.labels)?;
         let deadline = Instant::now() + req.timeout;
         let materials = self.materials_for(req).await?;
+        // Engines coming back after a restart first (bounded by their window):
+        // they may be the ones to reuse, and their resources are theirs.
+        self.wait_for_rejoins().await;
         let files: BTreeSet<String> =
             materials.iter().filter(|m| m.kind == MaterialKind::UserFile).map(|m| m.sha256.clone()).collect();
         if !req.labels.execute_once()
@@ -227,8 +230,6 @@ impl Manager {
         files: BTreeSet<String>,
         deadline: Instant,
     ) -> Result<EngineGrant, HangarError> {
-        // Engines coming back after a restart first (bounded by their window).
-        self.wait_for_rejoins().await;
         let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
         let resource = plugin.create_engine_resource(&EngineResourceRequest {
             user: &req.user,

@@ -418,6 +418,11 @@ impl Manager {
         }
     }
 
+    /// True when the manager holds a record of this engine.
+    pub fn knows_engine(&self, ticket_id: &str) -> bool {
+        lock(&self.engines).contains_key(ticket_id)
+    }
+
     /// True when this manager ended the engine (it may not rejoin).
     pub fn has_ended(&self, ticket_id: &str) -> bool {
         lock(&self.ended).0.contains(ticket_id)

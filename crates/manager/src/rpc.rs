@@ -88,6 +88,9 @@ async fn handle_ecm(
             }
             tracing::info!(%instance, adopted = engines.len(), "remote ECM registering");
             m.register_remote_ecm(&instance, labels, max);
+            // Its live engines come back before new ones are made for their labels.
+            let unknown: Vec<String> = engines.into_iter().filter(|t| !m.knows_engine(t)).collect();
+            m.expect_rejoins(unknown, REMOTE_REJOIN_WINDOW);
             true
         }
         EcmToManager::Heartbeat { instance, health } => m.ecm_heartbeat(&instance, Some(&health)),
@@ -98,6 +101,10 @@ async fn handle_ecm(
     };
     Ok(Json(ManagerReply::known(known)))
 }
+
+/// How long a registering ECM's engines have to rejoin before new engines
+/// are made without them.
+const REMOTE_REJOIN_WINDOW: Duration = Duration::from_secs(15);
 
 async fn handle(
     State(m): State<Arc<Manager>>,
