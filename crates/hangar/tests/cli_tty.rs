@@ -145,6 +145,18 @@ async fn output_is_live_and_ctrl_c_kills_the_job() {
     let (code, text) = t.wait(Duration::from_secs(10));
     assert_eq!(code, Some(130), "{text}");
     assert!(text.contains("job 3 left running"), "{text}");
+
+    // linkis-cli too: Ctrl-C kills its job, as Linkis's CLI does.
+    let code = "echo started; sleep 30";
+    let args = ["linkis-cli", "-submitUser", "alice", "-engineType", "shell-1", "-codeType", "shell", "-code", code];
+    let mut t = Tty::spawn(&s, &args);
+    t.expect("runs task 4", Duration::from_secs(20));
+    t.ctrl_c();
+    t.expect("killing job 4", Duration::from_secs(5));
+    let (code, text) = t.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(255), "{text}");
+    assert!(text.contains("Execute Error"), "{text}");
+    assert_eq!(job_status(&s, "4"), "Cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

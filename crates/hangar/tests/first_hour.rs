@@ -69,6 +69,23 @@ async fn one_server_per_data_dir_and_a_crash_leaves_no_lock() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_user_or_hangar_user_the_client_acts_as_its_account() {
+    let s = Server::start(FAST).await;
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).expect("getpwuid").expect("account").name;
+    let out = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["run", "--code", "echo hi"])
+        .env("HANGAR_SERVER", &s.base)
+        .env("HANGAR_TOKEN", TOKEN)
+        .env_remove("USER")
+        .env_remove("HANGAR_USER")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let job = s.job(&me, 1).await;
+    assert_eq!(job["executeUser"], me.as_str(), "{job}");
+}
+
 #[test]
 fn a_misspelt_variable_stops_the_server_naming_the_right_one() {
     let tmp = tempfile::tempdir().expect("tmp");
