@@ -13,8 +13,10 @@ use tokio::sync::broadcast;
 
 use crate::lock;
 
-/// Output kept for late subscribers (the rest is in the result set and log).
-pub(crate) const REPLAY_BYTES: usize = 1 << 20;
+/// Output kept for late subscribers: enough for the moment between a
+/// submit and the client's subscription, small enough for thousands of
+/// running jobs (the rest is in the result set and the log).
+pub(crate) const REPLAY_BYTES: usize = 64 << 10;
 
 pub(crate) type Feed = Arc<JobFeed>;
 
