@@ -61,7 +61,10 @@ impl JobFeed {
             }
         }
         // Sent under the lock: a replay taken after this send holds the lines.
-        self.send(json!({"type": "output", "fromLine": from, "lines": lines}));
+        // Nobody following (the usual case for API clients): nothing to build.
+        if self.tx.receiver_count() > 0 {
+            self.send(json!({"type": "output", "fromLine": from, "lines": lines}));
+        }
     }
 
     /// The output printed so far that is kept, as one `output` event from line 0.
