@@ -90,6 +90,7 @@ call("GET", "/linkisManager/rm/userresources")
 call("POST", "/linkisManager/rm/userresources", user="admin")
 call("GET", f"/linkisManager/openEngineLog?ticketId={enc(ticket)}&logType=stderr&fromLine=1&pageSize=10")
 call("GET", f"/entrance/{running}/kill", template="/entrance/{id}/kill")
+assert wait_done(running) == "Cancelled"
 again = call("POST", "/entrance/submit", json=slow)["data"]["execID"]
 killed = call("POST", f"/entrance/{again}/killJobs", template="/entrance/{id}/killJobs",
               json={"idList": [again, running], "taskIDList": [1]})["data"]["messages"]
