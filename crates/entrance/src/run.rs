@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::job::{Prepared, label_seconds};
 use crate::joblog::JobLog;
+use crate::wire::manager::ResourceVo;
 use crate::{Entrance, lock};
 
 impl Entrance {
@@ -171,12 +172,13 @@ impl Entrance {
                         TaskEvent::Log { lines, .. } => log.raw(&lines).await,
                         TaskEvent::RunningInfo(info) => {
                             *lock(&progress_info) = info.progress_info.clone();
+                            let resource = serde_json::to_value(ResourceVo::from(info.resource)).unwrap_or_default();
                             feed.send(json!({
                                 "type": "progress", "progress": info.progress, "progressInfo": info.progress_info,
-                                "resource": info.resource.to_linkis_json(), "engineMetrics": info.metrics,
+                                "resource": resource, "engineMetrics": info.metrics,
                             }));
                             metrics.insert("engineMetrics".into(), serde_json::to_value(&info.metrics).unwrap_or_default());
-                            metrics.insert("resource".into(), info.resource.to_linkis_json());
+                            metrics.insert("resource".into(), resource);
                             if last_progress_write.elapsed() >= Duration::from_millis(500) {
                                 last_progress_write = Instant::now();
                                 let m = Value::Object(metrics.clone()).to_string();

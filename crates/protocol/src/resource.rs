@@ -55,15 +55,6 @@ impl Resource {
         }
         out
     }
-
-    /// Linkis's `toJson` form `{"instance":1,"memory":"1.0 GB","cpu":1}`.
-    pub fn to_linkis_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "instance": self.instances,
-            "memory": format_bytes(self.memory),
-            "cpu": self.cores,
-        })
-    }
 }
 
 impl Add for Resource {
