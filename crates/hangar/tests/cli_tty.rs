@@ -30,8 +30,12 @@ impl Tty {
     fn spawn(s: &Server, args: &[&str]) -> Tty {
         let bin = env!("CARGO_BIN_EXE_hangar");
         let cmd: Vec<String> = std::iter::once(bin).chain(args.iter().copied()).map(shell_quote).collect();
+        // `exec`: the client itself is the pty's foreground process. Without
+        // it dash (the /bin/sh `script` uses when SHELL is unset, as in CI)
+        // stays as the parent, gets the same SIGINT and dies of it (130),
+        // hiding the client's own exit code.
         let mut child = Command::new("script")
-            .args(["-qfe", "-c", &cmd.join(" "), "/dev/null"])
+            .args(["-qfe", "-c", &format!("exec {}", cmd.join(" ")), "/dev/null"])
             .env("HANGAR_SERVER", &s.base)
             .env("HANGAR_USER", "alice")
             .env("HANGAR_TOKEN", TOKEN)
