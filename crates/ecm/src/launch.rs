@@ -94,6 +94,9 @@ impl Ecm {
             conf.entry(k.clone()).or_insert_with(|| v.clone());
         }
         conf.insert(hangar_protocol::rpc::ECM_INSTANCE_CONF.into(), self.cfg.instance.clone());
+        // Engines listen on the host the ECM is reached at (other hosts call them there).
+        let host = self.cfg.instance.rsplit_once(':').map_or(self.cfg.instance.as_str(), |(h, _)| h);
+        conf.insert(hangar_protocol::rpc::ENGINE_BIND_HOST_CONF.into(), host.trim_matches(['[', ']']).to_string());
         conf.insert("hangar.resource.memory".into(), req.resource.memory.to_string());
         conf.insert("hangar.resource.cores".into(), req.resource.cores.to_string());
         conf.insert("hangar.resource.instances".into(), req.resource.instances.to_string());

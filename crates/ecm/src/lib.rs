@@ -141,6 +141,11 @@ impl Ecm {
         self.engines.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tickets of the engine processes alive under this ECM.
+    pub fn tickets(&self) -> Vec<String> {
+        self.engines().keys().cloned().collect()
+    }
+
     /// Number of engine processes alive under this ECM.
     pub fn running(&self) -> usize {
         self.engines().len()

@@ -36,6 +36,39 @@ pub enum ExecutorEvent {
         stream: OutputStream,
         line: String,
     },
+    /// No more output goes out live for this task (see [`LIVE_OUTPUT_MAX_BYTES`]).
+    OutputStopped,
+}
+
+/// Live output of one task is for a person at a terminal: past this many
+/// bytes, or at a line longer than [`LIVE_LINE_MAX_BYTES`], it stops going
+/// out live (everything stays in the result sets and the log).
+pub const LIVE_OUTPUT_MAX_BYTES: u64 = 16 << 20;
+pub const LIVE_LINE_MAX_BYTES: usize = 64 << 10;
+
+/// The live-output allowance of one task, shared by its writers.
+#[derive(Debug, Clone, Default)]
+struct LiveOutput(Arc<std::sync::atomic::AtomicU64>);
+
+const LIVE_STOPPED: u64 = u64::MAX;
+
+impl LiveOutput {
+    /// Send `line` live if the allowance has room; the first refusal says so once.
+    fn send(&self, events: &mpsc::UnboundedSender<ExecutorEvent>, stream: OutputStream, line: &str) {
+        let len = line.len() as u64;
+        let sent = self.0.load(Ordering::Relaxed);
+        if sent == LIVE_STOPPED {
+            return;
+        }
+        if line.len() > LIVE_LINE_MAX_BYTES || sent + len > LIVE_OUTPUT_MAX_BYTES {
+            if self.0.swap(LIVE_STOPPED, Ordering::Relaxed) != LIVE_STOPPED {
+                let _ = events.send(ExecutorEvent::OutputStopped);
+            }
+            return;
+        }
+        self.0.fetch_add(len, Ordering::Relaxed);
+        let _ = events.send(ExecutorEvent::Output { stream, line: line.to_string() });
+    }
 }
 
 /// A one-shot cancel signal shared by the runtime and the running executor.
@@ -75,6 +108,7 @@ pub struct ExecutionContext {
     events: mpsc::UnboundedSender<ExecutorEvent>,
     cancel: CancelSignal,
     exit_code: Option<i32>,
+    live: LiveOutput,
 }
 
 impl ExecutionContext {
@@ -87,7 +121,18 @@ impl ExecutionContext {
         events: mpsc::UnboundedSender<ExecutorEvent>,
         cancel: CancelSignal,
     ) -> Self {
-        Self { task_id, user, properties, result_dir, next_alias: 0, max_rows, events, cancel, exit_code: None }
+        Self {
+            task_id,
+            user,
+            properties,
+            result_dir,
+            next_alias: 0,
+            max_rows,
+            events,
+            cancel,
+            exit_code: None,
+            live: LiveOutput::default(),
+        }
     }
 
     /// The exit code of the task's program (engines that run one: shell).
@@ -103,7 +148,7 @@ impl ExecutionContext {
     /// to clients following the job.
     pub fn stderr(&self, line: &str) {
         self.info(line);
-        let _ = self.events.send(ExecutorEvent::Output { stream: OutputStream::Stderr, line: line.to_string() });
+        self.live.send(&self.events, OutputStream::Stderr, line);
     }
 
     fn log(&self, level: Level, msg: &str) {
@@ -174,6 +219,7 @@ impl ExecutionContext {
             unread: false,
             max_rows: self.max_rows,
             events: self.events.clone(),
+            live: self.live.clone(),
         })
     }
 }
@@ -199,6 +245,7 @@ pub struct ResultSetWriter {
     unread: bool,
     max_rows: u64,
     events: mpsc::UnboundedSender<ExecutorEvent>,
+    live: LiveOutput,
 }
 
 impl ResultSetWriter {
@@ -212,7 +259,7 @@ impl ResultSetWriter {
     }
 
     pub async fn add_line(&mut self, line: &str) -> Result<(), String> {
-        let _ = self.events.send(ExecutorEvent::Output { stream: OutputStream::Stdout, line: line.to_string() });
+        self.live.send(&self.events, OutputStream::Stdout, line);
         if self.admit() {
             let rec = dolphin::text_line(line);
             self.out.write_all(&rec).await.map_err(|e| io_err(&self.path, e))?;

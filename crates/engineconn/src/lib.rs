@@ -195,7 +195,8 @@ async fn start(
         .await
         .with_context(|| format!("cannot listen on {}", opts.bind_host))?;
     let addr = listener.local_addr()?;
-    let instance = format!("{}:{}", opts.bind_host, addr.port());
+    // `ip:port` (`[v6]:port`) as bound: what the control plane calls.
+    let instance = addr.to_string();
     let engine = state::Engine::new(ctx.clone(), instance.clone(), session, concurrency, opts, outbound.clone());
     server::spawn(listener, engine.clone(), args.engine_key.clone());
 

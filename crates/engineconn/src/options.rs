@@ -39,7 +39,7 @@ impl EngineOptions {
     pub const LOG_PUSH_INTERVAL: &'static str = "hangar.engineconn.log_push_interval_ms";
     pub const MAX_RESULT_ROWS: &'static str = "hangar.engineconn.max_result_rows";
     pub const MAX_TASKS: &'static str = "hangar.engineconn.max_tasks";
-    pub const BIND_HOST: &'static str = "hangar.engineconn.bind_host";
+    pub const BIND_HOST: &'static str = hangar_protocol::rpc::ENGINE_BIND_HOST_CONF;
     pub const CONCURRENCY: &'static str = "hangar.engineconn.concurrency";
 
     pub fn from_map(m: &BTreeMap<String, String>) -> anyhow::Result<Self> {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hangar_protocol::rpc::{
-    ENTRANCE_RPC_PATH, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, TaskEvent, TaskEventBatch,
+    ENTRANCE_RESULT_PATH, ENTRANCE_RPC_PATH, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER,
+    TICKET_HEADER, TaskEvent, TaskEventBatch,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -127,6 +128,53 @@ impl Outbound {
             tokio::time::sleep(*backoff).await;
         }
         tracing::error!(%url, events = batch.events.len(), "dropping task events after retries");
+    }
+}
+
+impl Outbound {
+    /// Stream one result-set file to the task's Entrance (`PUT`), retrying
+    /// while it cannot be reached; a refusal (too large, not this engine's
+    /// task) is final. Returns the bytes sent.
+    pub(crate) async fn upload_result(
+        &self,
+        base: &str,
+        task_id: i64,
+        alias: u32,
+        path: &std::path::Path,
+    ) -> Result<u64, String> {
+        let url = format!("{}{ENTRANCE_RESULT_PATH}/{task_id}/{alias}", base.trim_end_matches('/'));
+        let ticket_id = std::env::var(crate::TICKET_ENV).unwrap_or_default();
+        let mut last = String::new();
+        for (attempt, backoff) in RETRIES.iter().enumerate() {
+            let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            // The whole file in flight, however large: a minute plus 4 MiB/s.
+            let timeout = Duration::from_secs(60) + Duration::from_millis(len / 4096);
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
+            let sent = self
+                .http
+                .put(&url)
+                .header(RPC_TOKEN_HEADER, &self.token)
+                .header(TICKET_HEADER, &ticket_id)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .timeout(timeout)
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => return Ok(len),
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let why = r.text().await.unwrap_or_default();
+                    return Err(format!("the Entrance refused result set {} ({status}): {why}", alias + 1));
+                }
+                Ok(r) => last = format!("the Entrance answered {}", r.status()),
+                Err(e) => last = format!("cannot reach the Entrance at {url}: {e}"),
+            }
+            tracing::warn!(%url, attempt, error = %last, "result set not sent yet");
+            tokio::time::sleep(*backoff).await;
+        }
+        Err(format!("result set {} could not be sent: {last}", alias + 1))
     }
 }
 

@@ -22,11 +22,14 @@ pub(crate) async fn run(
     let task_id = req.task_id;
     let cb = req.callback_url.clone();
     let (tx, rx) = mpsc::unbounded_channel();
+    // Result sets are written here first, then streamed to the Entrance
+    // (which may be on another host) and removed.
+    let spool = engine.ctx.work_dir.join("tmp").join("results").join(task_id.to_string());
     let mut ctx = ExecutionContext::new(
         task_id,
         req.user.clone(),
         req.properties.clone(),
-        PathBuf::from(&req.result_dir),
+        spool.clone(),
         engine.opts.max_result_rows,
         tx,
         cancel.clone(),
@@ -82,10 +85,16 @@ pub(crate) async fn run(
             (Err(msg.clone()), Some(logline::format(Level::Error, &msg)), None)
         }
     };
-    let progress = forwarder.await.unwrap_or(0.0);
+    let (progress, not_sent) = forwarder.await.unwrap_or((0.0, None));
+    let _ = tokio::fs::remove_dir_all(&spool).await;
     if let Some(line) = error_line {
         engine.out.event(&cb, TaskEvent::Log { task_id, lines: vec![line] });
     }
+    // A result set that did not reach the Entrance fails the task.
+    let result = match (result, not_sent) {
+        (Ok(()), Some(e)) => Err(e),
+        (r, _) => r,
+    };
     let (status, error) = match result {
         Ok(()) => (JobStatus::Succeed, None),
         Err(_) if cancel.is_cancelled() => match engine.exit_reason() {
@@ -108,8 +117,14 @@ fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec
 const OUTPUT_PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Forward executor events until the executor's context is dropped; returns
-/// the last progress.
-async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::UnboundedReceiver<ExecutorEvent>) -> f32 {
+/// the last progress, and why a result set could not be sent if one was not.
+async fn forward(
+    engine: Arc<Engine>,
+    cb: String,
+    task_id: i64,
+    mut rx: mpsc::UnboundedReceiver<ExecutorEvent>,
+) -> (f32, Option<String>) {
+    let mut not_sent: Option<String> = None;
     let mut lines: Vec<String> = Vec::new();
     let mut output: Vec<OutputLine> = Vec::new();
     // Linkis floors progress at 0.1 while a task runs.
@@ -150,9 +165,21 @@ async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::Un
                     flush(&mut lines, &mut output);
                     engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
                 }
+                Some(ExecutorEvent::OutputStopped) => {
+                    flush(&mut lines, &mut output);
+                    engine.out.event(&cb, TaskEvent::OutputStopped { task_id });
+                }
                 Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows, cut, total_rows }) => {
                     flush(&mut lines, &mut output);
-                    engine.out.event(&cb, TaskEvent::ResultSet { task_id, path, alias, rs_type, rows, cut, total_rows });
+                    let path = PathBuf::from(path);
+                    match engine.out.upload_result(&cb, task_id, alias, &path).await {
+                        Ok(_) => engine.out.event(&cb, TaskEvent::ResultSet { task_id, alias, rs_type, rows, cut, total_rows }),
+                        Err(e) => {
+                            engine.out.event(&cb, TaskEvent::Log { task_id, lines: vec![logline::format(Level::Error, &e)] });
+                            not_sent.get_or_insert(e);
+                        }
+                    }
+                    let _ = tokio::fs::remove_file(&path).await;
                 }
             },
             _ = log_tick.tick() => flush(&mut lines, &mut output),
@@ -165,5 +192,5 @@ async fn forward(engine: Arc<Engine>, cb: String, task_id: i64, mut rx: mpsc::Un
         }
     }
     flush(&mut lines, &mut output);
-    progress
+    (progress, not_sent)
 }

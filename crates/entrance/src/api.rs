@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hangar_protocol::rpc::{ENTRANCE_RPC_PATH, RPC_TOKEN_HEADER, TaskEventBatch};
+use hangar_protocol::rpc::{ENTRANCE_RESULT_PATH, ENTRANCE_RPC_PATH, RPC_TOKEN_HEADER, TaskEventBatch};
 use hangar_protocol::{Envelope, ErrorCode, HangarError, exec_id};
 use hangar_store::JobRecord;
 use serde::Serialize;
@@ -44,6 +44,11 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
         .route(OPENAPI_PATH, get(move || async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }))
         .route("/metrics", get(crate::metrics::metrics))
         .route(ENTRANCE_RPC_PATH, post(task_events))
+        // Result sets are streamed, whatever their size (the per-file limit is checked as they come).
+        .route(
+            &format!("{ENTRANCE_RESULT_PATH}/{{task_id}}/{{alias}}"),
+            axum::routing::put(crate::results::receive).layer(DefaultBodyLimit::disable()),
+        )
         .fallback(not_found)
         .with_state(entrance)
 }

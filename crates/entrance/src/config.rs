@@ -23,6 +23,8 @@ pub struct EntranceConfig {
     pub ask_retries: u32,
     /// Largest accepted code, in bytes.
     pub max_code_bytes: usize,
+    /// Largest result set (one `_N.dolphin`) an engine may send, in bytes.
+    pub max_result_set_bytes: u64,
     /// Accepted tokens: `Token-Code` value and the users it may act as (`*` = any).
     pub tokens: Vec<TokenConfig>,
     pub admins: Vec<String>,

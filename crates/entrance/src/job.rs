@@ -189,6 +189,7 @@ impl Entrance {
                 kill: kill_tx,
                 progress_info: progress_info.clone(),
                 ticket: Default::default(),
+                result_dir: prepared.result_dir.clone(),
             },
         );
         let this = self.clone();

@@ -19,6 +19,7 @@ mod metrics;
 pub mod openapi;
 mod ops;
 mod recover;
+mod results;
 mod run;
 pub mod session;
 mod throttle;
@@ -46,6 +47,8 @@ pub(crate) struct JobHandle {
     pub progress_info: Arc<Mutex<Vec<hangar_protocol::rpc::JobProgressInfo>>>,
     /// The engine the task was sent to: only its events are taken.
     pub ticket: Arc<std::sync::OnceLock<String>>,
+    /// Where its result sets are stored (below `results_dir`).
+    pub result_dir: std::path::PathBuf,
 }
 
 /// A consumer group: running slots and a count of waiting jobs.

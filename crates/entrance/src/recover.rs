@@ -119,6 +119,7 @@ impl Entrance {
                 kill: kill_tx,
                 progress_info: progress_info.clone(),
                 ticket: Arc::new(std::sync::OnceLock::from(j.ticket_id.clone().unwrap_or_default())),
+                result_dir: PathBuf::from(j.result_location.trim_start_matches("file://")),
             },
         );
         // It still runs in its group: it holds one of the group's running slots.

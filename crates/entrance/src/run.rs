@@ -2,7 +2,6 @@
 //! followed until it ends, the user kills it, its engine goes, its running
 //! timeout passes, or the server shuts down.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,10 +77,8 @@ impl Entrance {
             run_type: job.run_type.clone(),
             user: job.user.clone(),
             properties: job.runtime.clone(),
-            result_dir: job.result_dir.display().to_string(),
             callback_url: self.cfg.callback_url.clone(),
         };
-        prepare_result_dir(&self.cfg.results_dir, &job.result_dir, grant.account).await?;
         // From now on only this engine's events reach the job.
         if let Some(h) = lock(&self.jobs).get(&task_id) {
             let _ = h.ticket.set(grant.ticket_id.clone());
@@ -186,9 +183,13 @@ impl Entrance {
                             }
                         }
                         TaskEvent::Output { lines, .. } => feed.output(lines),
+                        TaskEvent::OutputStopped { .. } => {
+                            feed.send(json!({"type": "lagged"}));
+                            log.line(Level::Info, "the output is no longer shown live (too much, or a line too long); all of it is in the result sets").await;
+                        }
                         TaskEvent::ResultSet { alias, rows, cut, total_rows, .. } => {
                             feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows, "cut": cut, "totalRows": total_rows}));
-                            log.line(Level::Info, &format!("result set _{alias}.dolphin written with {rows} rows")).await;
+                            log.line(Level::Info, &format!("result set _{alias}.dolphin stored with {rows} rows")).await;
                             if cut {
                                 let total = total_rows;
                                 let cut = json!({"alias": alias, "kept": rows, "total": total});
@@ -247,36 +248,6 @@ impl Entrance {
             }
         }
     }
-}
-
-/// Create the job's result folder; when this process is root and the job's
-/// user exists on the host, hand it to that user (engines may run as them).
-/// Create a task's result folder below the results root without following
-/// a link: parents root-owned and traverse-only, the folder itself private to
-/// the account the engine runs as (it writes the result sets there).
-async fn prepare_result_dir(
-    root: &Path,
-    dir: &Path,
-    account: Option<hangar_protocol::rpc::OsAccount>,
-) -> Result<(), HangarError> {
-    let root = root.to_path_buf();
-    let rel = dir.strip_prefix(&root).map_err(|_| HangarError::internal("result folder outside the results root"))?;
-    let rel = rel.to_path_buf();
-    let me = nix::unistd::geteuid().as_raw();
-    // Only a root server hands folders to other accounts.
-    let owner = account.filter(|a| a.uid != me && me == 0).map(|a| (a.uid, a.gid));
-    tokio::task::spawn_blocking(move || {
-        hangar_fsguard::create_dirs(
-            &root,
-            &rel,
-            hangar_fsguard::Perms::mode(0o711),
-            hangar_fsguard::Perms { mode: 0o700, owner },
-        )
-        .map(drop)
-        .map_err(|e| HangarError::internal(format!("cannot create the result folder: {e}")))
-    })
-    .await
-    .map_err(|e| HangarError::internal(e.to_string()))?
 }
 
 /// Job metrics key: the exit code of the task's program (shell).

@@ -147,6 +147,32 @@ pub fn append_file_at(dir: &OwnedFd, name: &str, perms: Perms) -> Result<File, F
     Ok(file)
 }
 
+/// Create (or truncate) the regular file `name` in an open directory for
+/// writing, never through a symlink; it gets `perms`.
+pub fn create_file_at(dir: &OwnedFd, name: &str, perms: Perms) -> Result<File, FsGuardError> {
+    let flags = OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::from_bits_truncate(perms.mode))
+        .map_err(|e| FsGuardError::from_errno(name, e))?;
+    let file = File::from(fd);
+    let md = file.metadata().map_err(|e| FsGuardError::Io(name.to_string(), e))?;
+    if !md.is_file() {
+        return Err(FsGuardError::NotFound(name.to_string()));
+    }
+    apply(&file, perms, name)?;
+    Ok(file)
+}
+
+/// Rename `from` to `to` inside one open directory (atomic; `to` is replaced).
+pub fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> Result<(), FsGuardError> {
+    nix::fcntl::renameat(dir, from, dir, to).map_err(|e| FsGuardError::from_errno(to, e))
+}
+
+/// Remove the file `name` from an open directory (a link is removed, not followed).
+pub fn remove_file_at(dir: &OwnedFd, name: &str) -> Result<(), FsGuardError> {
+    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+        .map_err(|e| FsGuardError::from_errno(name, e))
+}
+
 /// Open the regular file `root/rel` for reading, refusing a symlink in any
 /// component (the last one too).
 pub fn open_file(root: &Path, rel: &Path) -> Result<File, FsGuardError> {

@@ -27,6 +27,10 @@ pub struct Server {
     /// The manager an `ecm`-only server registers with.
     pub manager_url: String,
     pub bind: String,
+    /// The host other hosts reach this server at; empty: the `bind` address,
+    /// or when that is `0.0.0.0`/`::` the address of the route to the manager
+    /// (ECMs) or of the first non-loopback interface.
+    pub advertise_host: String,
     pub port: u16,
     pub data_dir: String,
     /// Empty: `sqlite://<data_dir>/hangar.db`.
@@ -63,6 +67,8 @@ pub struct Entrance {
     pub ask_timeout_ms: u64,
     pub ask_retries: u32,
     pub max_code_bytes: usize,
+    /// Largest result set an engine may send (`2g`, `500m`).
+    pub max_result_set_size: String,
     pub default_creator: String,
     pub reattach_timeout_ms: u64,
 }
@@ -140,6 +146,7 @@ impl Default for Config {
                 roles: "all".into(),
                 manager_url: String::new(),
                 bind: "127.0.0.1".into(),
+                advertise_host: String::new(),
                 port: 9001,
                 data_dir: "./hangar-data".into(),
                 store_url: String::new(),
@@ -162,6 +169,7 @@ impl Default for Config {
                 ask_timeout_ms: 300_000,
                 ask_retries: 3,
                 max_code_bytes: 4 << 20,
+                max_result_set_size: "2g".into(),
                 default_creator: "IDE".into(),
                 reattach_timeout_ms: 30_000,
             },

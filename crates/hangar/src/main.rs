@@ -4,6 +4,7 @@
 //! * `hangar engineconn ...` is the engine process an ECM launches;
 //! * `hangar run|status|log|result|kill` are the client commands.
 
+mod address;
 mod bench;
 mod bench_manager;
 mod commands;

@@ -169,7 +169,7 @@ fn build_ecm(
     private_dir(&engineconn_root, 0o711)?;
     private_dir(&cache_dir, 0o711)?;
     if identity.switches() {
-        engines_can_reach(&[&engineconn_root, &data_dir.join("results"), &std::env::current_exe()?])?;
+        engines_can_reach(&[&engineconn_root, &std::env::current_exe()?])?;
     }
     let (ecm, events) = Ecm::new(
         EcmConfig {
@@ -210,10 +210,10 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         tracing::warn!(error = %e, "cannot make the server process non-dumpable");
     }
-    // A control plane's result folders are written by engines of other
-    // accounts when it runs as root (remote ECMs on this host included).
-    let switches = (roles == Roles::ControlPlane && nix::unistd::geteuid().is_root())
-        || hangar_ecm::Identity::from_config(
+    // Engines of other accounts traverse the data dir to their work dirs
+    // (only where an ECM runs: result sets reach the Entrance over HTTP).
+    let switches = roles != Roles::ControlPlane
+        && hangar_ecm::Identity::from_config(
             &cfg.ecm.run_as,
             &cfg.ecm.account_prefix,
             cfg.ecm.min_uid,
@@ -228,7 +228,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         .await
         .with_context(|| format!("cannot listen on {}:{}", cfg.server.bind, cfg.server.port))?;
     let addr: SocketAddr = listener.local_addr()?;
-    let reach_host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let reach_host = crate::address::advertise_host(&cfg, &addr).await?;
     let instance = format!("{reach_host}:{}", addr.port());
     let base_url = format!("http://{instance}");
     lock.describe(&format!("the Hangar server at {base_url}"));
@@ -305,6 +305,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         max_queued_per_group: cfg.entrance.max_queued_per_group,
         ask_timeout: ms(cfg.entrance.ask_timeout_ms),
         ask_retries: cfg.entrance.ask_retries,
+        max_result_set_bytes: parse_bytes(&cfg.entrance.max_result_set_size)?,
         max_code_bytes: match cfg.entrance.max_code_bytes {
             n if n <= 64 << 20 => n,
             n => bail!("entrance.max_code_bytes is {n}; at most 67108864 (64 MiB) is supported"),
@@ -319,7 +320,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         metrics_token: cfg.server.metrics_token.clone(),
         loopback_only,
     };
-    private_dir(&ecfg.results_dir, 0o711)?;
+    private_dir(&ecfg.results_dir, 0o700)?;
     private_dir(&ecfg.logs_dir, 0o700)?;
     let entrance = Entrance::new(ecfg, store.clone(), manager.clone());
     let (reattached, requeued, ended) = entrance.recover().await?;
@@ -420,10 +421,28 @@ impl ManagerLink {
             tokio::select! {
                 _ = tick.tick() => {
                     if !registered {
+                        // The engines alive now (not only those adopted at start).
+                        let register = match &register {
+                            EcmToManager::Register { instance, labels, max, rpc_version, .. } => EcmToManager::Register {
+                                instance: instance.clone(),
+                                labels: labels.clone(),
+                                max: *max,
+                                rpc_version: *rpc_version,
+                                engines: ecm.tickets(),
+                            },
+                            other => other.clone(),
+                        };
                         match self.send(&register).await {
-                            Ok(_) => {
+                            Ok(reply) => {
                                 registered = true;
                                 tracing::info!("registered with the manager");
+                                // Written off while this host was unreachable: nobody follows them.
+                                for ticket in reply.stop {
+                                    tracing::warn!(%ticket, "stopping an engine the manager wrote off");
+                                    if let Err(e) = ecm.kill(&ticket).await {
+                                        tracing::warn!(%ticket, error = %e, "cannot stop a written-off engine");
+                                    }
+                                }
                             }
                             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot register with the manager; retrying"),
                         }

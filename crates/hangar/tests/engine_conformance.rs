@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::HeaderMap;
+use axum::routing::{post, put};
 use hangar_protocol::rpc::{
-    ENTRANCE_RPC_PATH, EngineReply, EngineRequest, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER,
-    TaskEvent, TaskEventBatch, TaskExecuteRequest,
+    ENTRANCE_RESULT_PATH, ENTRANCE_RPC_PATH, EngineReply, EngineRequest, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER,
+    TICKET_HEADER, TaskEvent, TaskEventBatch, TaskExecuteRequest,
 };
 use hangar_protocol::{JobStatus, NodeStatus};
 
@@ -24,6 +25,8 @@ const TOKEN: &str = "conformance-secret";
 struct Seen {
     manager: Vec<EngineToManager>,
     events: Vec<(Instant, TaskEvent)>,
+    /// Result sets the engine streamed, by (task, alias).
+    results: std::collections::HashMap<(i64, u32), Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -38,6 +41,19 @@ async fn entrance_rpc(State(seen): State<Shared>, body: Bytes) -> &'static str {
     let batch: TaskEventBatch = serde_json::from_slice(&body).expect("task events");
     let now = Instant::now();
     seen.lock().expect("seen").events.extend(batch.events.into_iter().map(|e| (now, e)));
+    "ok"
+}
+
+/// A result set arrives before its event, with the engine's ticket and key.
+async fn entrance_result(
+    State(seen): State<Shared>,
+    UrlPath((task, alias)): UrlPath<(i64, u32)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
+    assert_eq!(headers.get(TICKET_HEADER).and_then(|v| v.to_str().ok()), Some("t-1"));
+    assert_eq!(headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok()), Some(TOKEN));
+    seen.lock().expect("seen").results.insert((task, alias), body.to_vec());
     "ok"
 }
 
@@ -56,6 +72,7 @@ impl Harness {
         let app = Router::new()
             .route(MANAGER_RPC_PATH, post(manager_rpc))
             .route(ENTRANCE_RPC_PATH, post(entrance_rpc))
+            .route(&format!("{ENTRANCE_RESULT_PATH}/{{task}}/{{alias}}"), put(entrance_result))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -127,7 +144,7 @@ impl Harness {
         }
     }
 
-    fn task(&self, task_id: i64, code: &str, lock: &str, run_type: &str, dir: &std::path::Path) -> EngineRequest {
+    fn task(&self, task_id: i64, code: &str, lock: &str, run_type: &str) -> EngineRequest {
         EngineRequest::Execute(TaskExecuteRequest {
             task_id,
             exec_id: format!("e{task_id}"),
@@ -136,7 +153,6 @@ impl Harness {
             run_type: run_type.into(),
             user: "alice".into(),
             properties: Default::default(),
-            result_dir: dir.join(task_id.to_string()).display().to_string(),
             callback_url: self.base.clone(),
         })
     }
@@ -201,7 +217,6 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
         })
         .collect();
     let h = Harness::start(program, case.labels, &conf).await;
-    let results = tempfile::tempdir().expect("results");
     assert_eq!(h.status().await, NodeStatus::Unlock, "ready engines are Unlock");
 
     // Internal auth.
@@ -214,14 +229,14 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     };
     assert!(matches!(h.call(&EngineRequest::Lock { timeout_ms: 1 }).await, EngineReply::Lock { lock: None, .. }));
     assert_eq!(h.status().await, NodeStatus::Idle);
-    let wrong = h.call(&h.task(1, case.ok_code, "not-the-lock", case.run_type, results.path())).await;
+    let wrong = h.call(&h.task(1, case.ok_code, "not-the-lock", case.run_type)).await;
     assert!(matches!(wrong, EngineReply::Error { code: hangar_protocol::ErrorCode::LockRejected, .. }), "{wrong:?}");
-    let blank = h.call(&h.task(1, "  ", &lock, case.run_type, results.path())).await;
+    let blank = h.call(&h.task(1, "  ", &lock, case.run_type)).await;
     assert!(matches!(blank, EngineReply::Error { .. }), "{blank:?}");
 
     // A task that succeeds: ordered events, the final status last.
     assert_eq!(
-        h.call(&h.task(1, case.ok_code, &lock, case.run_type, results.path())).await,
+        h.call(&h.task(1, case.ok_code, &lock, case.run_type)).await,
         EngineReply::Submitted { task_id: 1 }
     );
     let (st, _, _) = h.final_status(1, Duration::from_secs(20)).await;
@@ -229,28 +244,29 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     let ev: Vec<TaskEvent> = h.events(1).into_iter().map(|(_, e)| e).collect();
     assert!(matches!(ev.first(), Some(TaskEvent::Status { status: JobStatus::Running, .. })), "{ev:?}");
     assert!(matches!(ev.last(), Some(TaskEvent::Status { status: JobStatus::Succeed, .. })), "{ev:?}");
-    let rs_path = ev
+    let alias = ev
         .iter()
         .find_map(|e| match e {
-            TaskEvent::ResultSet { path, .. } => Some(path.clone()),
+            TaskEvent::ResultSet { alias, .. } => Some(*alias),
             _ => None,
         })
         .expect("a result set");
-    let rs = hangar_protocol::dolphin::decode(&std::fs::read(rs_path).expect("result file")).expect("dolphin");
+    let bytes = h.seen.lock().expect("seen").results.get(&(1, alias)).cloned().expect("the result set's bytes");
+    let rs = hangar_protocol::dolphin::decode(&bytes).expect("dolphin");
     assert_eq!(rs.rows.first().and_then(|r| r.first().cloned().flatten()).as_deref(), Some(case.expected));
     assert!(
         ev.iter().any(|e| matches!(e, TaskEvent::RunningInfo(i) if i.progress >= 1.0 && i.metrics.ticket_id == "t-1"))
     );
 
     // A task that fails reports Failed with a reason; the engine stays usable.
-    h.call(&h.task(2, case.bad_code, &lock, case.run_type, results.path())).await;
+    h.call(&h.task(2, case.bad_code, &lock, case.run_type)).await;
     let (st, err, _) = h.final_status(2, Duration::from_secs(20)).await;
     assert_eq!(st, JobStatus::Failed);
     assert!(err.is_some_and(|e| !e.is_empty()));
 
     // A long task: combined running-info reports at the configured rate
     // (100 ms), then a kill ends it Cancelled within a second.
-    h.call(&h.task(3, case.long_code, &lock, case.run_type, results.path())).await;
+    h.call(&h.task(3, case.long_code, &lock, case.run_type)).await;
     assert_eq!(h.status().await, NodeStatus::Busy);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let infos: Vec<Instant> =
@@ -270,7 +286,7 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     }
 
     // Still usable after the kill.
-    h.call(&h.task(4, case.ok_code, &lock, case.run_type, results.path())).await;
+    h.call(&h.task(4, case.ok_code, &lock, case.run_type)).await;
     assert_eq!(h.final_status(4, Duration::from_secs(20)).await.0, JobStatus::Succeed);
 
     // Unlock, then heartbeats report it; shutdown reports Exiting and ends the process.

@@ -176,7 +176,6 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
         run_type: "shell".into(),
         user: "alice".into(),
         properties: Default::default(),
-        result_dir: "/tmp".into(),
         callback_url: s.base.clone(),
     };
     assert_eq!(post(&engine, &bob.key, &EngineRequest::Execute(execute)).await, 401);

@@ -108,6 +108,8 @@ pub struct ManagerStats {
     pub creations: AtomicU64,
     pub creation_failures: AtomicU64,
     pub engines_lost: AtomicU64,
+    /// ECMs written off after 3 missed heartbeats (their host lost).
+    pub ecms_lost: AtomicU64,
 }
 
 /// Engine start times (launch to ready), Prometheus-style buckets in seconds.
@@ -293,9 +295,10 @@ impl Manager {
         tracing::info!(%instance, %max, "ECM registered");
     }
 
-    /// An ECM reported it is alive; false when it is not registered.
+    /// An ECM reported it is alive; false when it is not registered (or was
+    /// written off as lost): it must register again.
     pub fn ecm_heartbeat(&self, instance: &str, health: Option<&EcmHealth>) -> bool {
-        match lock(&self.ecms).iter_mut().find(|e| e.instance == instance) {
+        match lock(&self.ecms).iter_mut().find(|e| e.instance == instance && e.status == NodeStatus::Running) {
             Some(e) => {
                 e.last_heartbeat = Instant::now();
                 if let Some(h) = health {
@@ -462,9 +465,41 @@ impl Manager {
             tracing::warn!(%ticket, %reason, "stopping engine");
             self.finish(&ticket, NodeStatus::Failed, reason, true);
         }
+        self.write_off_lost_hosts(now);
         for ticket in self.rm.expired(self.cfg.reservation_timeout) {
             if !lock(&self.engines).contains_key(&ticket) && self.rm.release(&ticket) {
                 tracing::warn!(%ticket, "released a reservation that was never confirmed");
+            }
+        }
+    }
+
+    /// ECMs silent for 3 heartbeats: the host is lost. The ECM record fails
+    /// (it takes no engine until it registers again) and every engine on it
+    /// is written off: its jobs end with a reason naming the host, its
+    /// resources come back once. Engines there that still run are stopped by
+    /// their ECM when it registers again (`ManagerReply::stop`).
+    fn write_off_lost_hosts(&self, now: Instant) {
+        let timeout = self.cfg.ecm_heartbeat_interval * 3;
+        let mut lost = Vec::new();
+        for e in lock(&self.ecms).iter_mut() {
+            let silent = now.duration_since(e.last_heartbeat);
+            if e.status == NodeStatus::Running && silent > timeout {
+                e.status = NodeStatus::Failed;
+                let host = e.instance.rsplit_once(':').map_or(e.instance.as_str(), |(h, _)| h);
+                lost.push((
+                    e.instance.clone(),
+                    format!("host {host} lost: its ECM {} sent no heartbeat for {} ms", e.instance, silent.as_millis()),
+                ));
+            }
+        }
+        for (instance, reason) in lost {
+            tracing::warn!(ecm = %instance, %reason, "ECM lost; writing off its engines");
+            self.stats.ecms_lost.fetch_add(1, Ordering::Relaxed);
+            let tickets: Vec<String> =
+                lock(&self.engines).values().filter(|n| n.ecm_instance == instance).map(|n| n.ticket_id.clone()).collect();
+            for ticket in tickets {
+                self.stats.engines_lost.fetch_add(1, Ordering::Relaxed);
+                self.finish(&ticket, NodeStatus::Failed, reason.clone(), false);
             }
         }
     }

@@ -86,12 +86,18 @@ async fn handle_ecm(
                     format!("ECM speaks RPC version {rpc_version}, manager {RPC_VERSION}"),
                 ));
             }
-            tracing::info!(%instance, adopted = engines.len(), "remote ECM registering");
+            tracing::info!(%instance, engines = engines.len(), "remote ECM registering");
             m.register_remote_ecm(&instance, labels, max);
-            // Its live engines come back before new ones are made for their labels.
-            let unknown: Vec<String> = engines.into_iter().filter(|t| !m.knows_engine(t)).collect();
+            // Engines written off while the host was unreachable are stopped
+            // by their ECM (their jobs already ended); the others come back
+            // before new ones are made for their labels.
+            let (stop, live): (Vec<String>, Vec<String>) = engines.into_iter().partition(|t| m.has_ended(t));
+            let unknown: Vec<String> = live.into_iter().filter(|t| !m.knows_engine(t)).collect();
             m.expect_rejoins(unknown, REMOTE_REJOIN_WINDOW);
-            true
+            if !stop.is_empty() {
+                tracing::warn!(%instance, engines = stop.len(), "the ECM stops engines written off while its host was lost");
+            }
+            return Ok(Json(ManagerReply { known: true, stop, ..Default::default() }));
         }
         EcmToManager::Heartbeat { instance, health } => m.ecm_heartbeat(&instance, Some(&health)),
         EcmToManager::EngineExited { ticket_id, description, .. } => {
@@ -129,7 +135,7 @@ impl Manager {
             return self.rejoin(msg, key);
         }
         match self.check_engine_key(&ticket, key) {
-            None => return Some(ManagerReply { known: false, rejoin: !self.has_ended(&ticket) }),
+            None => return Some(ManagerReply { known: false, rejoin: !self.has_ended(&ticket), ..Default::default() }),
             Some(false) => {
                 tracing::warn!(%ticket, "engine message refused: wrong key for this ticket");
                 return None;
@@ -137,7 +143,7 @@ impl Manager {
             Some(true) => {}
         }
         let known = self.apply_engine_message(msg);
-        Some(ManagerReply { known, rejoin: !known && !self.has_ended(&ticket) })
+        Some(ManagerReply { known, rejoin: !known && !self.has_ended(&ticket), ..Default::default() })
     }
 
     fn apply_engine_message(&self, msg: EngineToManager) -> bool {
@@ -223,7 +229,7 @@ impl Manager {
         }
         if !lock(&self.ecms).iter().any(|e| e.instance == ecm_instance) {
             // Its ECM has not registered again yet: ask again later.
-            return Some(ManagerReply { known: false, rejoin: true });
+            return Some(ManagerReply { known: false, rejoin: true, ..Default::default() });
         }
         let Ok(user_label) = Self::user_label(&labels) else { return Some(ManagerReply::known(false)) };
         if self.rm.label(&user_label).is_none() {

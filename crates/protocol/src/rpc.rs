@@ -8,7 +8,10 @@
 //!
 //! * EngineConn -> LinkisManager: [`EngineToManager`] at [`MANAGER_RPC_PATH`].
 //! * LinkisManager / Entrance -> EngineConn: [`EngineRequest`] at [`ENGINE_RPC_PATH`].
-//! * EngineConn -> Entrance: [`TaskEventBatch`] at [`ENTRANCE_RPC_PATH`].
+//! * EngineConn -> Entrance: [`TaskEventBatch`] at [`ENTRANCE_RPC_PATH`], and
+//!   each result set's bytes streamed by `PUT` to [`ENTRANCE_RESULT_PATH`]
+//!   `/{task_id}/{alias}` (the engine's ticket in [`TICKET_HEADER`]), so the
+//!   engine may run on any host.
 
 use std::collections::BTreeMap;
 
@@ -21,11 +24,14 @@ use crate::status::{JobStatus, NodeStatus};
 pub const RPC_TOKEN_HEADER: &str = "x-hangar-rpc-token";
 pub const MANAGER_RPC_PATH: &str = "/api/rest_j/v1/rpc/manager";
 pub const ENTRANCE_RPC_PATH: &str = "/api/rest_j/v1/rpc/entrance";
+pub const ENTRANCE_RESULT_PATH: &str = "/api/rest_j/v1/rpc/entrance/result";
+/// The ticket of the engine sending a result set (its key is in [`RPC_TOKEN_HEADER`]).
+pub const TICKET_HEADER: &str = "x-hangar-ticket";
 pub const ENGINE_RPC_PATH: &str = "/rpc";
 pub const ECM_RPC_PATH: &str = "/api/rest_j/v1/rpc/ecm";
 pub const MANAGER_ECM_RPC_PATH: &str = "/api/rest_j/v1/rpc/manager/ecm";
 /// The version of this message set; a peer with another refuses to talk.
-pub const RPC_VERSION: u32 = 1;
+pub const RPC_VERSION: u32 = 2;
 
 /// Messages an engine sends to the manager.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,7 +91,7 @@ impl EngineToManager {
 }
 
 /// The manager's answer to an [`EngineToManager`] message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ManagerReply {
     /// False when the manager does not know this ticket: the engine must
     /// exit, unless `rejoin` is set.
@@ -95,16 +101,23 @@ pub struct ManagerReply {
     /// reply to `Rejoin` it means "not yet, try again later".
     #[serde(default)]
     pub rejoin: bool,
+    /// To a registering ECM: tickets of its engines the manager already wrote
+    /// off (their host was lost); the ECM stops them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 impl ManagerReply {
     pub fn known(known: bool) -> Self {
-        Self { known, rejoin: false }
+        Self { known, rejoin: false, stop: Vec::new() }
     }
 }
 
 /// Startup option the ECM gives every engine: its own `host:port`.
 pub const ECM_INSTANCE_CONF: &str = "hangar.ecm.instance";
+/// Startup option the ECM gives every engine: the address to listen on and
+/// advertise (the ECM's own host, reachable from the control plane).
+pub const ENGINE_BIND_HOST_CONF: &str = "hangar.engineconn.bind_host";
 
 /// Requests to an engine.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -176,8 +189,6 @@ pub struct TaskExecuteRequest {
     pub user: String,
     /// Runtime parameters (`params.configuration.runtime`).
     pub properties: BTreeMap<String, String>,
-    /// Folder for this task's `_N.dolphin` result sets.
-    pub result_dir: String,
     /// Base URL of the Entrance that receives this task's events.
     pub callback_url: String,
 }
@@ -228,12 +239,17 @@ pub enum TaskEvent {
         task_id: i64,
         lines: Vec<OutputLine>,
     },
+    /// The task's output is no longer sent live (too much of it, or a line
+    /// too long for a terminal); all of it is in the result sets.
+    OutputStopped {
+        task_id: i64,
+    },
     /// The combined report of the metrics-reporting seed: progress, resource
     /// and engine metrics in one message.
     RunningInfo(TaskRunningInfo),
+    /// A result set the Entrance has stored (sent before this event).
     ResultSet {
         task_id: i64,
-        path: String,
         alias: u32,
         rs_type: u32,
         /// Rows stored.
@@ -253,6 +269,7 @@ impl TaskEvent {
             TaskEvent::Status { task_id, .. }
             | TaskEvent::Log { task_id, .. }
             | TaskEvent::Output { task_id, .. }
+            | TaskEvent::OutputStopped { task_id }
             | TaskEvent::ResultSet { task_id, .. } => *task_id,
             TaskEvent::RunningInfo(info) => info.task_id,
         }
@@ -478,7 +495,6 @@ mod tests {
             run_type: "shell".into(),
             user: "u".into(),
             properties: BTreeMap::new(),
-            result_dir: "/r".into(),
             callback_url: "http://x".into(),
         });
         let s = serde_json::to_string(&req).expect("ser");

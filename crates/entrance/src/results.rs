@@ -1,0 +1,129 @@
+//! Result sets arriving from engines, wherever they run: each `_N.dolphin`
+//! is streamed by `PUT` into the job's result folder on this host, under a
+//! temporary name renamed into place once whole, within the per-file limit.
+//!
+//! Only the engine the task was sent to may send its result sets (its
+//! ticket and key), and only while the job runs here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use hangar_protocol::rpc::{RPC_TOKEN_HEADER, TICKET_HEADER};
+use tokio::io::AsyncWriteExt;
+
+use crate::{Entrance, lock};
+
+/// At most this many result sets per task (`_0` .. `_9999`).
+const MAX_RESULT_SETS: u32 = 10_000;
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, msg.into()).into_response()
+}
+
+/// `PUT {ENTRANCE_RESULT_PATH}/{task_id}/{alias}`: one result set's bytes.
+pub(crate) async fn receive(
+    State(e): State<Arc<Entrance>>,
+    UrlPath((task_id, alias)): UrlPath<(i64, u32)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let ticket = text(TICKET_HEADER).unwrap_or_default().to_string();
+    if !e.manager.verify_engine_key(&ticket, text(RPC_TOKEN_HEADER)) {
+        tracing::warn!(%ticket, task_id, "result set refused: wrong key for this ticket");
+        return refuse(StatusCode::UNAUTHORIZED, "bad engine key for this ticket");
+    }
+    let dir = {
+        let jobs = lock(&e.jobs);
+        match jobs.get(&task_id) {
+            Some(h) if h.ticket.get().is_some_and(|t| *t == ticket) => h.result_dir.clone(),
+            Some(_) => return refuse(StatusCode::FORBIDDEN, format!("task {task_id} was not sent to this engine")),
+            None => return refuse(StatusCode::GONE, format!("job {task_id} is not running on this Entrance")),
+        }
+    };
+    if alias >= MAX_RESULT_SETS {
+        return refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_RESULT_SETS} result sets per job"));
+    }
+    let limit = e.cfg.max_result_set_bytes;
+    let declared = text(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(alias, limit));
+    }
+    match store(&e.cfg.results_dir, &dir, alias, body, limit).await {
+        Ok(bytes) => {
+            tracing::debug!(task_id, alias, bytes, "result set stored");
+            StatusCode::OK.into_response()
+        }
+        Err((status, msg)) => {
+            tracing::warn!(task_id, alias, %msg, "result set not stored");
+            refuse(status, msg)
+        }
+    }
+}
+
+fn too_large(alias: u32, limit: u64) -> String {
+    format!(
+        "result set {} is larger than entrance.max_result_set_size ({limit} bytes; \
+         HANGAR_ENTRANCE_MAX_RESULT_SET_SIZE raises it)",
+        alias + 1
+    )
+}
+
+/// Stream the body into `<dir>/_N.dolphin.part`, then rename it to
+/// `_N.dolphin`; nothing is left behind on failure.
+async fn store(root: &Path, dir: &Path, alias: u32, body: Body, limit: u64) -> Result<u64, (StatusCode, String)> {
+    let internal = |m: String| (StatusCode::INTERNAL_SERVER_ERROR, m);
+    let rel = dir.strip_prefix(root).map_err(|_| internal("result folder outside the results root".into()))?;
+    let (root, rel): (PathBuf, PathBuf) = (root.to_path_buf(), rel.to_path_buf());
+    let name = format!("_{alias}.dolphin");
+    let part = format!("{name}.part");
+    let (dir_fd, file) = {
+        let part = part.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = hangar_fsguard::create_dirs(
+                &root,
+                &rel,
+                hangar_fsguard::Perms::mode(0o711),
+                hangar_fsguard::Perms::mode(0o700),
+            )?;
+            let file = hangar_fsguard::create_file_at(&dir, &part, hangar_fsguard::Perms::mode(0o600))?;
+            Ok::<_, hangar_fsguard::FsGuardError>((dir, file))
+        })
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(format!("cannot create the result file: {e}")))?
+    };
+    let mut out = tokio::io::BufWriter::with_capacity(256 << 10, tokio::fs::File::from_std(file));
+    let mut written: u64 = 0;
+    let mut stream = body.into_data_stream();
+    let outcome = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("the upload broke off: {e}")))?;
+            written += chunk.len() as u64;
+            if written > limit {
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, too_large(alias, limit)));
+            }
+            out.write_all(&chunk).await.map_err(|e| internal(format!("cannot write the result file: {e}")))?;
+        }
+        out.flush().await.map_err(|e| internal(format!("cannot write the result file: {e}")))?;
+        Ok(())
+    }
+    .await;
+    drop(out);
+    tokio::task::spawn_blocking(move || match outcome {
+        Ok(()) => hangar_fsguard::rename_at(&dir_fd, &part, &name)
+            .map(|()| written)
+            .map_err(|e| internal(format!("cannot store the result file: {e}"))),
+        Err(e) => {
+            let _ = hangar_fsguard::remove_file_at(&dir_fd, &part);
+            Err(e)
+        }
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+}
