@@ -40,6 +40,9 @@ impl Outbound {
     pub(crate) fn new(manager_url: String, token: String) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
+            // A lost SYN (a partition) is retried on a new connection soon
+            // after the network heals, not after the kernel's backoff.
+            .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()

@@ -145,6 +145,9 @@ pub(crate) fn dir_tree(at: &GuardedPath) -> Result<DirFileTree, HangarError> {
     })
 }
 
+/// The most cell bytes one `openFile` page carries.
+const MAX_PAGE_BYTES: usize = 256 << 20;
+
 /// One page of a result-set file in Linkis's `openFile` shape.
 pub(crate) fn open_result(
     at: &GuardedPath,
@@ -152,21 +155,18 @@ pub(crate) fn open_result(
     page_size: usize,
     null_value: &str,
 ) -> Result<OpenFileData, HangarError> {
-    let mut bytes = Vec::new();
     let shown = at.full().display().to_string();
-    let mut f = hangar_fsguard::open_file(&at.root, &at.rel).map_err(|_| denied(&shown))?;
-    std::io::Read::read_to_end(&mut f, &mut bytes)
-        .map_err(|e| HangarError::internal(format!("cannot read {shown}: {e}")))?;
-    let rs = dolphin::decode(&bytes)?;
-    let total = rs.rows.len();
+    let f = hangar_fsguard::open_file(&at.root, &at.rel).map_err(|_| denied(&shown))?;
     let page_size = page_size.clamp(1, 100_000);
     let page = page.max(1);
+    // One page in memory, however large the file.
+    let reader = std::io::BufReader::with_capacity(256 << 10, f);
+    let rs = dolphin::read_page(reader, (page - 1).saturating_mul(page_size), page_size, MAX_PAGE_BYTES)?;
+    let total = rs.total;
     let total_page = total.div_ceil(page_size);
     let rows: Vec<Vec<String>> = rs
         .rows
         .into_iter()
-        .skip((page - 1).saturating_mul(page_size))
-        .take(page_size)
         .map(|r| r.into_iter().map(|c| c.unwrap_or_else(|| null_value.to_string())).collect())
         .collect();
     let metadata = if rs.rs_type == dolphin::TABLE {

@@ -47,6 +47,10 @@ impl EcmClient for LocalEcm {
         self.0.kill(ticket_id).await
     }
 
+    fn remote(&self) -> bool {
+        false
+    }
+
     async fn engine_log(
         &self,
         ticket: &str,
@@ -394,12 +398,21 @@ struct ManagerLink {
 
 impl ManagerLink {
     fn new(manager_url: String, token: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().tcp_nodelay(true).timeout(Duration::from_secs(10)).build()?;
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .build()?;
         Ok(Self { http, url: format!("{}{MANAGER_ECM_RPC_PATH}", manager_url.trim_end_matches('/')), token })
     }
 
     async fn send(&self, msg: &EcmToManager) -> anyhow::Result<ManagerReply> {
-        let r = self.http.post(&self.url).header(RPC_TOKEN_HEADER, &self.token).json(msg).send().await?;
+        self.send_within(msg, Duration::from_secs(10)).await
+    }
+
+    async fn send_within(&self, msg: &EcmToManager, within: Duration) -> anyhow::Result<ManagerReply> {
+        let r =
+            self.http.post(&self.url).header(RPC_TOKEN_HEADER, &self.token).json(msg).timeout(within).send().await?;
         let status = r.status();
         if !status.is_success() {
             bail!("manager answered {status}: {}", r.text().await.unwrap_or_default());
@@ -449,8 +462,13 @@ impl ManagerLink {
                         continue;
                     }
                     let hb = EcmToManager::Heartbeat { instance: instance.clone(), health: ecm.health() };
-                    match self.send(&hb).await {
-                        Ok(r) if !r.known => registered = false,
+                    // A heartbeat stuck in a partition must not hold back the next one.
+                    match self.send_within(&hb, every.max(Duration::from_millis(500))).await {
+                        Ok(r) if !r.known => {
+                            // Forgotten or written off: register again now, not a tick later.
+                            registered = false;
+                            tick.reset_immediately();
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "ECM heartbeat failed"),
                     }

@@ -64,6 +64,11 @@ pub trait EcmClient: Send + Sync {
         from_line: usize,
         page_size: usize,
     ) -> Result<EngineLog, HangarError>;
+    /// An ECM in another process, possibly on another host: one that can be
+    /// lost. The in-process ECM cannot be cut off from its manager.
+    fn remote(&self) -> bool {
+        true
+    }
 }
 
 /// A page of an engine's log file.
@@ -154,6 +159,9 @@ pub struct Manager {
     /// After a restart: engines with running jobs that have not rejoined
     /// yet, and until when new engines wait for them.
     expected: Mutex<(std::collections::HashSet<String>, Option<Instant>)>,
+    /// When the monitor last ran: after a stall of this process, silence
+    /// is its own, not the hosts'.
+    last_monitor: Mutex<Option<Instant>>,
 }
 
 /// How many ended tickets the manager remembers.
@@ -194,6 +202,7 @@ impl Manager {
             materials,
             ended: Mutex::new(Default::default()),
             expected: Mutex::new(Default::default()),
+            last_monitor: Mutex::new(None),
             client: EngineClient::new()?,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
@@ -440,6 +449,8 @@ impl Manager {
     /// stale reservations.
     pub fn monitor_once(&self) {
         let now = Instant::now();
+        // Hosts first: engines on a lost host end with the host named.
+        self.write_off_lost_hosts(now);
         let mut doomed = Vec::new();
         for n in lock(&self.engines).values() {
             if n.status == NodeStatus::Starting && now.duration_since(n.created_at) > self.cfg.engine_start_timeout {
@@ -465,7 +476,6 @@ impl Manager {
             tracing::warn!(%ticket, %reason, "stopping engine");
             self.finish(&ticket, NodeStatus::Failed, reason, true);
         }
-        self.write_off_lost_hosts(now);
         for ticket in self.rm.expired(self.cfg.reservation_timeout) {
             if !lock(&self.engines).contains_key(&ticket) && self.rm.release(&ticket) {
                 tracing::warn!(%ticket, "released a reservation that was never confirmed");
@@ -480,10 +490,15 @@ impl Manager {
     /// their ECM when it registers again (`ManagerReply::stop`).
     fn write_off_lost_hosts(&self, now: Instant) {
         let timeout = self.cfg.ecm_heartbeat_interval * 3;
+        let previous = lock(&self.last_monitor).replace(now);
+        if previous.is_some_and(|p| now.duration_since(p) > self.cfg.ecm_heartbeat_interval) {
+            // This process stalled: heartbeats may be waiting to be read.
+            return;
+        }
         let mut lost = Vec::new();
         for e in lock(&self.ecms).iter_mut() {
             let silent = now.duration_since(e.last_heartbeat);
-            if e.status == NodeStatus::Running && silent > timeout {
+            if e.status == NodeStatus::Running && e.client.remote() && silent > timeout {
                 e.status = NodeStatus::Failed;
                 let host = e.instance.rsplit_once(':').map_or(e.instance.as_str(), |(h, _)| h);
                 lost.push((
@@ -506,7 +521,8 @@ impl Manager {
 
     /// Run the monitor until the process ends.
     pub async fn monitor(self: Arc<Self>) {
-        let mut tick = tokio::time::interval((self.cfg.engine_heartbeat_interval / 2).max(Duration::from_millis(50)));
+        let every = self.cfg.engine_heartbeat_interval.min(self.cfg.ecm_heartbeat_interval) / 2;
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
         loop {
             tick.tick().await;
             self.monitor_once();

@@ -112,19 +112,69 @@ fn decode_table_record(buf: &[u8], pos: &mut usize) -> Result<Vec<Option<String>
 
 /// Decode a whole result-set file.
 pub fn decode(buf: &[u8]) -> Result<ResultSet, HangarError> {
-    if buf.len() < HEADER_LEN || &buf[..7] != MAGIC {
+    let page = read_page(buf, 0, usize::MAX, usize::MAX)?;
+    Ok(ResultSet { rs_type: page.rs_type, columns: page.columns, rows: page.rows })
+}
+
+/// A page of a result set read from a stream, and how many rows it has in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub rs_type: u32,
+    pub columns: Vec<Column>,
+    pub rows: Vec<Vec<Option<String>>>,
+    pub total: usize,
+}
+
+fn read_exact(r: &mut impl std::io::BufRead, n: usize, why: &str) -> Result<Vec<u8>, HangarError> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut *r, n as u64), &mut buf)
+        .map_err(|e| HangarError::internal(format!("cannot read the result set: {e}")))?;
+    if buf.len() != n {
+        return Err(corrupt(why));
+    }
+    Ok(buf)
+}
+
+/// The next record's length, or None at the end of the stream.
+fn next_len(r: &mut impl std::io::BufRead) -> Result<Option<usize>, HangarError> {
+    let at_end =
+        r.fill_buf().map_err(|e| HangarError::internal(format!("cannot read the result set: {e}")))?.is_empty();
+    if at_end {
+        return Ok(None);
+    }
+    let digits = read_exact(r, 10, "truncated length")?;
+    read_len(&digits, &mut 0).map(Some)
+}
+
+/// Read rows `skip..skip + take` of a result set from a stream, holding one
+/// page in memory (at most `max_bytes` of it) however large the file is; the
+/// rest is read past, to count the rows.
+pub fn read_page(
+    mut r: impl std::io::BufRead,
+    skip: usize,
+    take: usize,
+    max_bytes: usize,
+) -> Result<Page, HangarError> {
+    let head = read_exact(&mut r, HEADER_LEN, "missing dolphin header")?;
+    if &head[..7] != MAGIC {
         return Err(corrupt("missing dolphin header"));
     }
-    let rs_type: u32 = std::str::from_utf8(&buf[7..HEADER_LEN])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| corrupt("bad type"))?;
-    let mut pos = HEADER_LEN;
+    let rs_type: u32 =
+        std::str::from_utf8(&head[7..]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| corrupt("bad type"))?;
+    fn record(r: &mut impl std::io::BufRead, rs_type: u32, len: usize) -> Result<Vec<Option<String>>, HangarError> {
+        let body = read_exact(r, len, "truncated record")?;
+        if rs_type == TABLE {
+            let mut whole = format!("{len:010}").into_bytes();
+            whole.extend_from_slice(&body);
+            decode_table_record(&whole, &mut 0)
+        } else {
+            Ok(vec![Some(utf8(&body)?)])
+        }
+    }
     let mut columns = Vec::new();
-    let mut rows = Vec::new();
-    if rs_type == TABLE {
-        if pos < buf.len() {
-            let meta = decode_table_record(buf, &mut pos)?;
+    if let Some(len) = next_len(&mut r)? {
+        let meta = record(&mut r, rs_type, len)?;
+        if rs_type == TABLE {
             if meta.len() % 3 != 0 {
                 return Err(corrupt("metadata is not name/type/comment triples"));
             }
@@ -137,24 +187,27 @@ pub fn decode(buf: &[u8]) -> Result<ResultSet, HangarError> {
                 })
                 .collect();
         }
-        while pos < buf.len() {
-            rows.push(decode_table_record(buf, &mut pos)?);
-        }
-    } else {
-        let mut first = true;
-        while pos < buf.len() {
-            let len = read_len(buf, &mut pos)?;
-            let end = pos.checked_add(len).filter(|e| *e <= buf.len()).ok_or_else(|| corrupt("truncated line"))?;
-            let line = utf8(&buf[pos..end])?;
-            pos = end;
-            if first {
-                first = false;
-                continue; // metadata record ("NULL")
-            }
-            rows.push(vec![Some(line)]);
-        }
     }
-    Ok(ResultSet { rs_type, columns, rows })
+    let (mut rows, mut total, mut bytes) = (Vec::new(), 0usize, 0usize);
+    while let Some(len) = next_len(&mut r)? {
+        if total >= skip && rows.len() < take {
+            bytes = bytes.saturating_add(len);
+            if bytes > max_bytes {
+                return Err(HangarError::invalid(format!(
+                    "this page of the result set is larger than {max_bytes} bytes; ask for fewer rows (pageSize)"
+                )));
+            }
+            rows.push(record(&mut r, rs_type, len)?);
+        } else {
+            let skipped = std::io::copy(&mut std::io::Read::take(&mut r, len as u64), &mut std::io::sink())
+                .map_err(|e| HangarError::internal(format!("cannot read the result set: {e}")))?;
+            if skipped != len as u64 {
+                return Err(corrupt("truncated record"));
+            }
+        }
+        total += 1;
+    }
+    Ok(Page { rs_type, columns, rows, total })
 }
 
 #[cfg(test)]
@@ -168,6 +221,22 @@ mod tests {
             std::str::from_utf8(&row).expect("utf8"),
             "000000004900000000116,10,3,4,5,peace1johnnwang1101true11.51"
         );
+    }
+
+    #[test]
+    fn pages_are_read_from_a_stream_with_the_total() {
+        let mut f = header(TEXT);
+        f.extend(text_meta());
+        for i in 0..10 {
+            f.extend(text_line(&format!("line {i}")));
+        }
+        let p = read_page(&f[..], 3, 2, 1 << 20).expect("page");
+        assert_eq!((p.total, p.rows.len()), (10, 2));
+        assert_eq!(p.rows[0][0].as_deref(), Some("line 3"));
+        let p = read_page(&f[..], 9, 5, 1 << 20).expect("last page");
+        assert_eq!((p.total, p.rows.len()), (10, 1));
+        assert!(read_page(&f[..], 0, 10, 12).is_err(), "a page over its byte limit is refused");
+        assert!(read_page(&f[..f.len() - 2], 0, 1, 1 << 20).is_err(), "a truncated file is corrupt, even past the page");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +22,8 @@ pub struct Server {
     pub log: PathBuf,
     _tmp: tempfile::TempDir,
     http: reqwest::Client,
+    /// The network namespace ("host") it runs in, if not this one.
+    pub netns: Option<String>,
 }
 
 /// With `HANGAR_TEST_STORE=postgres`, every server gets a fresh database on
@@ -95,6 +99,12 @@ impl Server {
         Self::start_full_with(server_keys, auth_keys, extra_toml, envs, as_user, |_| {}).await
     }
 
+    /// A server on another "host": in network namespace `netns`, with
+    /// `server_keys` (its `bind` address, its role).
+    pub async fn start_in(netns: &str, server_keys: &str, auth_keys: &str, extra_toml: &str) -> Server {
+        Self::start_full_ns(server_keys, auth_keys, extra_toml, &[], None, |_| {}, Some(netns.to_string())).await
+    }
+
     async fn start_full_with(
         server_keys: &str,
         auth_keys: &str,
@@ -102,6 +112,19 @@ impl Server {
         envs: &[(&str, &str)],
         as_user: Option<(u32, u32)>,
         prepare: impl FnOnce(&Path),
+    ) -> Server {
+        Self::start_full_ns(server_keys, auth_keys, extra_toml, envs, as_user, prepare, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_full_ns(
+        server_keys: &str,
+        auth_keys: &str,
+        extra_toml: &str,
+        envs: &[(&str, &str)],
+        as_user: Option<(u32, u32)>,
+        prepare: impl FnOnce(&Path),
+        netns: Option<String>,
     ) -> Server {
         let server_keys = format!("{server_keys}\n{}", postgres_store_key());
         let tmp = tempfile::tempdir().expect("tmp");
@@ -120,7 +143,7 @@ impl Server {
                 std::os::unix::fs::chown(&p, Some(uid), Some(gid)).expect("chown");
             }
         }
-        Self::start_with(tmp, data_dir, cfg, &envs, as_user).await
+        Self::start_with(tmp, data_dir, cfg, &envs, as_user, netns).await
     }
 
     /// Entrance + manager without an ECM of their own.
@@ -142,6 +165,7 @@ impl Server {
         cfg: PathBuf,
         envs: &[(String, String)],
         as_user: Option<(u32, u32)>,
+        netns: Option<String>,
     ) -> Server {
         let log = tmp.path().join(format!(
             "server-{}.log",
@@ -154,7 +178,14 @@ impl Server {
                 c.arg(env!("CARGO_BIN_EXE_hangar"));
                 c
             }
-            None => Command::new(env!("CARGO_BIN_EXE_hangar")),
+            None => match &netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns.as_str(), env!("CARGO_BIN_EXE_hangar")]);
+                    c
+                }
+                None => Command::new(env!("CARGO_BIN_EXE_hangar")),
+            },
         };
         let child = cmd
             .args(["serve", "--config"])
@@ -177,7 +208,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        Server { child: Some(child), base, data_dir, log, _tmp: tmp, http }
+        Server { child: Some(child), base, data_dir, log, _tmp: tmp, http, netns }
     }
 
     /// Start a second server on the same data dir and config (after a crash).
@@ -191,7 +222,7 @@ impl Server {
         let tmp = std::mem::replace(&mut self._tmp, tempfile::tempdir().expect("tmp"));
         // The engines outlive the old process: this Drop must not kill them.
         let data_dir = std::mem::replace(&mut self.data_dir, PathBuf::from("/nonexistent/hangar-test"));
-        Self::start_with(tmp, data_dir, cfg, &[], None).await
+        Self::start_with(tmp, data_dir, cfg, &[], None, self.netns.clone()).await
     }
 
     pub fn server_log(&self) -> String {
