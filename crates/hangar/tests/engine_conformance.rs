@@ -14,8 +14,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use axum::routing::{post, put};
 use hangar_protocol::rpc::{
-    ENTRANCE_RESULT_PATH, ENTRANCE_RPC_PATH, EngineReply, EngineRequest, EngineToManager, MANAGER_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER,
-    TICKET_HEADER, TaskEvent, TaskEventBatch, TaskExecuteRequest,
+    ENTRANCE_RESULT_PATH, ENTRANCE_RPC_PATH, EngineReply, EngineRequest, EngineToManager, MANAGER_RPC_PATH,
+    ManagerReply, RPC_TOKEN_HEADER, TICKET_HEADER, TaskEvent, TaskEventBatch, TaskExecuteRequest,
 };
 use hangar_protocol::{JobStatus, NodeStatus};
 
@@ -235,10 +235,7 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     assert!(matches!(blank, EngineReply::Error { .. }), "{blank:?}");
 
     // A task that succeeds: ordered events, the final status last.
-    assert_eq!(
-        h.call(&h.task(1, case.ok_code, &lock, case.run_type)).await,
-        EngineReply::Submitted { task_id: 1 }
-    );
+    assert_eq!(h.call(&h.task(1, case.ok_code, &lock, case.run_type)).await, EngineReply::Submitted { task_id: 1 });
     let (st, _, _) = h.final_status(1, Duration::from_secs(20)).await;
     assert_eq!(st, JobStatus::Succeed);
     let ev: Vec<TaskEvent> = h.events(1).into_iter().map(|(_, e)| e).collect();

@@ -96,7 +96,8 @@ async fn submit(cp: &Server, user: &str, code: &str, labels: Value, memory: &str
 
 async fn run(cp: &Server, user: &str, code: &str, labels: Value, memory: &str) -> (String, Value) {
     let (exec, task) = submit(cp, user, code, labels, memory).await;
-    let status = cp.wait_status(user, &exec, &["Succeed", "Failed", "Cancelled", "Timeout"], Duration::from_secs(60)).await;
+    let status =
+        cp.wait_status(user, &exec, &["Succeed", "Failed", "Cancelled", "Timeout"], Duration::from_secs(60)).await;
     (status, cp.job(user, task).await)
 }
 
@@ -147,14 +148,23 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
     let (exec, task) = submit(&h.cp, "alice", "echo again", labels("alice", None), "1g").await;
     h.cp.wait_done("alice", &exec).await;
     let again = h.cp.job("alice", task).await;
-    assert_eq!((again["isReuse"].clone(), again["engineInstance"].clone()), (json!(true), alice["engineInstance"].clone()));
+    assert_eq!(
+        (again["isReuse"].clone(), again["engineInstance"].clone()),
+        (json!(true), alice["engineInstance"].clone())
+    );
     assert!(h.cp.full_log("alice", &exec).await.contains("runs task"), "the engine's log lines came back");
     assert_eq!(again["progress"].as_f64(), Some(1.0), "{again}");
     // The remote engine's own log and its kill go through its ECM.
     let carol_ticket = carol["ticketId"].as_str().expect("ticket").to_string();
-    let log = h.cp.call("GET", &format!("/linkisManager/openEngineLog?ticketId={carol_ticket}&logType=stderr"), "carol", None).await;
+    let log = h
+        .cp
+        .call("GET", &format!("/linkisManager/openEngineLog?ticketId={carol_ticket}&logType=stderr"), "carol", None)
+        .await;
     assert_eq!(log["status"], 0, "{log}");
-    let killed = h.cp.call("POST", "/linkisManager/killEngineConn", "carol", Some(&json!({"ticketId": carol_ticket}).to_string())).await;
+    let killed = h
+        .cp
+        .call("POST", "/linkisManager/killEngineConn", "carol", Some(&json!({"ticketId": carol_ticket}).to_string()))
+        .await;
     assert_eq!(killed["status"], 0, "{killed}");
     // Host 2 keeps its ECM and alice's engine.
     wait_until("carol's remote engine to be killed", Duration::from_secs(10), || h.net.pids(2).len() == 2).await;
@@ -181,7 +191,13 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
         let (st, j) = run(&h.cp, who, make, labels(who, zone), "512m").await;
         assert_eq!(st, "Succeed", "{j}");
         let shipped = t.elapsed().as_secs_f64();
-        timings.push((if zone.is_none() { "remote host" } else { "control-plane host" }, ms[ms.len() / 2], ms[ms.len() - 2], base, shipped));
+        timings.push((
+            if zone.is_none() { "remote host" } else { "control-plane host" },
+            ms[ms.len() / 2],
+            ms[ms.len() - 2],
+            base,
+            shipped,
+        ));
     }
     for (place, p50, p90, base, shipped) in &timings {
         println!(
@@ -203,7 +219,11 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
     })
     .await;
     let (_, j) = run(&h.cp, "alice", "echo after restart", labels("alice", None), "1g").await;
-    assert_eq!((j["isReuse"].clone(), j["engineInstance"].clone()), (json!(true), alice["engineInstance"].clone()), "{j}");
+    assert_eq!(
+        (j["isReuse"].clone(), j["engineInstance"].clone()),
+        (json!(true), alice["engineInstance"].clone()),
+        "{j}"
+    );
 
     // A partition shorter than the loss timeout: the job carries on, nothing is written off.
     let (exec, task) = submit(&h.cp, "alice", "sleep 2; echo healed", labels("alice", None), "1g").await;

@@ -510,8 +510,11 @@ impl Manager {
         for (instance, reason) in lost {
             tracing::warn!(ecm = %instance, %reason, "ECM lost; writing off its engines");
             self.stats.ecms_lost.fetch_add(1, Ordering::Relaxed);
-            let tickets: Vec<String> =
-                lock(&self.engines).values().filter(|n| n.ecm_instance == instance).map(|n| n.ticket_id.clone()).collect();
+            let tickets: Vec<String> = lock(&self.engines)
+                .values()
+                .filter(|n| n.ecm_instance == instance)
+                .map(|n| n.ticket_id.clone())
+                .collect();
             for ticket in tickets {
                 self.stats.engines_lost.fetch_add(1, Ordering::Relaxed);
                 self.finish(&ticket, NodeStatus::Failed, reason.clone(), false);

@@ -271,7 +271,10 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
     // Unknown, never ended: asked to rejoin; an unregistered ECM means "later".
     assert_eq!(send(heartbeat("t1"), &k1), Some(ManagerReply { known: false, rejoin: true, ..Default::default() }));
     let k9 = key("t1", "ecm:9", 1 << 30);
-    assert_eq!(send(rejoin("t1", "ecm:9", 1 << 30), &k9), Some(ManagerReply { known: false, rejoin: true, ..Default::default() }));
+    assert_eq!(
+        send(rejoin("t1", "ecm:9", 1 << 30), &k9),
+        Some(ManagerReply { known: false, rejoin: true, ..Default::default() })
+    );
     // A key for another record (another ticket, ECM or resource) is refused.
     assert_eq!(send(rejoin("t1", "ecm:1", 1 << 30), &k2), None);
     assert_eq!(send(rejoin("t1", "ecm:1", 1 << 20), &k1), None, "a smaller resource than the key's");

@@ -236,7 +236,10 @@ mod tests {
         let p = read_page(&f[..], 9, 5, 1 << 20).expect("last page");
         assert_eq!((p.total, p.rows.len()), (10, 1));
         assert!(read_page(&f[..], 0, 10, 12).is_err(), "a page over its byte limit is refused");
-        assert!(read_page(&f[..f.len() - 2], 0, 1, 1 << 20).is_err(), "a truncated file is corrupt, even past the page");
+        assert!(
+            read_page(&f[..f.len() - 2], 0, 1, 1 << 20).is_err(),
+            "a truncated file is corrupt, even past the page"
+        );
     }
 
     #[test]

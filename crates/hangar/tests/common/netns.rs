@@ -28,7 +28,8 @@ impl Net {
         }
         let tag = format!("hg{net}x{}", std::process::id() % 10_000);
         let subnet = format!("10.231.{net}");
-        let this = Net { bridge: format!("{tag}br"), hosts: (0..hosts).map(|i| format!("{tag}h{i}")).collect(), subnet };
+        let this =
+            Net { bridge: format!("{tag}br"), hosts: (0..hosts).map(|i| format!("{tag}h{i}")).collect(), subnet };
         // Left-overs of a run that was killed before it could tidy up.
         this.teardown();
         ip(&["link", "add", &this.bridge, "type", "bridge"]);
