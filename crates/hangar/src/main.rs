@@ -10,6 +10,7 @@ mod bench_manager;
 mod commands;
 mod config;
 mod datadir;
+mod ecm_link;
 mod exposure;
 mod serve;
 

@@ -20,13 +20,13 @@ use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin};
 use hangar_entrance::{Entrance, EntranceConfig, TokenConfig, UserConfig};
 use hangar_manager::{EcmClient, EngineLog, LaunchedEngine, Manager, ManagerConfig};
 use hangar_protocol::resource::parse_bytes;
-use hangar_protocol::rpc::{EcmToManager, MANAGER_ECM_RPC_PATH, ManagerReply, RPC_TOKEN_HEADER, RPC_VERSION};
 use hangar_protocol::{HangarError, LabelSet, Resource};
 use hangar_store::Store;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::datadir::{DataDirLock, control_plane_secrets, dir_or, engines_can_reach, prepare_data_dir, private_dir};
+use crate::ecm_link::ManagerLink;
 
 /// The in-process ECM as the manager sees it.
 struct LocalEcm(Arc<Ecm>);
@@ -370,13 +370,14 @@ async fn serve_ecm(
         bail!("server.manager_url (--manager) is required with --roles ecm");
     }
     let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins)?;
-    let adopted = ecm.recover().await;
+    // Engines of an earlier ECM process are watched again; they are listed
+    // when the ECM registers (it registers with the engines alive then).
+    ecm.recover().await;
     let app = hangar_ecm::router(ecm.clone()).route("/health", axum::routing::get(|| async { "ok" }));
     let server = spawn_http(listener, app);
     let link = ManagerLink::new(cfg.server.manager_url.clone(), ecm_token)?;
-    let register =
-        EcmToManager::Register { instance: instance.clone(), labels, max, rpc_version: RPC_VERSION, engines: adopted };
-    tokio::spawn(link.clone().run(ecm.clone(), register, events, ms(cfg.ecm.heartbeat_interval_ms)));
+    let me = crate::ecm_link::EcmIdentity { instance: instance.clone(), labels, max };
+    tokio::spawn(link.run(ecm.clone(), me, events, ms(cfg.ecm.heartbeat_interval_ms)));
     tracing::info!(%instance, manager = %cfg.server.manager_url, "ECM is serving");
     eprintln!("Hangar ECM listening on http://{instance} (data in {}); stop with Ctrl-C", data_dir.display());
     wait_for_signal().await;
@@ -386,109 +387,6 @@ async fn serve_ecm(
     tokio::time::sleep(Duration::from_millis(200)).await;
     server.stop().await;
     Ok(())
-}
-
-/// An ECM's link to a remote manager: register, heartbeat, report exits.
-#[derive(Clone)]
-struct ManagerLink {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl ManagerLink {
-    fn new(manager_url: String, token: String) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        Ok(Self { http, url: format!("{}{MANAGER_ECM_RPC_PATH}", manager_url.trim_end_matches('/')), token })
-    }
-
-    async fn send(&self, msg: &EcmToManager) -> anyhow::Result<ManagerReply> {
-        self.send_within(msg, Duration::from_secs(10)).await
-    }
-
-    async fn send_within(&self, msg: &EcmToManager, within: Duration) -> anyhow::Result<ManagerReply> {
-        let r =
-            self.http.post(&self.url).header(RPC_TOKEN_HEADER, &self.token).json(msg).timeout(within).send().await?;
-        let status = r.status();
-        if !status.is_success() {
-            bail!("manager answered {status}: {}", r.text().await.unwrap_or_default());
-        }
-        Ok(r.json().await?)
-    }
-
-    async fn run(
-        self,
-        ecm: Arc<Ecm>,
-        register: EcmToManager,
-        mut events: mpsc::UnboundedReceiver<EcmEvent>,
-        every: Duration,
-    ) {
-        let instance = register.instance().to_string();
-        let mut registered = false;
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    if !registered {
-                        // The engines alive now (not only those adopted at start).
-                        let register = match &register {
-                            EcmToManager::Register { instance, labels, max, rpc_version, .. } => EcmToManager::Register {
-                                instance: instance.clone(),
-                                labels: labels.clone(),
-                                max: *max,
-                                rpc_version: *rpc_version,
-                                engines: ecm.tickets(),
-                            },
-                            other => other.clone(),
-                        };
-                        match self.send(&register).await {
-                            Ok(reply) => {
-                                registered = true;
-                                tracing::info!("registered with the manager");
-                                // Written off while this host was unreachable: nobody follows them.
-                                for ticket in reply.stop {
-                                    tracing::warn!(%ticket, "stopping an engine the manager wrote off");
-                                    if let Err(e) = ecm.kill(&ticket).await {
-                                        tracing::warn!(%ticket, error = %e, "cannot stop a written-off engine");
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot register with the manager; retrying"),
-                        }
-                        continue;
-                    }
-                    let hb = EcmToManager::Heartbeat { instance: instance.clone(), health: ecm.health() };
-                    // A heartbeat stuck in a partition must not hold back the next one.
-                    match self.send_within(&hb, every.max(Duration::from_millis(500))).await {
-                        Ok(r) if !r.known => {
-                            // Forgotten or written off: register again now, not a tick later.
-                            registered = false;
-                            tick.reset_immediately();
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "ECM heartbeat failed"),
-                    }
-                }
-                ev = events.recv() => {
-                    let Some(EcmEvent::EngineExited { ticket_id, description }) = ev else { return };
-                    let msg = EcmToManager::EngineExited { instance: instance.clone(), ticket_id, description };
-                    for attempt in 0..5u32 {
-                        match self.send(&msg).await {
-                            Ok(_) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %format!("{e:#}"), attempt, "cannot report an engine exit");
-                                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The in-process ECM's reports go straight to the manager.

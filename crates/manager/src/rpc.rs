@@ -86,18 +86,7 @@ async fn handle_ecm(
                     format!("ECM speaks RPC version {rpc_version}, manager {RPC_VERSION}"),
                 ));
             }
-            tracing::info!(%instance, engines = engines.len(), "remote ECM registering");
-            m.register_remote_ecm(&instance, labels, max);
-            // Engines written off while the host was unreachable are stopped
-            // by their ECM (their jobs already ended); the others come back
-            // before new ones are made for their labels.
-            let (stop, live): (Vec<String>, Vec<String>) = engines.into_iter().partition(|t| m.has_ended(t));
-            let unknown: Vec<String> = live.into_iter().filter(|t| !m.knows_engine(t)).collect();
-            m.expect_rejoins(unknown, REMOTE_REJOIN_WINDOW);
-            if !stop.is_empty() {
-                tracing::warn!(%instance, engines = stop.len(), "the ECM stops engines written off while its host was lost");
-            }
-            return Ok(Json(ManagerReply { known: true, stop, ..Default::default() }));
+            return Ok(Json(m.on_ecm_register(&instance, labels, max, engines)));
         }
         EcmToManager::Heartbeat { instance, health } => m.ecm_heartbeat(&instance, Some(&health)),
         EcmToManager::EngineExited { ticket_id, description, .. } => {
@@ -125,6 +114,29 @@ async fn handle(
 }
 
 impl Manager {
+    /// A remote ECM registers (at start, or again after it was forgotten or
+    /// written off) with the engines alive under it. Engines written off
+    /// while its host was unreachable are to be stopped by it (their jobs
+    /// already ended); the others come back before new ones are made for
+    /// their labels.
+    pub fn on_ecm_register(
+        &self,
+        instance: &str,
+        labels: hangar_protocol::LabelSet,
+        max: hangar_protocol::Resource,
+        engines: Vec<String>,
+    ) -> ManagerReply {
+        tracing::info!(%instance, engines = engines.len(), "remote ECM registering");
+        self.register_remote_ecm(instance, labels, max);
+        let (stop, live): (Vec<String>, Vec<String>) = engines.into_iter().partition(|t| self.has_ended(t));
+        let unknown: Vec<String> = live.into_iter().filter(|t| !self.knows_engine(t)).collect();
+        self.expect_rejoins(unknown, REMOTE_REJOIN_WINDOW);
+        if !stop.is_empty() {
+            tracing::warn!(%instance, engines = stop.len(), "the ECM stops engines written off while its host was lost");
+        }
+        ManagerReply { known: true, stop, ..Default::default() }
+    }
+
     /// Apply one engine message presented with `key`; None when the key is
     /// not the key of the ticket the message is about. A message about an
     /// unknown ticket changes nothing: the manager never ended it (it

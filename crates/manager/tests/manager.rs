@@ -361,3 +361,82 @@ async fn listing_during_500_creations_never_deadlocks() {
     assert_eq!(ecm.launched.load(Ordering::SeqCst), 500);
     assert_all_free(&m);
 }
+
+/// A remote ECM host goes silent while its engines end by every other path
+/// at the same time (exit reports, their own `Exiting`, unlocks): in every
+/// interleaving each engine ends once, every resource comes back once, the
+/// host is written off once, and when the ECM registers again the engines
+/// it still lists that were written off are handed back to be stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_host_is_written_off_once_whatever_else_ends_its_engines() {
+    for round in 0..20u64 {
+        let mut cfg = config(5_000, 4);
+        cfg.ecm_heartbeat_interval = Duration::from_millis(20);
+        let (m, _) = setup(cfg, Mode::Ready { delay_ms: 0 });
+        let mut grants = Vec::new();
+        for i in 0..6 {
+            m.ecm_heartbeat("ecm:1", None);
+            let mut a = ask(&BASE);
+            a.labels.insert("reuseExclusion", "*".to_string()).expect("label");
+            let g = m.ask(&a).await.expect("grant");
+            if i % 2 == 0 {
+                m.unlock(&g).await;
+            }
+            grants.push(g);
+        }
+        let tickets: Vec<String> = grants.iter().map(|g| g.ticket_id.clone()).collect();
+        let watchers: Vec<_> = tickets.iter().map(|t| m.watch_engine(t).expect("watch")).collect();
+        m.ecm_heartbeat("ecm:1", None);
+        // The host falls silent; the monitor runs every 5 ms while other
+        // ends race it, each after its own delay (shifted every round).
+        let mut set = tokio::task::JoinSet::new();
+        let mon = m.clone();
+        set.spawn(async move {
+            for _ in 0..40 {
+                mon.monitor_once();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        for (i, g) in grants.iter().enumerate() {
+            let (m, g) = (m.clone(), g.clone());
+            let delay = Duration::from_millis((round * 7 + i as u64 * 13) % 90);
+            set.spawn(async move {
+                tokio::time::sleep(delay).await;
+                match i % 3 {
+                    0 => m.on_engine_exited(&g.ticket_id, "process exited".into()),
+                    1 => {
+                        let exiting = EngineToManager::Exiting {
+                            ticket_id: g.ticket_id.clone(),
+                            status: NodeStatus::Success,
+                            reason: "idle".into(),
+                        };
+                        m.on_engine_message(exiting, Some(g.key.expose()));
+                    }
+                    _ => m.unlock(&g).await,
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("task");
+        }
+        assert!(m.list_engines().is_empty(), "round {round}: every engine ended");
+        assert_all_free(&m);
+        assert_eq!(m.stats.ecms_lost.load(Ordering::SeqCst), 1, "round {round}: the host is written off once");
+        let ended: Vec<NodeStatus> = watchers.iter().map(|w| w.borrow().status).collect();
+        assert!(ended.iter().all(|s| s.is_completed()), "round {round}: {ended:?}");
+        let ecm = m.list_ecms().into_iter().find(|e| e.instance == "ecm:1").expect("ecm");
+        assert_eq!(ecm.status, NodeStatus::Failed, "a lost ECM takes no engine");
+        // Heartbeats of a written-off ECM are refused: it must register again.
+        assert!(!m.ecm_heartbeat("ecm:1", None));
+        let mut listed = tickets.clone();
+        listed.push("not-known-here".into());
+        let reply = m.on_ecm_register("ecm:1", LabelSet::default(), Resource::new(64 << 30, 64, 64), listed);
+        let mut stop = reply.stop.clone();
+        stop.sort();
+        let mut want = tickets.clone();
+        want.sort();
+        assert_eq!(stop, want, "round {round}: the written-off engines are stopped, an unknown one may rejoin");
+        assert!(m.ecm_heartbeat("ecm:1", None), "registered again");
+        assert_all_free(&m);
+    }
+}
