@@ -92,6 +92,9 @@ struct ServeArgs {
     /// Address to bind (overrides server.bind).
     #[arg(long)]
     bind: Option<String>,
+    /// Host other hosts reach this server at (overrides server.advertise_host).
+    #[arg(long)]
+    advertise_host: Option<String>,
     /// Data folder: store, engine work dirs, logs, results (overrides server.data_dir).
     #[arg(long)]
     data_dir: Option<String>,
@@ -180,6 +183,9 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(b) = a.bind {
         cfg.server.bind = b;
+    }
+    if let Some(h) = a.advertise_host {
+        cfg.server.advertise_host = h;
     }
     if let Some(d) = a.data_dir {
         cfg.server.data_dir = d;

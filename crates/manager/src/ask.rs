@@ -14,6 +14,10 @@ use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
 
 use crate::nodes::{EcmNode, EngineNode};
+
+/// How long a reuse waits for an engine to answer a lock request (an engine
+/// behind a cut link must not hold up an ask that another engine can serve).
+const LOCK_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 use crate::{AskRequest, EcmClient, EngineGrant, EngineView, Manager, lock};
 
 impl Manager {
@@ -80,12 +84,22 @@ impl Manager {
 
     async fn try_reuse(&self, labels: &LabelSet, files: &BTreeSet<String>) -> Option<EngineGrant> {
         let want = labels.core();
+        // Engines on a host that missed a heartbeat are not asked: it may be cut off.
+        let suspect: BTreeSet<String> = {
+            let ecms = lock(&self.ecms);
+            let late = self.cfg.ecm_heartbeat_interval * 3 / 2;
+            ecms.iter()
+                .filter(|e| e.status != NodeStatus::Running || (e.client.remote() && e.last_heartbeat.elapsed() > late))
+                .map(|e| e.instance.clone())
+                .collect()
+        };
         #[allow(clippy::type_complexity)]
         let mut candidates: Vec<(u8, String, String, String, String, String, Option<OsAccount>)> = lock(&self.engines)
             .values()
             .filter(|n| !n.reserved && matches!(n.status, NodeStatus::Unlock | NodeStatus::Idle))
             .filter(|n| n.metrics.unhealthy.is_none())
             .filter(|n| n.labels.core() == want && files.is_subset(&n.user_files))
+            .filter(|n| !suspect.contains(&n.ecm_instance))
             .filter_map(|n| {
                 let inst = n.instance.clone()?;
                 if labels.reuse_excluded(&inst) {
@@ -106,7 +120,8 @@ impl Manager {
         candidates.sort();
         for (_, ticket_id, instance, ecm_instance, log_dir, key, account) in candidates {
             let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
-            match self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await {
+            let ask_lock = EngineRequest::Lock { timeout_ms };
+            match self.client.call_within(&instance, &key, &ask_lock, LOCK_CALL_TIMEOUT).await {
                 Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
                     self.note_status(&ticket_id, NodeStatus::Idle);
                     self.stats.reuse_hits.fetch_add(1, Ordering::Relaxed);

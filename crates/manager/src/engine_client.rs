@@ -15,6 +15,7 @@ impl EngineClient {
     pub fn new() -> Result<Self, HangarError> {
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(64)
             .build()
@@ -29,6 +30,18 @@ impl EngineClient {
     /// Send one request to the engine at `instance` (`host:port`), with that
     /// engine's own key: no other engine accepts it.
     pub async fn call(&self, instance: &str, key: &str, req: &EngineRequest) -> Result<EngineReply, HangarError> {
+        self.call_within(instance, key, req, Duration::from_secs(10)).await
+    }
+
+    /// As [`EngineClient::call`], giving up after `within` (an engine behind
+    /// a cut link must not hold up an ask that can use another).
+    pub async fn call_within(
+        &self,
+        instance: &str,
+        key: &str,
+        req: &EngineRequest,
+        within: Duration,
+    ) -> Result<EngineReply, HangarError> {
         let url = format!("http://{instance}{ENGINE_RPC_PATH}");
         let lost =
             |e: String| HangarError::new(ErrorCode::EngineLost, format!("engine {instance} cannot be reached: {e}"));
@@ -37,6 +50,7 @@ impl EngineClient {
             .post(&url)
             .header(RPC_TOKEN_HEADER, key)
             .json(req)
+            .timeout(within)
             .send()
             .await
             .map_err(|e| lost(e.to_string()))?;
