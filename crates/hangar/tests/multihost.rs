@@ -86,12 +86,41 @@ fn labels(user: &str, zone: Option<&str>) -> Value {
 }
 
 async fn submit(cp: &Server, user: &str, code: &str, labels: Value, memory: &str) -> (String, i64) {
+    submit_with(cp, user, code, labels, json!({"hangar.engineconn.memory": memory})).await
+}
+
+async fn submit_with(cp: &Server, user: &str, code: &str, labels: Value, startup: Value) -> (String, i64) {
     let body = json!({
         "executionContent": {"code": code, "runType": "shell"},
-        "params": {"configuration": {"startup": {"hangar.engineconn.memory": memory}}},
+        "params": {"configuration": {"startup": startup}},
         "labels": labels,
     });
     cp.submit_json(user, &body).await
+}
+
+/// Upload a file to the material library (multipart, as a browser sends it); its resourceId.
+async fn upload(cp: &Server, user: &str, name: &str, bytes: &[u8]) -> String {
+    let boundary = "----hangar-multihost-7d93";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let v: Value = reqwest::Client::new()
+        .post(format!("{}/api/rest_j/v1/bml/upload", cp.base))
+        .header("Token-User", user)
+        .header("Token-Code", common::TOKEN)
+        .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    v["data"]["resourceId"].as_str().unwrap_or_else(|| panic!("upload: {v}")).to_string()
 }
 
 async fn run(cp: &Server, user: &str, code: &str, labels: Value, memory: &str) -> (String, Value) {
@@ -104,6 +133,12 @@ async fn run(cp: &Server, user: &str, code: &str, labels: Value, memory: &str) -
 /// The text of every result set of a job.
 async fn output(cp: &Server, user: &str, task: i64) -> String {
     cp.results(user, task).await.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+}
+
+/// Engines the manager lists on an ECM.
+async fn engines_on(cp: &Server, ecm: &str) -> i64 {
+    let v = cp.call("GET", "/linkisManager/listAllEngines", "admin", None).await;
+    v["data"]["engines"].as_array().into_iter().flatten().filter(|e| e["emInstance"] == ecm).count() as i64
 }
 
 async fn used_instances(cp: &Server, user: &str) -> i64 {
@@ -168,6 +203,15 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
     assert_eq!(killed["status"], 0, "{killed}");
     // Host 2 keeps its ECM and alice's engine.
     wait_until("carol's remote engine to be killed", Duration::from_secs(10), || h.net.pids(2).len() == 2).await;
+
+    // A user's file reaches a remote engine: its ECM fetches it from the manager.
+    let rid = upload(&h.cp, "alice", "greeting.txt", b"hello from the library\n").await;
+    let startup = json!({"hangar.engineconn.resources": rid, "hangar.engineconn.memory": "512m"});
+    let (exec, task) = submit_with(&h.cp, "alice", "cat \"$HANGAR_RESOURCES_DIR/greeting.txt\"", labels("alice", None), startup).await;
+    assert_eq!(h.cp.wait_done("alice", &exec).await, "Succeed", "{}", h.cp.server_log());
+    assert_eq!(h.cp.job("alice", task).await["ecmInstance"], h2_i);
+    assert!(output(&h.cp, "alice", task).await.contains("hello from the library"));
+    assert!(h.ecms[1].server_log().contains("material localized"), "{}", h.ecms[1].server_log());
 
     // Measured: warm submit → result on host 2 against the control plane's host.
     let mut timings = Vec::new();
@@ -234,7 +278,9 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
     assert_eq!(h.cp.wait_done("alice", &exec).await, "Succeed", "{}", h.cp.server_log());
     assert!(output(&h.cp, "alice", task).await.contains("healed"));
     assert!(!h.cp.server_log().contains("ECM lost"), "no host was written off");
-    assert_eq!(em(&h.cp, &h2_i).await["usedResource"]["instance"], 1, "one engine, counted once");
+    let listed = engines_on(&h.cp, &h2_i).await;
+    assert!(listed >= 1);
+    assert_eq!(em(&h.cp, &h2_i).await["usedResource"]["instance"], listed, "each engine counted once");
 
     // A partition longer than the loss timeout: the job fails naming the
     // host, the resources come back once, and after the heal the ECM
@@ -254,11 +300,12 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
     assert_eq!(used_instances(&h.cp, "alice").await, 0, "alice's engine was released");
     h.net.heal(2);
     wait_ecm_count(&h.cp, 3).await;
-    wait_until("the written-off engine to stop", Duration::from_secs(15), || h.net.pids(2).len() == 1).await;
+    wait_until("the written-off engines to stop", Duration::from_secs(15), || h.net.pids(2).len() == 1).await;
     assert!(h.ecms[1].server_log().contains("stopping an engine the manager wrote off"), "{}", h.ecms[1].server_log());
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(!marker.exists(), "the written-off engine's job went on running");
     assert_eq!(em(&h.cp, &h2_i).await["usedResource"]["instance"], 0, "nothing counted twice");
+    assert_eq!(engines_on(&h.cp, &h2_i).await, 0);
     let (st, j) = run(&h.cp, "alice", "echo back", labels("alice", None), "1g").await;
     assert_eq!((st.as_str(), j["ecmInstance"].clone()), ("Succeed", json!(h2_i)));
 
