@@ -90,8 +90,14 @@ pub(crate) async fn metrics(State(e): State<Arc<Entrance>>, headers: HeaderMap) 
     counter(
         &mut out,
         "hangar_engines_lost_total",
-        "Engines stopped for missed heartbeats or start deadlines.",
+        "Engines stopped for missed heartbeats or start deadlines, or written off with their host.",
         m.stats.engines_lost.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "hangar_ecms_lost_total",
+        "ECM hosts written off after 3 missed heartbeats.",
+        m.stats.ecms_lost.load(Ordering::Relaxed),
     );
     let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
     for eng in m.list_engines() {
