@@ -22,7 +22,7 @@ pub enum ExecutorEvent {
         info: Vec<JobProgressInfo>,
     },
     ResultSet {
-        path: String,
+        data: ResultSetData,
         alias: u32,
         rs_type: u32,
         rows: u64,
@@ -70,6 +70,29 @@ impl LiveOutput {
         let _ = events.send(ExecutorEvent::Output { stream, line: line.to_string() });
     }
 }
+
+/// Where a finished result set's bytes are: small ones in memory (they
+/// travel inside the task's ordered events), larger ones in a spool file
+/// (streamed to the Entrance, then removed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultSetData {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl ResultSetData {
+    /// The whole `.dolphin` file (tests and tools).
+    pub fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            ResultSetData::Inline(s) => Ok(s.as_bytes().to_vec()),
+            ResultSetData::File(p) => std::fs::read(p),
+        }
+    }
+}
+
+/// Result sets up to this size stay in memory and go out with the task's
+/// events (no file, no extra request); larger ones are spooled to a file.
+pub const INLINE_RESULT_MAX_BYTES: usize = 64 << 10;
 
 /// A one-shot cancel signal shared by the runtime and the running executor.
 #[derive(Debug, Clone, Default)]
@@ -198,20 +221,11 @@ impl ExecutionContext {
     async fn open(&mut self, rs_type: u32, meta: Vec<u8>) -> Result<ResultSetWriter, String> {
         let alias = self.next_alias;
         self.next_alias += 1;
-        tokio::fs::create_dir_all(&self.result_dir)
-            .await
-            .map_err(|e| format!("cannot create result folder {}: {e}", self.result_dir.display()))?;
-        let path = self.result_dir.join(format!("_{alias}.dolphin"));
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| format!("cannot create result file {}: {e}", path.display()))?;
-        let mut out = BufWriter::new(file);
         let mut head = dolphin::header(rs_type);
         head.extend(meta);
-        out.write_all(&head).await.map_err(|e| io_err(&path, e))?;
         Ok(ResultSetWriter {
-            out,
-            path,
+            out: Sink::Memory(head),
+            path: self.result_dir.join(format!("_{alias}.dolphin")),
             alias,
             rs_type,
             rows: 0,
@@ -235,7 +249,8 @@ pub const ROW_LIMIT_SETTING: &str = "engineconn.max_result_rows (HANGAR_ENGINECO
 /// not stored, and the task log says how many were kept of how many. Lines of
 /// a TEXT result set (a program's stdout) also go live to clients.
 pub struct ResultSetWriter {
-    out: BufWriter<tokio::fs::File>,
+    out: Sink,
+    /// The spool file, once the result set outgrows memory.
     path: PathBuf,
     alias: u32,
     rs_type: u32,
@@ -248,7 +263,37 @@ pub struct ResultSetWriter {
     live: LiveOutput,
 }
 
+/// A result set being written: in memory until it passes
+/// [`INLINE_RESULT_MAX_BYTES`], then in its spool file.
+enum Sink {
+    Memory(Vec<u8>),
+    File(BufWriter<tokio::fs::File>),
+}
+
 impl ResultSetWriter {
+    async fn write(&mut self, rec: &[u8]) -> Result<(), String> {
+        if let Sink::Memory(buf) = &mut self.out {
+            if buf.len() + rec.len() <= INLINE_RESULT_MAX_BYTES {
+                buf.extend_from_slice(rec);
+                return Ok(());
+            }
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| format!("cannot create result folder {}: {e}", dir.display()))?;
+            let file = tokio::fs::File::create(&self.path)
+                .await
+                .map_err(|e| format!("cannot create result file {}: {e}", self.path.display()))?;
+            let mut w = BufWriter::new(file);
+            w.write_all(buf).await.map_err(|e| io_err(&self.path, e))?;
+            self.out = Sink::File(w);
+        }
+        if let Sink::File(w) = &mut self.out {
+            w.write_all(rec).await.map_err(|e| io_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
     fn admit(&mut self) -> bool {
         self.produced += 1;
         if self.rows >= self.max_rows {
@@ -261,16 +306,14 @@ impl ResultSetWriter {
     pub async fn add_line(&mut self, line: &str) -> Result<(), String> {
         self.live.send(&self.events, OutputStream::Stdout, line);
         if self.admit() {
-            let rec = dolphin::text_line(line);
-            self.out.write_all(&rec).await.map_err(|e| io_err(&self.path, e))?;
+            self.write(&dolphin::text_line(line)).await?;
         }
         Ok(())
     }
 
     pub async fn add_row(&mut self, cells: &[Option<&str>]) -> Result<(), String> {
         if self.admit() {
-            let rec = dolphin::table_row(cells);
-            self.out.write_all(&rec).await.map_err(|e| io_err(&self.path, e))?;
+            self.write(&dolphin::table_row(cells)).await?;
         }
         Ok(())
     }
@@ -285,11 +328,19 @@ impl ResultSetWriter {
         self.unread = true;
     }
 
-    /// Flush the file and announce the result set.
+    /// Finish the result set and announce it.
     pub async fn close(mut self) -> Result<(), String> {
-        // Flushed to the OS, not fsynced: a result set is rewritten by rerunning
-        // its job, and an fsync per result costs more than the job itself.
-        self.out.flush().await.map_err(|e| io_err(&self.path, e))?;
+        let data = match std::mem::replace(&mut self.out, Sink::Memory(Vec::new())) {
+            // Every record is UTF-8 text (cells are `&str`).
+            Sink::Memory(buf) => {
+                ResultSetData::Inline(String::from_utf8(buf).map_err(|_| "a result set is not UTF-8 text".to_string())?)
+            }
+            Sink::File(mut w) => {
+                // Flushed to the OS, not fsynced: the file is sent on and removed.
+                w.flush().await.map_err(|e| io_err(&self.path, e))?;
+                ResultSetData::File(self.path.clone())
+            }
+        };
         let cut = self.produced > self.rows;
         if cut {
             let what = if self.unread {
@@ -306,7 +357,7 @@ impl ResultSetWriter {
             )));
         }
         let _ = self.events.send(ExecutorEvent::ResultSet {
-            path: self.path.display().to_string(),
+            data,
             alias: self.alias,
             rs_type: self.rs_type,
             rows: self.rows,

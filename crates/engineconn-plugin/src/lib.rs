@@ -23,7 +23,10 @@ use async_trait::async_trait;
 use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::{HangarError, LabelSet, Resource};
 
-pub use context::{CancelSignal, ExecutionContext, ExecutorEvent, ROW_LIMIT_SETTING, ResultSetWriter};
+pub use context::{
+    CancelSignal, ExecutionContext, ExecutorEvent, INLINE_RESULT_MAX_BYTES, ROW_LIMIT_SETTING, ResultSetData,
+    ResultSetWriter,
+};
 pub use hangar_protocol::rpc::EngineConnBuildRequest;
 
 /// What the manager knows when it asks a plugin for an engine's resource.

@@ -18,19 +18,19 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
-    /// The result sets, decoded from their files, in alias order.
+    /// The result sets, decoded, in alias order.
     pub fn result_sets(&self) -> Vec<dolphin::ResultSet> {
-        let mut sets: Vec<(u32, &String)> = self
+        let mut sets: Vec<(u32, &crate::ResultSetData)> = self
             .events
             .iter()
             .filter_map(|e| match e {
-                ExecutorEvent::ResultSet { path, alias, .. } => Some((*alias, path)),
+                ExecutorEvent::ResultSet { data, alias, .. } => Some((*alias, data)),
                 _ => None,
             })
             .collect();
-        sets.sort();
+        sets.sort_by_key(|(alias, _)| *alias);
         sets.into_iter()
-            .map(|(_, path)| dolphin::decode(&std::fs::read(path).expect("result file")).expect("dolphin"))
+            .map(|(_, data)| dolphin::decode(&data.bytes().expect("result bytes")).expect("dolphin"))
             .collect()
     }
 

@@ -2,10 +2,9 @@
 //! executor, forward its logs in batches, send the combined running-info
 //! report on an interval and on progress, then the final status.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use hangar_engineconn_plugin::{CancelSignal, ExecutionContext, Executor, ExecutorEvent};
+use hangar_engineconn_plugin::{CancelSignal, ExecutionContext, Executor, ExecutorEvent, ResultSetData};
 use hangar_protocol::JobStatus;
 use hangar_protocol::logline::{self, Level};
 use hangar_protocol::rpc::{JobProgressInfo, OutputLine, TaskEvent, TaskExecuteRequest, TaskRunningInfo};
@@ -169,17 +168,24 @@ async fn forward(
                     flush(&mut lines, &mut output);
                     engine.out.event(&cb, TaskEvent::OutputStopped { task_id });
                 }
-                Some(ExecutorEvent::ResultSet { path, alias, rs_type, rows, cut, total_rows }) => {
+                Some(ExecutorEvent::ResultSet { data, alias, rs_type, rows, cut, total_rows }) => {
                     flush(&mut lines, &mut output);
-                    let path = PathBuf::from(path);
-                    match engine.out.upload_result(&cb, task_id, alias, &path).await {
-                        Ok(_) => engine.out.event(&cb, TaskEvent::ResultSet { task_id, alias, rs_type, rows, cut, total_rows }),
+                    let sent = match data {
+                        // Small: inside the ordered events, no extra request.
+                        ResultSetData::Inline(text) => Ok(Some(text)),
+                        ResultSetData::File(path) => {
+                            let r = engine.out.upload_result(&cb, task_id, alias, &path).await;
+                            let _ = tokio::fs::remove_file(&path).await;
+                            r.map(|_| None)
+                        }
+                    };
+                    match sent {
+                        Ok(inline) => engine.out.event(&cb, TaskEvent::ResultSet { task_id, alias, inline, rs_type, rows, cut, total_rows }),
                         Err(e) => {
                             engine.out.event(&cb, TaskEvent::Log { task_id, lines: vec![logline::format(Level::Error, &e)] });
                             not_sent.get_or_insert(e);
                         }
                     }
-                    let _ = tokio::fs::remove_file(&path).await;
                 }
             },
             _ = log_tick.tick() => flush(&mut lines, &mut output),

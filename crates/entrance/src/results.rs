@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -54,7 +54,7 @@ pub(crate) async fn receive(
     if declared.is_some_and(|n| n > limit) {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(alias, limit));
     }
-    match store(&e.cfg.results_dir, &dir, alias, body, limit).await {
+    match store(&e.cfg.results_dir, &dir, alias, body.into_data_stream(), limit).await {
         Ok(bytes) => {
             tracing::debug!(task_id, alias, bytes, "result set stored");
             StatusCode::OK.into_response()
@@ -74,9 +74,21 @@ fn too_large(alias: u32, limit: u64) -> String {
     )
 }
 
-/// Stream the body into `<dir>/_N.dolphin.part`, then rename it to
+/// Store a small result set that came inside the task's events.
+pub(crate) async fn store_inline(root: &Path, dir: &Path, alias: u32, text: String, limit: u64) -> Result<u64, String> {
+    let chunk = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(text)) });
+    store(root, dir, alias, Box::pin(chunk), limit).await.map_err(|(_, msg)| msg)
+}
+
+/// Stream the bytes into `<dir>/_N.dolphin.part`, then rename it to
 /// `_N.dolphin`; nothing is left behind on failure.
-async fn store(root: &Path, dir: &Path, alias: u32, body: Body, limit: u64) -> Result<u64, (StatusCode, String)> {
+async fn store<E: std::fmt::Display>(
+    root: &Path,
+    dir: &Path,
+    alias: u32,
+    mut stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    limit: u64,
+) -> Result<u64, (StatusCode, String)> {
     let internal = |m: String| (StatusCode::INTERNAL_SERVER_ERROR, m);
     let rel = dir.strip_prefix(root).map_err(|_| internal("result folder outside the results root".into()))?;
     let (root, rel): (PathBuf, PathBuf) = (root.to_path_buf(), rel.to_path_buf());
@@ -100,7 +112,6 @@ async fn store(root: &Path, dir: &Path, alias: u32, body: Body, limit: u64) -> R
     };
     let mut out = tokio::io::BufWriter::with_capacity(256 << 10, tokio::fs::File::from_std(file));
     let mut written: u64 = 0;
-    let mut stream = body.into_data_stream();
     let outcome = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("the upload broke off: {e}")))?;

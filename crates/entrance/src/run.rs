@@ -2,6 +2,7 @@
 //! followed until it ends, the user kills it, its engine goes, its running
 //! timeout passes, or the server shuts down.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,9 @@ impl Entrance {
         progress_info: Arc<Mutex<Vec<JobProgressInfo>>>,
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let mut kill_deadline: Option<tokio::time::Instant> = None;
+        let result_dir = lock(&self.jobs).get(&task_id).map(|h| h.result_dir.clone());
+        // A result set that could not be stored fails a task that otherwise succeeded.
+        let mut not_stored: Option<String> = None;
         let run_deadline = run_timeout.map(|d| tokio::time::Instant::now() + d);
         // Progress is stored at most every 500 ms; a short job's only write is its end.
         let mut last_progress_write = Instant::now();
@@ -187,23 +191,17 @@ impl Entrance {
                             feed.send(json!({"type": "lagged"}));
                             log.line(Level::Info, "the output is no longer shown live (too much, or a line too long); all of it is in the result sets").await;
                         }
-                        TaskEvent::ResultSet { alias, rows, cut, total_rows, .. } => {
-                            feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows, "cut": cut, "totalRows": total_rows}));
-                            log.line(Level::Info, &format!("result set _{alias}.dolphin stored with {rows} rows")).await;
-                            if cut {
-                                let total = total_rows;
-                                let cut = json!({"alias": alias, "kept": rows, "total": total});
-                                match metrics.get_mut(TRUNCATED).and_then(Value::as_array_mut) {
-                                    Some(list) => list.push(cut),
-                                    None => { metrics.insert(TRUNCATED.into(), json!([cut])); }
-                                }
-                            }
+                        ev @ TaskEvent::ResultSet { .. } => {
+                            self.take_result_set(ev, result_dir.as_deref(), feed, log, metrics, &mut not_stored).await;
                         }
                         TaskEvent::Status { status, error, exit_code, .. } => {
                             if let Some(code) = exit_code {
                                 metrics.insert(EXIT_CODE.into(), json!(code));
                             }
                             if status.is_completed() {
+                                if let (JobStatus::Succeed, Some(e)) = (status, not_stored.take()) {
+                                    return Ok((JobStatus::Failed, Some(HangarError::internal(e))));
+                                }
                                 let err = error.map(|m| HangarError::new(if status == JobStatus::Cancelled { ErrorCode::InvalidRequest } else { ErrorCode::Internal }, m));
                                 return Ok((status, err));
                             }
@@ -218,9 +216,15 @@ impl Entrance {
                             match ev {
                                 TaskEvent::Log { lines, .. } => log.raw(&lines).await,
                                 TaskEvent::Output { lines, .. } => feed.output(lines),
+                                ev @ TaskEvent::ResultSet { .. } => {
+                                    self.take_result_set(ev, result_dir.as_deref(), feed, log, metrics, &mut not_stored).await;
+                                }
                                 TaskEvent::Status { status, error, exit_code, .. } if status.is_completed() => {
                                     if let Some(code) = exit_code {
                                         metrics.insert(EXIT_CODE.into(), json!(code));
+                                    }
+                                    if let (JobStatus::Succeed, Some(e)) = (status, not_stored.take()) {
+                                        return Ok((JobStatus::Failed, Some(HangarError::internal(e))));
                                     }
                                     return Ok((status, error.map(|m| HangarError::new(ErrorCode::Internal, m))));
                                 }
@@ -244,6 +248,42 @@ impl Entrance {
                 _ = fired(shutdown) => {
                     let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
                     return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job ran"));
+                }
+            }
+        }
+    }
+}
+
+impl Entrance {
+    /// A result set the engine announced: stored first when it came inline
+    /// (a larger one was streamed before the event), then told to followers,
+    /// logged, and noted in the metrics when cut at the row limit.
+    async fn take_result_set(
+        &self,
+        ev: TaskEvent,
+        result_dir: Option<&Path>,
+        feed: &crate::feed::Feed,
+        log: &mut JobLog,
+        metrics: &mut Map<String, Value>,
+        not_stored: &mut Option<String>,
+    ) {
+        let TaskEvent::ResultSet { alias, rows, cut, total_rows, inline, .. } = ev else { return };
+        if let (Some(text), Some(dir)) = (inline, result_dir) {
+            let limit = self.cfg.max_result_set_bytes;
+            if let Err(e) = crate::results::store_inline(&self.cfg.results_dir, dir, alias, text, limit).await {
+                log.line(Level::Error, &e).await;
+                not_stored.get_or_insert(e);
+                return;
+            }
+        }
+        feed.send(json!({"type": "resultSet", "alias": alias, "rows": rows, "cut": cut, "totalRows": total_rows}));
+        log.line(Level::Info, &format!("result set _{alias}.dolphin stored with {rows} rows")).await;
+        if cut {
+            let cut = json!({"alias": alias, "kept": rows, "total": total_rows});
+            match metrics.get_mut(TRUNCATED).and_then(Value::as_array_mut) {
+                Some(list) => list.push(cut),
+                None => {
+                    metrics.insert(TRUNCATED.into(), json!([cut]));
                 }
             }
         }

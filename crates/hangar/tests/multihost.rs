@@ -207,7 +207,8 @@ async fn three_hosts_place_ship_restart_partition_and_lose() {
     // A user's file reaches a remote engine: its ECM fetches it from the manager.
     let rid = upload(&h.cp, "alice", "greeting.txt", b"hello from the library\n").await;
     let startup = json!({"hangar.engineconn.resources": rid, "hangar.engineconn.memory": "512m"});
-    let (exec, task) = submit_with(&h.cp, "alice", "cat \"$HANGAR_RESOURCES_DIR/greeting.txt\"", labels("alice", None), startup).await;
+    let (exec, task) =
+        submit_with(&h.cp, "alice", "cat \"$HANGAR_RESOURCES_DIR/greeting.txt\"", labels("alice", None), startup).await;
     assert_eq!(h.cp.wait_done("alice", &exec).await, "Succeed", "{}", h.cp.server_log());
     assert_eq!(h.cp.job("alice", task).await["ecmInstance"], h2_i);
     assert!(output(&h.cp, "alice", task).await.contains("hello from the library"));

@@ -247,10 +247,14 @@ pub enum TaskEvent {
     /// The combined report of the metrics-reporting seed: progress, resource
     /// and engine metrics in one message.
     RunningInfo(TaskRunningInfo),
-    /// A result set the Entrance has stored (sent before this event).
+    /// A result set: its bytes inline when small, else streamed to the
+    /// Entrance (`ENTRANCE_RESULT_PATH`) before this event.
     ResultSet {
         task_id: i64,
         alias: u32,
+        /// The whole `.dolphin` file, for a small result set.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inline: Option<String>,
         rs_type: u32,
         /// Rows stored.
         rows: u64,

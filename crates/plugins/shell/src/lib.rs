@@ -257,13 +257,13 @@ mod tests {
     async fn stdout_is_the_result_stderr_the_log() {
         let (res, events, _dir) = run("echo hi; echo there; echo oops >&2", None).await;
         assert_eq!(res, Ok(()));
-        let Some(ExecutorEvent::ResultSet { path, rows, .. }) =
+        let Some(ExecutorEvent::ResultSet { data, rows, .. }) =
             events.iter().find(|e| matches!(e, ExecutorEvent::ResultSet { .. }))
         else {
             panic!("no result set in {events:?}");
         };
         assert_eq!(*rows, 2);
-        let rs = dolphin::decode(&std::fs::read(path).expect("read")).expect("decode");
+        let rs = dolphin::decode(&data.bytes().expect("read")).expect("decode");
         assert_eq!(rs.rows, vec![vec![Some("hi".to_string())], vec![Some("there".to_string())]]);
         assert!(events.iter().any(|e| matches!(e, ExecutorEvent::Log(l) if l.ends_with("oops"))));
     }
