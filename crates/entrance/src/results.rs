@@ -52,7 +52,9 @@ pub(crate) async fn receive(
     let limit = e.cfg.max_result_set_bytes;
     let declared = text(header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large(alias, limit));
+        // Not read at all: the connection closes after the answer.
+        let msg = too_large(alias, limit);
+        return (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONNECTION, "close")], msg).into_response();
     }
     match store(&e.cfg.results_dir, &dir, alias, body.into_data_stream(), limit).await {
         Ok(bytes) => {
@@ -67,11 +69,7 @@ pub(crate) async fn receive(
 }
 
 fn too_large(alias: u32, limit: u64) -> String {
-    format!(
-        "result set {} is larger than entrance.max_result_set_size ({limit} bytes; \
-         HANGAR_ENTRANCE_MAX_RESULT_SET_SIZE raises it)",
-        alias + 1
-    )
+    hangar_protocol::rpc::result_set_too_large(alias, limit)
 }
 
 /// Store a small result set that came inside the task's events.
@@ -117,6 +115,10 @@ async fn store<E: std::fmt::Display>(
             let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("the upload broke off: {e}")))?;
             written += chunk.len() as u64;
             if written > limit {
+                // Read the rest before answering: a sender blocked on a full
+                // window would not see the answer (engines check the limit
+                // before sending; this is for one that did not).
+                while let Some(Ok(_)) = stream.next().await {}
                 return Err((StatusCode::PAYLOAD_TOO_LARGE, too_large(alias, limit)));
             }
             out.write_all(&chunk).await.map_err(|e| internal(format!("cannot write the result file: {e}")))?;

@@ -79,6 +79,7 @@ impl Entrance {
             user: job.user.clone(),
             properties: job.runtime.clone(),
             callback_url: self.cfg.callback_url.clone(),
+            max_result_set_bytes: self.cfg.max_result_set_bytes,
         };
         // From now on only this engine's events reach the job.
         if let Some(h) = lock(&self.jobs).get(&task_id) {

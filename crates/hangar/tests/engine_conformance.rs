@@ -154,6 +154,7 @@ impl Harness {
             user: "alice".into(),
             properties: Default::default(),
             callback_url: self.base.clone(),
+            max_result_set_bytes: 0,
         })
     }
 
@@ -241,14 +242,18 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     let ev: Vec<TaskEvent> = h.events(1).into_iter().map(|(_, e)| e).collect();
     assert!(matches!(ev.first(), Some(TaskEvent::Status { status: JobStatus::Running, .. })), "{ev:?}");
     assert!(matches!(ev.last(), Some(TaskEvent::Status { status: JobStatus::Succeed, .. })), "{ev:?}");
-    let alias = ev
+    let (alias, inline) = ev
         .iter()
         .find_map(|e| match e {
-            TaskEvent::ResultSet { alias, .. } => Some(*alias),
+            TaskEvent::ResultSet { alias, inline, .. } => Some((*alias, inline.clone())),
             _ => None,
         })
         .expect("a result set");
-    let bytes = h.seen.lock().expect("seen").results.get(&(1, alias)).cloned().expect("the result set's bytes");
+    // Small result sets come inside the event, larger ones were streamed before it.
+    let bytes = match inline {
+        Some(text) => text.into_bytes(),
+        None => h.seen.lock().expect("seen").results.get(&(1, alias)).cloned().expect("the result set's bytes"),
+    };
     let rs = hangar_protocol::dolphin::decode(&bytes).expect("dolphin");
     assert_eq!(rs.rows.first().and_then(|r| r.first().cloned().flatten()).as_deref(), Some(case.expected));
     assert!(

@@ -191,6 +191,20 @@ pub struct TaskExecuteRequest {
     pub properties: BTreeMap<String, String>,
     /// Base URL of the Entrance that receives this task's events.
     pub callback_url: String,
+    /// The largest result set that Entrance stores (0: no limit); the engine
+    /// fails the task rather than send a larger one.
+    #[serde(default)]
+    pub max_result_set_bytes: u64,
+}
+
+/// Why a result set was refused for its size (said by the engine before
+/// sending, and by the Entrance to an engine that sent it anyway).
+pub fn result_set_too_large(alias: u32, limit: u64) -> String {
+    format!(
+        "result set {} is larger than entrance.max_result_set_size ({limit} bytes; \
+         HANGAR_ENTRANCE_MAX_RESULT_SET_SIZE raises it)",
+        alias + 1
+    )
 }
 
 /// Events about tasks, pushed by an engine to the task's Entrance in order.
@@ -500,6 +514,7 @@ mod tests {
             user: "u".into(),
             properties: BTreeMap::new(),
             callback_url: "http://x".into(),
+            max_result_set_bytes: 0,
         });
         let s = serde_json::to_string(&req).expect("ser");
         assert!(s.contains("\"type\":\"Execute\""));

@@ -150,9 +150,17 @@ impl Executor for ShellExecutor {
 
         while out_open || err_open {
             tokio::select! {
+                // `read_until` keeps what a cancelled call (another branch
+                // won) had read in the buffer: at the end of the stream the
+                // last call may read nothing while an unterminated last line
+                // waits there, so a non-empty buffer is a line too.
                 n = out.read_until(b'\n', &mut out_buf), if out_open => {
                     match n {
-                        Ok(0) | Err(_) => out_open = false,
+                        Ok(0) | Err(_) if out_buf.is_empty() => out_open = false,
+                        Ok(0) | Err(_) => {
+                            out_open = false;
+                            writer.add_line(&take_line(&mut out_buf)).await?;
+                        }
                         Ok(_) => {
                             writer.add_line(&take_line(&mut out_buf)).await?;
                         }
@@ -160,7 +168,16 @@ impl Executor for ShellExecutor {
                 }
                 n = err.read_until(b'\n', &mut err_buf), if err_open => {
                     match n {
-                        Ok(0) | Err(_) => err_open = false,
+                        Ok(0) | Err(_) if err_buf.is_empty() => err_open = false,
+                        Ok(0) | Err(_) => {
+                            err_open = false;
+                            let line = take_line(&mut err_buf);
+                            ctx.stderr(&line);
+                            if tail.len() == STDERR_TAIL_LINES {
+                                tail.pop_front();
+                            }
+                            tail.push_back(line);
+                        }
                         Ok(_) => {
                             let line = take_line(&mut err_buf);
                             ctx.stderr(&line);
