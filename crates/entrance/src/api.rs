@@ -115,7 +115,7 @@ impl Entrance {
 
 /// Engines' task events (internal: each engine with its own key).
 async fn task_events(State(e): State<Arc<Entrance>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    let batch = match serde_json::from_slice::<TaskEventBatch>(&body) {
+    let mut batch = match serde_json::from_slice::<TaskEventBatch>(&body) {
         Ok(batch) => batch,
         Err(err) => return (StatusCode::BAD_REQUEST, format!("bad task events: {err}")).into_response(),
     };
@@ -125,6 +125,7 @@ async fn task_events(State(e): State<Arc<Entrance>>, headers: HeaderMap, body: a
         tracing::warn!(ticket = %batch.ticket_id, "task events refused: wrong key for this ticket");
         return (StatusCode::UNAUTHORIZED, "bad engine key for this ticket").into_response();
     }
+    e.store_inline_results(&batch.ticket_id, &mut batch.events).await;
     match e.on_task_events(&batch.ticket_id, batch.events) {
         0 => StatusCode::OK.into_response(),
         n => (StatusCode::FORBIDDEN, format!("{n} events are about tasks not sent to this engine")).into_response(),

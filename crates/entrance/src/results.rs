@@ -13,7 +13,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use hangar_protocol::rpc::{RPC_TOKEN_HEADER, TICKET_HEADER};
+use hangar_protocol::rpc::{RPC_TOKEN_HEADER, TICKET_HEADER, TaskEvent};
 use tokio::io::AsyncWriteExt;
 
 use crate::{Entrance, lock};
@@ -38,13 +38,9 @@ pub(crate) async fn receive(
         tracing::warn!(%ticket, task_id, "result set refused: wrong key for this ticket");
         return refuse(StatusCode::UNAUTHORIZED, "bad engine key for this ticket");
     }
-    let dir = {
-        let jobs = lock(&e.jobs);
-        match jobs.get(&task_id) {
-            Some(h) if h.ticket.get().is_some_and(|t| *t == ticket) => h.result_dir.clone(),
-            Some(_) => return refuse(StatusCode::FORBIDDEN, format!("task {task_id} was not sent to this engine")),
-            None => return refuse(StatusCode::GONE, format!("job {task_id} is not running on this Entrance")),
-        }
+    let dir = match e.result_dir_for(task_id, &ticket) {
+        Ok(dir) => dir,
+        Err((status, msg)) => return refuse(status, msg),
     };
     if alias >= MAX_RESULT_SETS {
         return refuse(StatusCode::BAD_REQUEST, format!("at most {MAX_RESULT_SETS} result sets per job"));
@@ -64,6 +60,34 @@ pub(crate) async fn receive(
         Err((status, msg)) => {
             tracing::warn!(task_id, alias, %msg, "result set not stored");
             refuse(status, msg)
+        }
+    }
+}
+
+impl Entrance {
+    /// The result folder of a job running here whose task went to `ticket`.
+    pub(crate) fn result_dir_for(&self, task_id: i64, ticket: &str) -> Result<PathBuf, (StatusCode, String)> {
+        match lock(&self.jobs).get(&task_id) {
+            Some(h) if h.ticket.get().is_some_and(|t| t == ticket) => Ok(h.result_dir.clone()),
+            Some(_) => Err((StatusCode::FORBIDDEN, format!("task {task_id} was not sent to this engine"))),
+            None => Err((StatusCode::GONE, format!("job {task_id} is not running on this Entrance"))),
+        }
+    }
+
+    /// Store the small result sets of a batch of task events before the
+    /// batch is acknowledged: an engine that was told "received" never has
+    /// to send them again, so they must be on disk by then. One that cannot
+    /// be stored stays in its event (the job's runner tries again and fails
+    /// the job with the reason).
+    pub(crate) async fn store_inline_results(&self, ticket: &str, events: &mut [TaskEvent]) {
+        for ev in events.iter_mut() {
+            let TaskEvent::ResultSet { task_id, alias, inline, .. } = ev else { continue };
+            let (Some(text), Ok(dir)) = (inline.as_ref(), self.result_dir_for(*task_id, ticket)) else { continue };
+            let stored =
+                store_inline(&self.cfg.results_dir, &dir, *alias, text.clone(), self.cfg.max_result_set_bytes).await;
+            if stored.is_ok() {
+                *inline = None;
+            }
         }
     }
 }
