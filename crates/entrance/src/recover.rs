@@ -104,6 +104,10 @@ impl Entrance {
     }
 }
 
+/// How long a job whose task ended while the server was down waits for the
+/// engine's last events (longer than the engine's largest retry gap).
+const LAST_EVENTS_WAIT: Duration = Duration::from_secs(10);
+
 impl Entrance {
     /// Follow a job of an earlier process again (see [`Entrance::recover`]).
     pub(crate) fn reattach(self: &Arc<Self>, j: hangar_store::JobRecord) {
@@ -245,11 +249,26 @@ impl Entrance {
                 .await
             }
             _ => {
-                // It ended while the server was down: keep what was delivered, then its end.
-                while let Ok(ev) = events.try_recv() {
-                    if let TaskEvent::Log { lines, .. } = ev {
-                        log.raw(&lines).await;
+                // It ended while the server was down. Its last events (result
+                // sets among them) may still be on their way: the engine
+                // retries them with a backoff of up to 8 s. Take them until its
+                // final status; events the old server already acknowledged
+                // (their result sets stored) do not come again.
+                let result_dir = lock(&self.jobs).get(&j.id).map(|h| h.result_dir.clone());
+                let mut not_stored = None;
+                let until = tokio::time::Instant::now() + LAST_EVENTS_WAIT;
+                while let Ok(Some(ev)) = tokio::time::timeout_at(until, events.recv()).await {
+                    match ev {
+                        TaskEvent::Log { lines, .. } => log.raw(&lines).await,
+                        ev @ TaskEvent::ResultSet { .. } => {
+                            self.take_result_set(ev, result_dir.as_deref(), feed, log, metrics, &mut not_stored).await;
+                        }
+                        TaskEvent::Status { status, .. } if status.is_completed() => break,
+                        _ => {}
                     }
+                }
+                if let (JobStatus::Succeed, Some(e)) = (status, not_stored) {
+                    return Ok((JobStatus::Failed, Some(HangarError::internal(e))));
                 }
                 let err = error.map(|m| HangarError::new(ErrorCode::Internal, m));
                 Ok((status, err))

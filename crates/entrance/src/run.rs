@@ -259,7 +259,7 @@ impl Entrance {
     /// A result set the engine announced: stored first when it came inline
     /// (a larger one was streamed before the event), then told to followers,
     /// logged, and noted in the metrics when cut at the row limit.
-    async fn take_result_set(
+    pub(crate) async fn take_result_set(
         &self,
         ev: TaskEvent,
         result_dir: Option<&Path>,
