@@ -132,6 +132,7 @@ pub struct ExecutionContext {
     cancel: CancelSignal,
     exit_code: Option<i32>,
     live: LiveOutput,
+    max_result_bytes: u64,
 }
 
 impl ExecutionContext {
@@ -155,7 +156,14 @@ impl ExecutionContext {
             cancel,
             exit_code: None,
             live: LiveOutput::default(),
+            max_result_bytes: 0,
         }
+    }
+
+    /// The largest result set the task's Entrance stores (0: no limit): a
+    /// writer that would pass it fails at once, so nothing larger is kept.
+    pub fn set_max_result_bytes(&mut self, limit: u64) {
+        self.max_result_bytes = limit;
     }
 
     /// The exit code of the task's program (engines that run one: shell).
@@ -224,6 +232,8 @@ impl ExecutionContext {
         let mut head = dolphin::header(rs_type);
         head.extend(meta);
         Ok(ResultSetWriter {
+            bytes: head.len() as u64,
+            max_bytes: self.max_result_bytes,
             out: Sink::Memory(head),
             path: self.result_dir.join(format!("_{alias}.dolphin")),
             alias,
@@ -261,6 +271,9 @@ pub struct ResultSetWriter {
     max_rows: u64,
     events: mpsc::UnboundedSender<ExecutorEvent>,
     live: LiveOutput,
+    /// Bytes of the file so far, and the Entrance's per-file limit (0: none).
+    bytes: u64,
+    max_bytes: u64,
 }
 
 /// A result set being written: in memory until it passes
@@ -272,6 +285,14 @@ enum Sink {
 
 impl ResultSetWriter {
     async fn write(&mut self, rec: &[u8]) -> Result<(), String> {
+        if self.max_bytes > 0 && self.bytes + rec.len() as u64 > self.max_bytes {
+            // Nothing larger than the Entrance takes is kept (or sent).
+            if let Sink::File(_) = std::mem::replace(&mut self.out, Sink::Memory(Vec::new())) {
+                let _ = tokio::fs::remove_file(&self.path).await;
+            }
+            return Err(hangar_protocol::rpc::result_set_too_large(self.alias, self.max_bytes));
+        }
+        self.bytes += rec.len() as u64;
         if let Sink::Memory(buf) = &mut self.out {
             if buf.len() + rec.len() <= INLINE_RESULT_MAX_BYTES {
                 buf.extend_from_slice(rec);

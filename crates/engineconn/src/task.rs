@@ -33,6 +33,7 @@ pub(crate) async fn run(
         tx,
         cancel.clone(),
     );
+    ctx.set_max_result_bytes(req.max_result_set_bytes);
     engine.out.event(&cb, TaskEvent::Status { task_id, status: JobStatus::Running, error: None, exit_code: None });
     ctx.info(&format!("engine {} (ticket {}) runs task {task_id}", engine.instance, engine.ctx.ticket_id));
     let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, req.max_result_set_bytes, rx));
