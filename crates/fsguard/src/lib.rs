@@ -135,22 +135,17 @@ pub fn create_dirs(root: &Path, rel: &Path, parents: Perms, last: Perms) -> Resu
 /// Open (creating it if missing, appending) the regular file `name` in an
 /// open directory, never through a symlink; a file it creates gets `perms`.
 pub fn append_file_at(dir: &OwnedFd, name: &str, perms: Perms) -> Result<File, FsGuardError> {
-    let flags = OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = openat(dir, name, flags, Mode::from_bits_truncate(perms.mode))
-        .map_err(|e| FsGuardError::from_errno(name, e))?;
-    let file = File::from(fd);
-    let md = file.metadata().map_err(|e| FsGuardError::Io(name.to_string(), e))?;
-    if !md.is_file() {
-        return Err(FsGuardError::NotFound(name.to_string()));
-    }
-    apply(&file, perms, name)?;
-    Ok(file)
+    write_file_at(dir, name, OFlag::O_APPEND, perms)
 }
 
 /// Create (or truncate) the regular file `name` in an open directory for
 /// writing, never through a symlink; it gets `perms`.
 pub fn create_file_at(dir: &OwnedFd, name: &str, perms: Perms) -> Result<File, FsGuardError> {
-    let flags = OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    write_file_at(dir, name, OFlag::O_TRUNC, perms)
+}
+
+fn write_file_at(dir: &OwnedFd, name: &str, how: OFlag, perms: Perms) -> Result<File, FsGuardError> {
+    let flags = OFlag::O_WRONLY | how | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(dir, name, flags, Mode::from_bits_truncate(perms.mode))
         .map_err(|e| FsGuardError::from_errno(name, e))?;
     let file = File::from(fd);

@@ -86,7 +86,7 @@ impl Server {
     /// A server whose data dir is first prepared by `prepare` (a test mounts
     /// a small file system there, say).
     pub async fn start_prepared(extra_toml: &str, prepare: impl FnOnce(&Path)) -> Server {
-        Self::start_full_with("", "", extra_toml, &[], None, prepare).await
+        Self::start_full_ns("", "", extra_toml, &[], None, prepare, None).await
     }
 
     async fn start_full(
@@ -96,24 +96,13 @@ impl Server {
         envs: &[(&str, &str)],
         as_user: Option<(u32, u32)>,
     ) -> Server {
-        Self::start_full_with(server_keys, auth_keys, extra_toml, envs, as_user, |_| {}).await
+        Self::start_full_ns(server_keys, auth_keys, extra_toml, envs, as_user, |_| {}, None).await
     }
 
     /// A server on another "host": in network namespace `netns`, with
     /// `server_keys` (its `bind` address, its role).
     pub async fn start_in(netns: &str, server_keys: &str, auth_keys: &str, extra_toml: &str) -> Server {
         Self::start_full_ns(server_keys, auth_keys, extra_toml, &[], None, |_| {}, Some(netns.to_string())).await
-    }
-
-    async fn start_full_with(
-        server_keys: &str,
-        auth_keys: &str,
-        extra_toml: &str,
-        envs: &[(&str, &str)],
-        as_user: Option<(u32, u32)>,
-        prepare: impl FnOnce(&Path),
-    ) -> Server {
-        Self::start_full_ns(server_keys, auth_keys, extra_toml, envs, as_user, prepare, None).await
     }
 
     #[allow(clippy::too_many_arguments)]
