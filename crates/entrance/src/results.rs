@@ -164,3 +164,39 @@ async fn store<E: std::fmt::Display>(
     .await
     .map_err(|e| internal(e.to_string()))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(n: usize, size: usize) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures_util::stream::iter((0..n).map(move |_| Ok(Bytes::from(vec![b'x'; size]))))
+    }
+
+    #[tokio::test]
+    async fn a_result_set_is_stored_whole_or_not_at_all() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("alice/2026-11-29/IDE/7");
+        let n = store(root.path(), &dir, 0, chunks(4, 1000), 4000).await.expect("within the limit");
+        assert_eq!(n, 4000);
+        assert_eq!(std::fs::read(dir.join("_0.dolphin")).expect("stored").len(), 4000);
+        // One byte over: refused, and neither the file nor its temporary name is left.
+        let (status, msg) = store(root.path(), &dir, 1, chunks(4, 1001), 4000).await.expect_err("over the limit");
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(msg.contains("entrance.max_result_set_size"), "{msg}");
+        let left: Vec<_> = std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("_0.dolphin")]);
+        // A body that breaks off leaves nothing either.
+        let broken =
+            futures_util::stream::iter(vec![Ok(Bytes::from_static(b"abc")), Err(std::io::Error::other("reset"))]);
+        let (status, _) = store(root.path(), &dir, 2, broken, 4000).await.expect_err("broken");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!dir.join("_2.dolphin").exists() && !dir.join("_2.dolphin.part").exists());
+        // A symlink planted where the folder goes is not followed.
+        let elsewhere = tempfile::tempdir().expect("tmp");
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("bob")).expect("link");
+        let planted = root.path().join("bob/x");
+        assert!(store(root.path(), &planted, 0, chunks(1, 10), 4000).await.is_err());
+        assert_eq!(std::fs::read_dir(elsewhere.path()).expect("dir").count(), 0);
+    }
+}
