@@ -36,7 +36,7 @@ pub(crate) async fn run(
     ctx.set_max_result_bytes(req.max_result_set_bytes);
     engine.out.event(&cb, TaskEvent::Status { task_id, status: JobStatus::Running, error: None, exit_code: None });
     ctx.info(&format!("engine {} (ticket {}) runs task {task_id}", engine.instance, engine.ctx.ticket_id));
-    let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, req.max_result_set_bytes, rx));
+    let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, rx));
 
     let code = req.code;
     let outcome = tokio::spawn(async move {
@@ -122,13 +122,8 @@ async fn forward(
     engine: Arc<Engine>,
     cb: String,
     task_id: i64,
-    max_result_set_bytes: u64,
     mut rx: mpsc::UnboundedReceiver<ExecutorEvent>,
 ) -> (f32, Option<String>) {
-    let too_large = |alias: u32, len: u64| {
-        (max_result_set_bytes > 0 && len > max_result_set_bytes)
-            .then(|| hangar_protocol::rpc::result_set_too_large(alias, max_result_set_bytes))
-    };
     let mut not_sent: Option<String> = None;
     let mut lines: Vec<String> = Vec::new();
     let mut output: Vec<OutputLine> = Vec::new();
@@ -176,20 +171,14 @@ async fn forward(
                 }
                 Some(ExecutorEvent::ResultSet { data, alias, rs_type, rows, cut, total_rows }) => {
                     flush(&mut lines, &mut output);
+                    // The writer already kept each result set within the Entrance's limit.
                     let sent = match data {
                         // Small: inside the ordered events, no extra request.
-                        ResultSetData::Inline(text) => match too_large(alias, text.len() as u64) {
-                            Some(e) => Err(e),
-                            None => Ok(Some(text)),
-                        },
+                        ResultSetData::Inline(text) => Ok(Some(text)),
                         ResultSetData::File(path) => {
-                            let len = tokio::fs::metadata(&path).await.map(|m| m.len()).unwrap_or(0);
-                            let r = match too_large(alias, len) {
-                                Some(e) => Err(e),
-                                None => engine.out.upload_result(&cb, task_id, alias, &path).await.map(|_| None),
-                            };
+                            let r = engine.out.upload_result(&cb, task_id, alias, &path).await;
                             let _ = tokio::fs::remove_file(&path).await;
-                            r
+                            r.map(|_| None)
                         }
                     };
                     match sent {

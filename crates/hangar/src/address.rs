@@ -6,8 +6,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::Context;
-
 use crate::config::Config;
 
 /// The host part other hosts use to reach this server.
@@ -58,7 +56,7 @@ async fn route_to(url: &str) -> Option<IpAddr> {
 
 /// The first IPv4 address of an interface that is up and not loopback.
 fn first_interface() -> Option<IpAddr> {
-    let addrs = nix::ifaddrs::getifaddrs().context("getifaddrs").ok()?;
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
     addrs
         .filter(|a| a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP))
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))

@@ -155,37 +155,20 @@ impl Executor for ShellExecutor {
                 // last call may read nothing while an unterminated last line
                 // waits there, so a non-empty buffer is a line too.
                 n = out.read_until(b'\n', &mut out_buf), if out_open => {
-                    match n {
-                        Ok(0) | Err(_) if out_buf.is_empty() => out_open = false,
-                        Ok(0) | Err(_) => {
-                            out_open = false;
-                            writer.add_line(&take_line(&mut out_buf)).await?;
-                        }
-                        Ok(_) => {
-                            writer.add_line(&take_line(&mut out_buf)).await?;
-                        }
+                    out_open = matches!(n, Ok(k) if k > 0);
+                    if !out_buf.is_empty() {
+                        writer.add_line(&take_line(&mut out_buf)).await?;
                     }
                 }
                 n = err.read_until(b'\n', &mut err_buf), if err_open => {
-                    match n {
-                        Ok(0) | Err(_) if err_buf.is_empty() => err_open = false,
-                        Ok(0) | Err(_) => {
-                            err_open = false;
-                            let line = take_line(&mut err_buf);
-                            ctx.stderr(&line);
-                            if tail.len() == STDERR_TAIL_LINES {
-                                tail.pop_front();
-                            }
-                            tail.push_back(line);
+                    err_open = matches!(n, Ok(k) if k > 0);
+                    if !err_buf.is_empty() {
+                        let line = take_line(&mut err_buf);
+                        ctx.stderr(&line);
+                        if tail.len() == STDERR_TAIL_LINES {
+                            tail.pop_front();
                         }
-                        Ok(_) => {
-                            let line = take_line(&mut err_buf);
-                            ctx.stderr(&line);
-                            if tail.len() == STDERR_TAIL_LINES {
-                                tail.pop_front();
-                            }
-                            tail.push_back(line);
-                        }
+                        tail.push_back(line);
                     }
                 }
                 _ = cancel.cancelled() => break,
