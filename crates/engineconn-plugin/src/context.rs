@@ -166,6 +166,11 @@ impl ExecutionContext {
         self.max_result_bytes = limit;
     }
 
+    /// Rows a result set keeps before it is cut (`engineconn.max_result_rows`).
+    pub fn max_rows(&self) -> u64 {
+        self.max_rows
+    }
+
     /// The exit code of the task's program (engines that run one: shell).
     pub fn set_exit_code(&mut self, code: i32) {
         self.exit_code = Some(code);

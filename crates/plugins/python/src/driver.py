@@ -1,14 +1,21 @@
-# The Hangar python driver, run by the python engine as
-#     python3 -u -c <this file> <extra sys.path entries, os.pathsep-separated>
+# The Hangar python driver, run by the python engine (and the engines built on
+# it, Spark) as
+#     python3 -u -c "<this file>\n<program>" <extra sys.path entries, os.pathsep-separated>
+# where <program> ends by calling `_main(setup)`: `_main()` for plain Python.
 #
 # Protocol, one JSON object per line:
-#   engine -> driver, on the original stdin:  {"code": "..."}
-#   driver -> engine, on the original stdout: {"t":"ready",...} once at start, then per cell any number of
+#   engine -> driver, on the original stdin:
+#       {"setup": {...}}   once, first, only when the program's setup reads it (read_setup)
+#       {"code": "...", "kind": "python", "task": 7, "max_rows": 5000, ...}   one per cell
+#   driver -> engine, on the original stdout: {"t":"ready","info":{...}} once at start
+#     (or {"t":"done","ok":false,"error":...} when the setup failed), then per cell any number of
 #       {"t":"out","s":line}   a line the cell wrote to stdout
 #       {"t":"err","s":line}   a line the cell wrote to stderr
-#       {"t":"table","columns":[{"name":..,"type":..}],"rows":[[str or null, ...]]}   from show_table()
+#       {"t":"table","columns":[{"name":..,"type":..}],"rows":[[str or null, ...]],"more":false}
+#       {"t":"rows","rows":[...],"more":bool}   further rows of a table sent with "more": true
+#       {"t":"progress","p":0.4,"info":[{"id":..,"total":..,"running":..,"failed":..,"succeed":..}]}
 #     and last one of
-#       {"t":"done","ok":true}
+#       {"t":"done","ok":true,"info":{...}}
 #       {"t":"done","ok":false,"error":"<traceback>"}
 #       {"t":"done","cancelled":true}            (SIGINT -> KeyboardInterrupt)
 #
@@ -154,8 +161,21 @@ def _tabulate(data, columns=None):
     return names, types_, cells
 
 
+class CellFailure(Exception):
+    """A cell failed with a message that says it all (no traceback shown)."""
+
+
 class _Driver(object):
     def __init__(self, extra_paths):
+        # Cell kinds and their handlers (a request dict each); a setup adds more.
+        self.kinds = {"python": self.run_python}
+        # Called around every cell with its request (a setup's job groups, progress).
+        self.before_cell = []
+        self.after_cell = []
+        # A setup's say on an interrupt: True when it handled it (no KeyboardInterrupt yet).
+        self.on_interrupt = None
+        # What the session says about itself, in `ready` and after each cell.
+        self.info = None
         self.send_lock = threading.Lock()
         self.in_cell = False
         self.emitting = False
@@ -244,6 +264,8 @@ class _Driver(object):
         if self.emitting:
             self.pending = True
             return
+        if self.on_interrupt is not None and self.on_interrupt():
+            return
         raise KeyboardInterrupt
 
     # --- user output -------------------------------------------------------
@@ -322,10 +344,33 @@ class _Driver(object):
         """Emit a TABLE result set: a list of rows (lists/tuples), a list of
         dicts, a dict of columns or a pandas DataFrame; None and NaN are NULL."""
         names, types_, rows = _tabulate(data, columns)
-        msg = {"t": "table", "columns": [{"name": n, "type": t} for n, t in zip(names, types_)], "rows": rows}
+        self.emit_table(names, types_, [rows])
+
+    def emit_table(self, names, types_, batches):
+        """Send a TABLE result set whose rows (lists of str or None) come in
+        batches (any iterable of lists of rows)."""
+        columns = [{"name": n, "type": t} for n, t in zip(names, types_)]
         # Output printed before the table reaches the engine first.
         self.sync()
-        self.send_from_cell(msg)
+        self.send_from_cell({"t": "table", "columns": columns, "rows": [], "more": True})
+        for rows in batches:
+            if rows:
+                self.send_from_cell({"t": "rows", "rows": rows, "more": True})
+        self.send_from_cell({"t": "rows", "rows": [], "more": False})
+
+    def read_setup(self):
+        """The setup line the engine sends before any cell."""
+        line = io.open(self.proto_in, "rb", closefd=False).readline()
+        return json.loads(line.decode("utf-8"))["setup"]
+
+    def session_info(self):
+        if self.info is None:
+            return None
+        try:
+            return {str(k): str(v) for k, v in self.info().items()}
+        except Exception as e:
+            self.diag.write("hangar driver: session info failed: %s\n" % e)
+            return None
 
     # --- cells -------------------------------------------------------------
 
@@ -335,25 +380,35 @@ class _Driver(object):
             tb = tb.tb_next
         return "".join(traceback.format_exception(type(e), e, tb)).rstrip("\n")
 
-    def run_cell(self, code):
+    def run_python(self, req):
+        code = req["code"]
         self.cells += 1
         name = "<cell-%d>" % self.cells
         linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+        tree = compile(code, name, "exec", ast.PyCF_ONLY_AST, True)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, name, "exec", 0, True), self.namespace)
+        if last is not None:
+            value = eval(compile(last, name, "eval", 0, True), self.namespace)
+            if value is not None:
+                sys.displayhook(value)
+
+    def run_cell(self, req):
+        kind = req.get("kind") or "python"
+        handler = self.kinds.get(kind)
+        if handler is None:
+            return {"t": "done", "ok": False, "error": "this engine runs no %s cells" % kind}
         self.reset_streams()
         signal.signal(signal.SIGINT, self.on_sigint)
         self.pending = False
         try:
+            for hook in self.before_cell:
+                hook(req)
             self.in_cell = True
             try:
-                tree = compile(code, name, "exec", ast.PyCF_ONLY_AST, True)
-                last = None
-                if tree.body and isinstance(tree.body[-1], ast.Expr):
-                    last = ast.Expression(tree.body.pop().value)
-                exec(compile(tree, name, "exec", 0, True), self.namespace)
-                if last is not None:
-                    value = eval(compile(last, name, "eval", 0, True), self.namespace)
-                    if value is not None:
-                        sys.displayhook(value)
+                handler(req)
             finally:
                 self.in_cell = False
             return {"t": "done", "ok": True}
@@ -365,12 +420,29 @@ class _Driver(object):
             if e.code is None or e.code == 0:
                 return {"t": "done", "ok": True}
             return {"t": "done", "ok": False, "error": self.format_error(e)}
+        except CellFailure as e:
+            self.in_cell = False
+            return {"t": "done", "ok": False, "error": str(e)}
         except BaseException as e:
             self.in_cell = False
             return {"t": "done", "ok": False, "error": self.format_error(e)}
+        finally:
+            for hook in self.after_cell:
+                try:
+                    hook(req)
+                except BaseException as e:
+                    self.diag.write("hangar driver: after-cell hook failed: %s\n" % e)
 
     def serve(self):
-        self.send({"t": "ready", "pid": os.getpid(), "python": sys.version.split()[0], "executable": sys.executable})
+        self.send(
+            {
+                "t": "ready",
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "executable": sys.executable,
+                "info": self.session_info() or {},
+            }
+        )
         requests = io.open(self.proto_in, "rb", closefd=False)
         while True:
             line = requests.readline()
@@ -378,28 +450,38 @@ class _Driver(object):
                 return  # the engine closed our stdin: it is gone
             try:
                 req = json.loads(line.decode("utf-8"))
-                code = req["code"]
-                if not isinstance(code, str):
+                if not isinstance(req.get("code"), str):
                     raise TypeError("code must be a string")
             except Exception as e:
                 outcome = {"t": "done", "ok": False, "error": "hangar python driver: unreadable request: %s" % e}
             else:
                 try:
-                    outcome = self.run_cell(code)
+                    outcome = self.run_cell(req)
                 except KeyboardInterrupt:
                     self.in_cell = False
                     outcome = {"t": "done", "cancelled": True}
+                info = self.session_info()
+                if info is not None:
+                    outcome["info"] = info
             self.sync()
             self.send(outcome)
 
 
-def _main():
+def _main(setup=None):
+    """Run the driver; `setup(driver)` first prepares the session (it may add
+    cell kinds, hooks and names), and a failing setup is reported instead of ready."""
     # The pump threads hand output to the protocol channel; a short switch
     # interval keeps those hand-offs from costing milliseconds each.
     sys.setswitchinterval(0.0005)
     paths = sys.argv[1] if len(sys.argv) > 1 else ""
-    _Driver(paths).serve()
+    driver = _Driver(paths)
+    if setup is not None:
+        try:
+            setup(driver)
+        except BaseException as e:
+            driver.sync()
+            message = str(e) if isinstance(e, CellFailure) else driver.format_error(e)
+            driver.send({"t": "done", "ok": False, "error": message})
+            os._exit(1)
+    driver.serve()
     os._exit(0)
-
-
-_main()

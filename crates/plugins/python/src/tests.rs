@@ -1,9 +1,11 @@
 use std::time::Instant;
 
 use hangar_engineconn_plugin::testing::{TaskRun as Run, TaskSpec, run_task};
-use hangar_engineconn_plugin::{CancelSignal, ExecutorEvent};
-use hangar_protocol::LabelSet;
+use hangar_engineconn_plugin::{CancelSignal, ExecutionContext, ExecutorEvent};
 use hangar_protocol::dolphin;
+use hangar_protocol::{ErrorCode, LabelSet};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use super::*;
