@@ -100,6 +100,11 @@ impl Ecm {
         conf.insert("hangar.resource.memory".into(), req.resource.memory.to_string());
         conf.insert("hangar.resource.cores".into(), req.resource.cores.to_string());
         conf.insert("hangar.resource.instances".into(), req.resource.instances.to_string());
+        if let Some(c) = &req.cluster
+            && let Ok(json) = serde_json::to_string(c)
+        {
+            conf.insert(hangar_protocol::rpc::CLUSTER_CHARGE_CONF.into(), json);
+        }
 
         let mut args: Vec<String> = launch.command.clone();
         args.extend(["--ticket-id".into(), req.ticket_id.clone(), "--user".into(), req.user.clone()]);

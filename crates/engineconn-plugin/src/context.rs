@@ -133,6 +133,8 @@ pub struct ExecutionContext {
     exit_code: Option<i32>,
     live: LiveOutput,
     max_result_bytes: u64,
+    /// The statement running and how many the task has (progress is scaled to it).
+    statement: (usize, usize),
 }
 
 impl ExecutionContext {
@@ -157,6 +159,7 @@ impl ExecutionContext {
             exit_code: None,
             live: LiveOutput::default(),
             max_result_bytes: 0,
+            statement: (0, 1),
         }
     }
 
@@ -204,8 +207,17 @@ impl ExecutionContext {
         self.log(Level::Error, msg);
     }
 
+    /// Which statement of how many runs now (set by the runtime).
+    pub fn set_statement(&mut self, index: usize, total: usize) {
+        self.statement = (index, total.max(1));
+    }
+
+    /// The progress of the running statement (0..=1); the task's progress is
+    /// that share of its statements (Linkis: (paragraph-1)/total + fraction/total).
     pub fn progress(&self, progress: f32, info: Vec<JobProgressInfo>) {
-        let _ = self.events.send(ExecutorEvent::Progress { progress: progress.clamp(0.0, 1.0), info });
+        let (i, n) = self.statement;
+        let p = (i as f32 + progress.clamp(0.0, 1.0)) / n as f32;
+        let _ = self.events.send(ExecutorEvent::Progress { progress: p.clamp(0.0, 1.0), info });
     }
 
     pub fn is_cancelled(&self) -> bool {

@@ -23,6 +23,8 @@ use async_trait::async_trait;
 use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::{HangarError, LabelSet, Resource};
 
+pub use hangar_protocol::resource::ClusterCharge;
+
 pub use context::{
     CancelSignal, ExecutionContext, ExecutorEvent, INLINE_RESULT_MAX_BYTES, ROW_LIMIT_SETTING, ResultSetData,
     ResultSetWriter,
@@ -71,13 +73,38 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
     /// Versions this plugin can start; the first is the default.
     fn versions(&self) -> &'static [&'static str];
 
+    /// The version an ask's `engineType=<type>-<version>` means here: the
+    /// version itself when the plugin runs it, the installed one a configured
+    /// alias stands for, or an error a user can act on (unknown version, the
+    /// engine not installed). Plugins whose version is found at run time
+    /// (Spark) override this and [`EngineConnPlugin::default_version`].
+    fn resolve_version(&self, asked: &str) -> Result<String, HangarError> {
+        if self.versions().contains(&asked) {
+            Ok(asked.to_string())
+        } else {
+            Err(HangarError::new(
+                hangar_protocol::ErrorCode::UnknownEngineType,
+                format!(
+                    "engine type '{}' has no version '{asked}'; available: {}",
+                    self.engine_type(),
+                    self.versions().join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// The version asks without one get, and the listings show.
+    fn default_version(&self) -> String {
+        self.versions().first().copied().unwrap_or("1").to_string()
+    }
+
     /// Run types (`codeType`) its executors accept.
     fn run_types(&self) -> &'static [&'static str];
 
     /// Default labels, at least `engineType=<type>-<default version>`.
     fn default_labels(&self) -> LabelSet {
         let mut labels = LabelSet::default();
-        let version = self.versions().first().copied().unwrap_or("1");
+        let version = self.default_version();
         // A plugin's own type and version are valid labels by construction.
         let _ = labels.insert(hangar_protocol::label::ENGINE_TYPE, format!("{}-{}", self.engine_type(), version));
         labels
@@ -85,6 +112,14 @@ pub trait EngineConnPlugin: Send + Sync + 'static {
 
     /// EngineResourceFactory: the resource one engine of this type holds.
     fn create_engine_resource(&self, req: &EngineResourceRequest<'_>) -> Result<Resource, HangarError>;
+
+    /// What an engine takes beyond its own process, from a queue of a cluster
+    /// (Spark executors: Linkis's DriverAndYarnResource, whose driver part is
+    /// [`EngineConnPlugin::create_engine_resource`]). Charged to the queue's
+    /// label with the engine's resource, released with it.
+    fn cluster_resource(&self, _req: &EngineResourceRequest<'_>) -> Result<Option<ClusterCharge>, HangarError> {
+        Ok(None)
+    }
 
     /// EngineConnLaunchBuilder: the process to start for a build request.
     fn build_launch(&self, req: &EngineConnBuildRequest) -> Result<EngineConnLaunchRequest, HangarError>;
@@ -114,6 +149,12 @@ pub trait EngineConnSession: Send + Sync {
     /// reports the reason and the engine exits.
     fn healthy(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// What the session says about itself (Spark: UI URL, application id,
+    /// executors): shown with the engine's metrics.
+    fn info(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
     }
 }
 
@@ -211,7 +252,8 @@ pub fn executor_for(
     }
 }
 
-/// Look up a plugin by engine type, or fail naming the ones available.
+/// Look up a plugin by engine type, or fail naming the ones available; the
+/// label's version must mean something to it ([`EngineConnPlugin::resolve_version`]).
 pub fn find_plugin<'a>(
     plugins: &'a [Arc<dyn EngineConnPlugin>],
     labels: &LabelSet,
@@ -219,24 +261,29 @@ pub fn find_plugin<'a>(
     let et = labels.engine_type()?;
     let plugin = plugins.iter().find(|p| p.engine_type() == et.engine).ok_or_else(|| {
         let known: Vec<String> =
-            plugins.iter().flat_map(|p| p.versions().iter().map(move |v| format!("{}-{v}", p.engine_type()))).collect();
+            plugins.iter().map(|p| format!("{}-{}", p.engine_type(), p.default_version())).collect();
         HangarError::new(
             hangar_protocol::ErrorCode::UnknownEngineType,
             format!("unknown engine type '{et}'; available: {}", known.join(", ")),
         )
     })?;
-    if !plugin.versions().contains(&et.version.as_str()) {
-        return Err(HangarError::new(
-            hangar_protocol::ErrorCode::UnknownEngineType,
-            format!(
-                "engine type '{}' has no version '{}'; available: {}",
-                et.engine,
-                et.version,
-                plugin.versions().join(", ")
-            ),
-        ));
-    }
+    plugin.resolve_version(&et.version)?;
     Ok(plugin)
+}
+
+/// The labels with `engineType` naming the version the plugin runs (an alias
+/// such as Linkis's `spark-3.2.1` becomes the installed Spark's version), so
+/// asks for the same engine share engines.
+pub fn canonical_labels(plugins: &[Arc<dyn EngineConnPlugin>], labels: &LabelSet) -> Result<LabelSet, HangarError> {
+    let et = labels.engine_type()?;
+    let plugin = find_plugin(plugins, labels)?;
+    let version = plugin.resolve_version(&et.version)?;
+    if version == et.version {
+        return Ok(labels.clone());
+    }
+    let mut out = labels.clone();
+    out.insert(hangar_protocol::label::ENGINE_TYPE, format!("{}-{version}", et.engine))?;
+    Ok(out)
 }
 
 /// Work around the start-up phases of an engine (Linkis `EngineConnHook`).

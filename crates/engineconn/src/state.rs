@@ -156,6 +156,7 @@ impl Engine {
         drop(g);
         m.rss_kb = rss_kb();
         m.unhealthy = self.session.healthy().err();
+        m.info = self.session.info();
         (status, m)
     }
 
@@ -427,6 +428,11 @@ impl Engine {
                         user: self.ctx.user.clone(),
                         labels: self.ctx.labels.clone(),
                         resource: self.resource,
+                        cluster: self
+                            .ctx
+                            .options
+                            .get(hangar_protocol::rpc::CLUSTER_CHARGE_CONF)
+                            .and_then(|v| serde_json::from_str(v).ok()),
                         ecm_instance: self.ctx.options.get(ECM_INSTANCE_CONF).cloned().unwrap_or_default(),
                         status,
                         metrics,

@@ -51,12 +51,13 @@ pub(crate) async fn run(
             if total > 1 {
                 ctx.info(&format!("running statement {} of {total}", i + 1));
             }
+            ctx.set_statement(i, total);
             r = executor.execute(&mut ctx, stmt).await;
             if r.is_err() {
                 break;
             }
             ctx.progress(
-                (i + 1) as f32 / total as f32,
+                1.0,
                 vec![JobProgressInfo {
                     id: format!("{task_id}"),
                     total_tasks: total as u32,
@@ -116,6 +117,9 @@ fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec
 
 const OUTPUT_PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The most a running task reports (Linkis `linkis.job.fake.progress`).
+const MAX_RUNNING_PROGRESS: f32 = 0.99;
+
 /// Forward executor events until the executor's context is dropped; returns
 /// the last progress, and why a result set could not be sent if one was not.
 async fn forward(
@@ -160,7 +164,8 @@ async fn forward(
                     }
                 }
                 Some(ExecutorEvent::Progress { progress: p, info: i }) => {
-                    progress = p.max(0.1);
+                    // Never backwards, and below 1 until the final status.
+                    progress = progress.max(p.min(MAX_RUNNING_PROGRESS));
                     info = i;
                     flush(&mut lines, &mut output);
                     engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));

@@ -130,7 +130,14 @@ async fn engine_of(s: &Server, user: &str) -> EngineRec {
         (e["ticketId"].as_str().expect("t").to_string(), e["emInstance"].as_str().expect("em").to_string());
     let key = engine_key(
         RPC.as_bytes(),
-        &EngineBinding { ticket_id: &ticket, user, labels: &labels, ecm_instance: &ecm, resource: &resource },
+        &EngineBinding {
+            ticket_id: &ticket,
+            user,
+            labels: &labels,
+            ecm_instance: &ecm,
+            resource: &resource,
+            cluster: None,
+        },
     );
     EngineRec { ticket, instance: e["instance"].as_str().expect("instance").to_string(), key, labels, resource, ecm }
 }
@@ -203,6 +210,7 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
         user: "alice".into(),
         labels: alice.labels.clone(),
         resource: bob.resource,
+        cluster: None,
         ecm_instance: bob.ecm.clone(),
         status: NodeStatus::Unlock,
         metrics: EngineMetrics::default(),
@@ -217,6 +225,7 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
         user: "bob".into(),
         labels: bob.labels.clone(),
         resource: Resource::new(0, 0, 0),
+        cluster: None,
         ecm_instance: bob.ecm.clone(),
         status: NodeStatus::Unlock,
         metrics: EngineMetrics::default(),

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineResourceRequest, find_plugin};
 use hangar_protocol::label::FIXED_ENGINE_CONN;
+use hangar_protocol::resource::ClusterCharge;
 use hangar_protocol::rpc::{EngineReply, EngineRequest, MaterialKind, MaterialRef, OsAccount};
 use hangar_protocol::{ErrorCode, HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
@@ -25,6 +26,16 @@ impl Manager {
     pub async fn ask(&self, req: &AskRequest) -> Result<EngineGrant, HangarError> {
         self.stats.asks.fetch_add(1, Ordering::Relaxed);
         self.validate(&req.labels)?;
+        // `spark-3.2.1` from a Linkis client asks for the installed Spark.
+        let canonical = hangar_engineconn_plugin::canonical_labels(&self.plugins, &req.labels)?;
+        let aliased;
+        let req = if canonical == req.labels {
+            req
+        } else {
+            tracing::info!(asked = ?req.labels.engine_type().ok(), runs = ?canonical.engine_type().ok(), "engine version alias");
+            aliased = AskRequest { labels: canonical, ..req.clone() };
+            &aliased
+        };
         let deadline = Instant::now() + req.timeout;
         let materials = self.materials_for(req).await?;
         // Engines coming back after a restart first (bounded by their window):
@@ -146,7 +157,15 @@ impl Manager {
 
     /// Refuse an engine no ECM and no user limit could ever hold (not a
     /// shortage that waiting may end).
-    fn servable(&self, labels: &LabelSet, need: Resource) -> Result<(), HangarError> {
+    fn servable(&self, labels: &LabelSet, need: Resource, cluster: Option<&ClusterCharge>) -> Result<(), HangarError> {
+        if let Some(c) = cluster
+            && !c.max.not_less(&c.resource)
+        {
+            return Err(HangarError::invalid(format!(
+                "the engine's executors need {}, more than the queue {} holds ({}); it can never be served",
+                c.resource, c.label, c.max
+            )));
+        }
         let maxima: Vec<(String, Resource)> =
             lock(&self.ecms).iter().filter(|e| e.matches(labels)).map(|e| (e.instance.clone(), e.max)).collect();
         if !maxima.is_empty() && !maxima.iter().any(|(_, max)| max.not_less(&need)) {
@@ -246,24 +265,20 @@ impl Manager {
         deadline: Instant,
     ) -> Result<EngineGrant, HangarError> {
         let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
-        let resource = plugin.create_engine_resource(&EngineResourceRequest {
-            user: &req.user,
-            labels: &req.labels,
-            properties: &req.properties,
-        })?;
-        self.servable(&req.labels, resource)?;
+        let resource_req = EngineResourceRequest { user: &req.user, labels: &req.labels, properties: &req.properties };
+        let resource = plugin.create_engine_resource(&resource_req)?;
+        let cluster = plugin.cluster_resource(&resource_req)?;
+        self.servable(&req.labels, resource, cluster.as_ref())?;
         let (ecm_instance, ecm) = self.select_ecm(&req.labels, resource)?;
-        let user_label = Self::user_label(&req.labels)?;
-        if self.rm.label(&user_label).is_none() {
-            self.rm.set_max(&user_label, self.cfg.user_max);
-        }
         let ticket_id = uuid::Uuid::new_v4().to_string();
-        self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource)?;
+        let charges = self.charges(&ecm_instance, &req.labels, resource, cluster.as_ref())?;
+        self.rm.reserve(&ticket_id, &charges)?;
         let (tx, mut rx) = watch::channel(EngineView { status: NodeStatus::Starting, reason: None, instance: None });
-        let key = self.derive_key(&ticket_id, &req.user, &req.labels, &ecm_instance, &resource);
+        let key = self.derive_key(&ticket_id, &req.user, &req.labels, &ecm_instance, &resource, cluster.as_ref());
         let mut node =
             EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx, key.clone());
         node.user_files = files;
+        node.cluster = cluster.clone();
         lock(&self.engines).insert(ticket_id.clone(), node);
         tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
 
@@ -275,6 +290,7 @@ impl Manager {
             properties: req.properties.clone(),
             materials,
             engine_key: hangar_protocol::credential::Secret(key.clone()),
+            cluster,
         };
         let launched_at = Instant::now();
         match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hangar_bml::MaterialLibrary;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin, find_plugin};
+use hangar_protocol::resource::ClusterCharge;
 use hangar_protocol::rpc::{EcmHealth, MaterialRef};
 use hangar_protocol::rpc::{EngineReply, EngineRequest};
 use hangar_protocol::{HangarError, LabelSet, NodeStatus, Resource};
@@ -234,9 +235,33 @@ impl Manager {
         labels: &LabelSet,
         ecm_instance: &str,
         resource: &Resource,
+        cluster: Option<&ClusterCharge>,
     ) -> String {
-        let b = hangar_protocol::credential::EngineBinding { ticket_id, user, labels, ecm_instance, resource };
+        let b = hangar_protocol::credential::EngineBinding { ticket_id, user, labels, ecm_instance, resource, cluster };
         hangar_protocol::credential::engine_key(self.secrets.rpc_secret.as_bytes(), &b)
+    }
+
+    /// What an engine charges each label: its resource on its ECM and its
+    /// user, and its cluster share on the queue (whose max is set on first use).
+    fn charges(
+        &self,
+        ecm_instance: &str,
+        labels: &LabelSet,
+        resource: Resource,
+        cluster: Option<&ClusterCharge>,
+    ) -> Result<Vec<(String, Resource)>, HangarError> {
+        let user_label = Self::user_label(labels)?;
+        if self.rm.label(&user_label).is_none() {
+            self.rm.set_max(&user_label, self.cfg.user_max);
+        }
+        let mut charges = vec![(Self::ecm_label(ecm_instance), resource), (user_label, resource)];
+        if let Some(c) = cluster {
+            if self.rm.label(&c.label).is_none() {
+                self.rm.set_max(&c.label, c.max);
+            }
+            charges.push((c.label.clone(), c.resource));
+        }
+        Ok(charges)
     }
 
     /// The key of a known engine (None once it ended or before it rejoined).

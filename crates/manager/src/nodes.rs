@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hangar_protocol::label::{EM_INSTANCE, TENANT};
+use hangar_protocol::resource::ClusterCharge;
 use hangar_protocol::rpc::{EcmHealth, EngineMetrics};
 use hangar_protocol::{LabelSet, NodeStatus, Resource, now_ms};
 use serde::Serialize;
@@ -28,6 +29,8 @@ pub(crate) struct EngineNode {
     pub labels: LabelSet,
     pub ecm_instance: String,
     pub resource: Resource,
+    /// What it takes from a cluster queue besides (Spark executors).
+    pub cluster: Option<ClusterCharge>,
     pub pid: Option<u32>,
     pub status: NodeStatus,
     /// Held by the ask that is creating it until that ask locks it.
@@ -65,6 +68,7 @@ impl EngineNode {
             labels: labels.clone(),
             ecm_instance: ecm_instance.to_string(),
             resource,
+            cluster: None,
             pid: None,
             status: NodeStatus::Starting,
             reserved: true,
@@ -106,12 +110,14 @@ impl EngineNode {
             ecm_instance: self.ecm_instance.clone(),
             status: self.status,
             resource: self.resource,
+            cluster: self.cluster.as_ref().map(|c| ClusterUse { label: c.label.clone(), resource: c.resource }),
             pid: self.pid,
             created_ms: self.created_ms,
             log_dir: self.log_dir.clone(),
             running_tasks: self.metrics.running_tasks,
             rss_kb: self.metrics.rss_kb,
             unhealthy: self.metrics.unhealthy.clone(),
+            info: self.metrics.info.clone(),
         }
     }
 }
@@ -127,12 +133,26 @@ pub struct EngineInfo {
     pub ecm_instance: String,
     pub status: NodeStatus,
     pub resource: Resource,
+    /// Its executors' share of a cluster queue (Spark).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterUse>,
     pub pid: Option<u32>,
     pub created_ms: i64,
     pub log_dir: String,
     pub running_tasks: u32,
     pub rss_kb: u64,
     pub unhealthy: Option<String>,
+    /// What the engine says about itself (Spark: UI URL, application, executors).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub info: std::collections::BTreeMap<String, String>,
+}
+
+/// An engine's charge on a cluster queue, as listed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterUse {
+    pub label: String,
+    pub resource: Resource,
 }
 
 pub(crate) struct EcmNode {

@@ -1,7 +1,8 @@
 //! The ResourceManager: per-label max / used / locked accounting.
 //!
 //! Every engine's resource is charged to several labels at once (its ECM,
-//! its `userCreator,engineType` pair). A reservation checks and charges all of
+//! its `userCreator,engineType` pair, and for a Spark engine its executors'
+//! share to a cluster queue's label, each label its own amount). A reservation checks and charges all of
 //! them in one critical section, so no label ever goes over its max or below
 //! zero, whatever the interleaving. Each ticket moves Locked -> Used ->
 //! released exactly once; a release of an unknown or already released ticket
@@ -36,8 +37,8 @@ enum TicketState {
 
 #[derive(Debug, Clone)]
 struct Ticket {
-    labels: Vec<String>,
-    resource: Resource,
+    /// Each label and what this ticket charges it.
+    charges: Vec<(String, Resource)>,
     state: TicketState,
     since: Instant,
 }
@@ -69,13 +70,19 @@ impl ResourceManager {
         self.state().labels.entry(label.to_string()).or_default().max = max;
     }
 
-    /// Check every label and charge them all, or none.
-    pub fn reserve(&self, ticket: &str, labels: &[String], req: Resource) -> Result<(), HangarError> {
+    /// Check every label and charge each its amount, or none.
+    pub fn reserve(&self, ticket: &str, charges: &[(String, Resource)]) -> Result<(), HangarError> {
         let mut s = self.state();
         if s.tickets.contains_key(ticket) {
             return Err(HangarError::internal(format!("ticket {ticket} already holds a reservation")));
         }
-        for label in labels {
+        let mut labels: Vec<&str> = charges.iter().map(|(l, _)| l.as_str()).collect();
+        labels.sort_unstable();
+        if labels.windows(2).any(|w| w[0] == w[1]) {
+            return Err(HangarError::internal(format!("ticket {ticket} charges a label twice")));
+        }
+        for (label, req) in charges {
+            let req = *req;
             let Some(lr) = s.labels.get(label) else {
                 return Err(HangarError::internal(format!("resource label {label} is not registered")));
             };
@@ -93,14 +100,14 @@ impl ResourceManager {
                 ));
             }
         }
-        for label in labels {
+        for (label, req) in charges {
             if let Some(lr) = s.labels.get_mut(label) {
-                lr.locked = lr.locked + req;
+                lr.locked = lr.locked + *req;
             }
         }
         s.tickets.insert(
             ticket.to_string(),
-            Ticket { labels: labels.to_vec(), resource: req, state: TicketState::Locked, since: Instant::now() },
+            Ticket { charges: charges.to_vec(), state: TicketState::Locked, since: Instant::now() },
         );
         Ok(())
     }
@@ -114,11 +121,11 @@ impl ResourceManager {
             return false;
         }
         t.state = TicketState::Used;
-        let (labels, r) = (t.labels.clone(), t.resource);
-        for label in &labels {
+        let charges = t.charges.clone();
+        for (label, r) in &charges {
             if let Some(lr) = s.labels.get_mut(label) {
-                lr.locked = lr.locked - r;
-                lr.used = lr.used + r;
+                lr.locked = lr.locked - *r;
+                lr.used = lr.used + *r;
             }
         }
         true
@@ -128,11 +135,11 @@ impl ResourceManager {
     pub fn release(&self, ticket: &str) -> bool {
         let mut s = self.state();
         let Some(t) = s.tickets.remove(ticket) else { return false };
-        for label in &t.labels {
+        for (label, r) in &t.charges {
             if let Some(lr) = s.labels.get_mut(label) {
                 match t.state {
-                    TicketState::Locked => lr.locked = lr.locked - t.resource,
-                    TicketState::Used => lr.used = lr.used - t.resource,
+                    TicketState::Locked => lr.locked = lr.locked - *r,
+                    TicketState::Used => lr.used = lr.used - *r,
                 }
             }
         }
@@ -159,8 +166,9 @@ impl ResourceManager {
         v
     }
 
-    pub fn ticket_resource(&self, ticket: &str) -> Option<Resource> {
-        self.state().tickets.get(ticket).map(|t| t.resource)
+    /// What a ticket charges each of its labels.
+    pub fn ticket_charges(&self, ticket: &str) -> Option<Vec<(String, Resource)>> {
+        self.state().tickets.get(ticket).map(|t| t.charges.clone())
     }
 
     /// Every label's used + locked equals the sum over its live tickets and
@@ -169,11 +177,11 @@ impl ResourceManager {
         let s = self.state();
         let mut sums: HashMap<&str, (Resource, Resource)> = HashMap::new();
         for t in s.tickets.values() {
-            for l in &t.labels {
+            for (l, r) in &t.charges {
                 let e = sums.entry(l.as_str()).or_default();
                 match t.state {
-                    TicketState::Locked => e.1 = e.1 + t.resource,
-                    TicketState::Used => e.0 = e.0 + t.resource,
+                    TicketState::Locked => e.1 = e.1 + *r,
+                    TicketState::Used => e.0 = e.0 + *r,
                 }
             }
         }
@@ -208,9 +216,9 @@ mod tests {
         let rm = ResourceManager::new();
         rm.set_max("ecm", r(10, 10, 2));
         rm.set_max("user", r(10, 10, 1));
-        let labels = vec!["ecm".to_string(), "user".to_string()];
-        rm.reserve("t1", &labels, r(4, 1, 1)).expect("fits");
-        let err = rm.reserve("t2", &labels, r(4, 1, 1)).expect_err("user has 1 instance");
+        let charge = |res: Resource| vec![("ecm".to_string(), res), ("user".to_string(), res)];
+        rm.reserve("t1", &charge(r(4, 1, 1))).expect("fits");
+        let err = rm.reserve("t2", &charge(r(4, 1, 1))).expect_err("user has 1 instance");
         assert_eq!(err.code, ErrorCode::NotEnoughResource);
         assert!(
             err.message.contains("label user") && err.message.contains("instances: requested 1, left 0"),
@@ -224,6 +232,25 @@ mod tests {
         assert!(rm.release("t1"));
         assert!(!rm.release("t1"));
         assert_eq!(rm.label("user").expect("u"), LabelResource { max: r(10, 10, 1), ..Default::default() });
+        rm.check_invariants().expect("ok");
+    }
+
+    #[test]
+    fn a_queue_charge_is_its_own_amount_and_released_with_the_ticket() {
+        let rm = ResourceManager::new();
+        rm.set_max("ecm", r(10, 10, 5));
+        rm.set_max("queue", r(16, 8, 4));
+        let charges = |exec: Resource| vec![("ecm".to_string(), r(2, 1, 1)), ("queue".to_string(), exec)];
+        rm.reserve("t1", &charges(r(12, 6, 3))).expect("fits");
+        let err = rm.reserve("t2", &charges(r(8, 2, 2))).expect_err("the queue has 4 left");
+        assert!(err.message.contains("label queue") && err.message.contains("memory"), "{}", err.message);
+        assert_eq!(rm.label("ecm").expect("ecm").locked, r(2, 1, 1));
+        assert!(rm.confirm("t1"));
+        assert_eq!(rm.label("queue").expect("q").used, r(12, 6, 3));
+        assert!(rm.release("t1"));
+        assert!(!rm.release("t1"));
+        assert!(rm.label("queue").expect("q").used.is_zero());
+        assert!(rm.reserve("t3", &[("ecm".into(), r(1, 1, 1)), ("ecm".into(), r(1, 1, 1))]).is_err());
         rm.check_invariants().expect("ok");
     }
 
@@ -244,14 +271,19 @@ mod tests {
         ]
     }
 
-    const LABELS: [&str; 4] = ["ecm-a", "ecm-b", "user-x", "user-y"];
+    const LABELS: [&str; 5] = ["ecm-a", "ecm-b", "user-x", "user-y", "queue"];
 
     fn apply(rm: &ResourceManager, op: &Op) {
         match op {
             Op::Reserve(t, l, m, c) => {
                 let ecm = LABELS[(*l % 2) as usize].to_string();
                 let user = LABELS[2 + (*l / 2) as usize].to_string();
-                let _ = rm.reserve(&format!("t{t}"), &[ecm, user], r(*m, *c, 1));
+                let mut charges = vec![(ecm, r(*m, *c, 1)), (user, r(*m, *c, 1))];
+                // Odd tickets are Spark-like: executors charged to the queue, another amount.
+                if t % 2 == 1 {
+                    charges.push((LABELS[4].to_string(), r(*m * 2, *c + 1, 2)));
+                }
+                let _ = rm.reserve(&format!("t{t}"), &charges);
             }
             Op::Confirm(t) => {
                 rm.confirm(&format!("t{t}"));
@@ -279,6 +311,7 @@ mod tests {
             rm.set_max("ecm-b", r(12, 4, 3));
             rm.set_max("user-x", r(16, 5, 4));
             rm.set_max("user-y", r(16, 5, 4));
+            rm.set_max("queue", r(24, 8, 6));
             let handles: Vec<_> = ops.into_iter().map(|thread_ops| {
                 let rm = rm.clone();
                 std::thread::spawn(move || {

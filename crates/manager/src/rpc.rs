@@ -216,6 +216,7 @@ impl Manager {
             user,
             labels,
             resource,
+            cluster,
             ecm_instance,
             status,
             metrics,
@@ -227,7 +228,7 @@ impl Manager {
         };
         // The key binds the whole record: a rejoin that claims another user,
         // other labels, another ECM or a smaller resource does not match.
-        let expected = self.derive_key(&ticket_id, &user, &labels, &ecm_instance, &resource);
+        let expected = self.derive_key(&ticket_id, &user, &labels, &ecm_instance, &resource, cluster.as_ref());
         if !hangar_protocol::credential::matches(&expected, key) {
             tracing::warn!(ticket = %ticket_id, "rejoin refused: the key does not match the record");
             return None;
@@ -243,11 +244,10 @@ impl Manager {
             // Its ECM has not registered again yet: ask again later.
             return Some(ManagerReply { known: false, rejoin: true, ..Default::default() });
         }
-        let Ok(user_label) = Self::user_label(&labels) else { return Some(ManagerReply::known(false)) };
-        if self.rm.label(&user_label).is_none() {
-            self.rm.set_max(&user_label, self.cfg.user_max);
-        }
-        if let Err(e) = self.rm.reserve(&ticket_id, &[Self::ecm_label(&ecm_instance), user_label], resource) {
+        let Ok(charges) = self.charges(&ecm_instance, &labels, resource, cluster.as_ref()) else {
+            return Some(ManagerReply::known(false));
+        };
+        if let Err(e) = self.rm.reserve(&ticket_id, &charges) {
             tracing::warn!(ticket = %ticket_id, error = %e, "cannot take back an engine: its resource does not fit");
             self.remember_ended(&ticket_id);
             self.rejoined(&ticket_id);
@@ -263,6 +263,7 @@ impl Manager {
             crate::nodes::EngineNode::starting(&ticket_id, &user, &labels, &ecm_instance, resource, tx, expected);
         node.instance = Some(instance.clone());
         node.pid = Some(pid);
+        node.cluster = cluster;
         node.account = account;
         node.reserved = false;
         node.metrics = metrics;

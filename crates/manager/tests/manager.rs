@@ -243,6 +243,7 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
         user: "alice".into(),
         labels: labels.clone(),
         resource: Resource::new(memory, 1, 1),
+        cluster: None,
         ecm_instance: ecm.into(),
         status: NodeStatus::Busy,
         metrics: EngineMetrics::default(),
@@ -257,6 +258,7 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
             labels: &labels,
             ecm_instance: ecm,
             resource: &Resource::new(memory, 1, 1),
+            cluster: None,
         };
         hangar_protocol::credential::engine_key(SECRET.as_bytes(), &b)
     };

@@ -29,6 +29,8 @@ pub struct EngineBinding<'a> {
     pub labels: &'a LabelSet,
     pub ecm_instance: &'a str,
     pub resource: &'a Resource,
+    /// A cluster queue charge, when the engine has one.
+    pub cluster: Option<&'a crate::resource::ClusterCharge>,
 }
 
 fn hmac_hex(secret: &[u8], parts: &[&str]) -> String {
@@ -46,7 +48,15 @@ fn hmac_hex(secret: &[u8], parts: &[&str]) -> String {
 pub fn engine_key(secret: &[u8], b: &EngineBinding<'_>) -> String {
     let labels = b.labels.to_pairs().join("\n");
     let resource = format!("{}/{}/{}", b.resource.memory, b.resource.cores, b.resource.instances);
-    hmac_hex(secret, &["hangar-engine-key-v1", b.ticket_id, b.user, &labels, b.ecm_instance, &resource])
+    match b.cluster {
+        None => hmac_hex(secret, &["hangar-engine-key-v1", b.ticket_id, b.user, &labels, b.ecm_instance, &resource]),
+        Some(c) => {
+            let r = &c.resource;
+            let cluster = format!("{}={}/{}/{}", c.label, r.memory, r.cores, r.instances);
+            let parts = ["hangar-engine-key-v1", b.ticket_id, b.user, &labels, b.ecm_instance, &resource, &cluster];
+            hmac_hex(secret, &parts)
+        }
+    }
 }
 
 /// A credential derived from the control-plane secret for one purpose
@@ -106,7 +116,14 @@ mod tests {
     fn a_key_binds_every_field() {
         let l = labels("engineType=shell-1,userCreator=alice-IDE");
         let r = Resource::new(512, 1, 1);
-        let b = EngineBinding { ticket_id: "t1", user: "alice", labels: &l, ecm_instance: "h:1", resource: &r };
+        let b = EngineBinding {
+            ticket_id: "t1",
+            user: "alice",
+            labels: &l,
+            ecm_instance: "h:1",
+            resource: &r,
+            cluster: None,
+        };
         let k = engine_key(b"s", &b);
         assert_eq!(k.len(), 64);
         assert_eq!(k, engine_key(b"s", &b));
@@ -118,6 +135,8 @@ mod tests {
         assert_ne!(k, engine_key(b"s", &EngineBinding { ecm_instance: "h:2", ..b }));
         let r0 = Resource::new(0, 0, 0);
         assert_ne!(k, engine_key(b"s", &EngineBinding { resource: &r0, ..b }));
+        let c = crate::resource::ClusterCharge { label: "q".into(), max: r, resource: r };
+        assert_ne!(k, engine_key(b"s", &EngineBinding { cluster: Some(&c), ..b }));
         // Field boundaries count: "ab"+"c" is not "a"+"bc".
         assert_ne!(hmac_hex(b"s", &["ab", "c"]), hmac_hex(b"s", &["a", "bc"]));
     }

@@ -57,6 +57,19 @@ impl Resource {
     }
 }
 
+/// What an engine takes from a cluster's queue beyond its own process (the
+/// YarnResource part of Linkis's DriverAndYarnResource: Spark executors'
+/// memory and cores times their number), charged to the queue's label.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterCharge {
+    /// The resource label of the queue (`sparkQueue=<master>#<queue>`).
+    pub label: String,
+    /// The queue's maximum, set when the label is first used.
+    pub max: Resource,
+    pub resource: Resource,
+}
+
 impl Add for Resource {
     type Output = Resource;
     fn add(self, o: Resource) -> Resource {

@@ -62,6 +62,8 @@ pub enum EngineToManager {
         user: String,
         labels: LabelSet,
         resource: Resource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cluster: Option<crate::resource::ClusterCharge>,
         ecm_instance: String,
         status: NodeStatus,
         metrics: EngineMetrics,
@@ -117,6 +119,9 @@ impl ManagerReply {
 pub const ECM_INSTANCE_CONF: &str = "hangar.ecm.instance";
 /// Startup option the ECM gives every engine: the address to listen on and
 /// advertise (the ECM's own host, reachable from the control plane).
+/// The engine's cluster queue charge (JSON of [`crate::resource::ClusterCharge`]),
+/// which it shows the manager again when it rejoins.
+pub const CLUSTER_CHARGE_CONF: &str = "hangar.resource.cluster";
 pub const ENGINE_BIND_HOST_CONF: &str = "hangar.engineconn.bind_host";
 
 /// Requests to an engine.
@@ -336,6 +341,10 @@ pub struct EngineMetrics {
     /// Set when the engine's session is failing (NodeHealthy = UnHealthy): never reused.
     #[serde(default)]
     pub unhealthy: Option<String>,
+    /// What the engine's session says about itself (Spark: `spark.ui.url`,
+    /// `spark.app.id`, `spark.master`, `spark.executors`, `spark.executor.memory`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, String>,
 }
 
 /// The manager's order to an ECM to start one engine (Linkis `EngineConnBuildRequest`).
@@ -353,6 +362,9 @@ pub struct EngineConnBuildRequest {
     /// it to the engine on standard input.
     #[serde(default)]
     pub engine_key: crate::credential::Secret,
+    /// What it takes from a cluster queue besides `resource` (Spark executors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::resource::ClusterCharge>,
 }
 
 /// Where a localized material goes in an engine's work dir.

@@ -125,6 +125,7 @@ mod tests {
             properties: props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             materials: Vec::new(),
             engine_key: Default::default(),
+            cluster: None,
         }
     }
 
