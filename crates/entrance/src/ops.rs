@@ -43,6 +43,11 @@ fn engine_vo(e: &EngineInfo) -> EngineVo {
         node_healthy: if e.unhealthy.is_some() { NodeHealthy::UnHealthy } else { NodeHealthy::Healthy },
         unhealthy_reason: e.unhealthy.clone(),
         rss_kb: e.rss_kb,
+        cluster_resource: e
+            .cluster
+            .as_ref()
+            .map(|c| ClusterResourceVo { queue: c.label.clone(), resource: c.resource.into() }),
+        engine_info: e.info.clone(),
     }
 }
 

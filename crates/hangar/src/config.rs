@@ -17,6 +17,8 @@ pub struct Config {
     pub ecm: Ecm,
     pub engineconn: EngineConn,
     pub materials: Materials,
+    /// The Spark engine: where Spark is, version aliases, master, queues.
+    pub spark: hangar_plugin_spark::SparkSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,6 +216,7 @@ impl Default for Config {
                 max_tasks: 0,
             },
             materials: Materials { engineconn_home: String::new(), max_upload_size: "100m".into() },
+            spark: hangar_plugin_spark::SparkSettings::default(),
         }
     }
 }

@@ -23,13 +23,15 @@ use clap::{Args, Parser, Subcommand};
 use commands::*;
 use hangar_engineconn_plugin::EngineConnPlugin;
 
-/// Every engine plugin this build knows; one line per plugin.
-fn plugins() -> Vec<Arc<dyn EngineConnPlugin>> {
+/// Every engine plugin this build knows; one line per plugin. Spark's has
+/// the server's settings (an engine process finds Spark in `SPARK_HOME`).
+fn plugins(spark: hangar_plugin_spark::SparkPlugin) -> Vec<Arc<dyn EngineConnPlugin>> {
     vec![
         Arc::new(hangar_plugin_shell::ShellPlugin),
         Arc::new(hangar_plugin_python::PythonPlugin),
         Arc::new(hangar_plugin_jdbc::JdbcPlugin),
         Arc::new(hangar_plugin_sql::SqlPlugin),
+        Arc::new(spark),
     ]
 }
 
@@ -76,6 +78,11 @@ enum Command {
     HashPassword,
     /// Measure speed, scale and footprint against same-run baselines.
     Bench(BenchArgs),
+    /// Install Spark for the spark engine (pyspark from PyPI into a virtual environment).
+    Spark {
+        #[command(subcommand)]
+        command: SparkCommand,
+    },
     /// The engine process an EngineConnManager launches (not for direct use).
     #[command(hide = true)]
     Engineconn(hangar_engineconn::LaunchArgs),
@@ -106,6 +113,28 @@ struct ServeArgs {
     manager: Option<String>,
 }
 
+#[derive(Subcommand)]
+enum SparkCommand {
+    /// Install pyspark (Spark's jars and scripts, from PyPI) into `<dir>/venv`;
+    /// the server finds it there when `<dir>` is `<data_dir>/spark`.
+    Install {
+        /// Where to install (default: `<data_dir>/spark`, data dir from the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The pyspark version.
+        #[arg(long, default_value = hangar_plugin_spark::install::DEFAULT_PYSPARK_VERSION)]
+        version: String,
+        /// TOML configuration file (for server.data_dir).
+        #[arg(long, env = "HANGAR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Say where the server finds Spark and which version it is.
+    Status {
+        #[arg(long, env = "HANGAR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
 #[derive(Args)]
 struct BenchArgs {
     /// A short run (CI smoke).
@@ -131,6 +160,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd_serve(a).map(|()| 0),
         Command::Engineconn(a) => cmd_engineconn(a).map(|()| 0),
         Command::Bench(a) => cmd_bench(a),
+        Command::Spark { command } => cmd_spark(command),
         Command::LinkisCli { .. } => Ok(0),
         Command::HashPassword => {
             let mut pw = String::new();
@@ -198,14 +228,46 @@ fn cmd_serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     hangar_engineconn::init_tracing(&cfg.server.log_level);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(serve::serve(cfg, plugins()))
+    let spark = hangar_plugin_spark::SparkPlugin::new(cfg.spark.clone(), PathBuf::from(&cfg.server.data_dir));
+    rt.block_on(serve::serve(cfg, plugins(spark)))
 }
 
 fn cmd_engineconn(a: hangar_engineconn::LaunchArgs) -> anyhow::Result<()> {
     hangar_engineconn::init_tracing("info");
     let args = a.into_args()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(hangar_engineconn::run(args, plugins()))
+    rt.block_on(hangar_engineconn::run(args, plugins(Default::default())))
+}
+
+fn cmd_spark(c: SparkCommand) -> anyhow::Result<i32> {
+    let load = |config: Option<&std::path::Path>| config::Config::load(config, &|k| std::env::var(k).ok());
+    match c {
+        SparkCommand::Install { dir, version, config } => {
+            let cfg = load(config.as_deref())?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&cfg.server.data_dir).join("spark"));
+            let found = hangar_plugin_spark::install::install(&dir, &version).map_err(anyhow::Error::msg)?;
+            println!("Spark {} installed: SPARK_HOME={} python={}", found.version, found.home.display(), found.python.display());
+            if dir != PathBuf::from(&cfg.server.data_dir).join("spark") {
+                println!("tell the server: [spark] home = \"{}\" (or HANGAR_SPARK_HOME)", found.home.display());
+            }
+            println!("Linkis clients may ask for spark-{} or one of the aliases {:?}", found.version, cfg.spark.version_aliases);
+            Ok(0)
+        }
+        SparkCommand::Status { config } => {
+            let cfg = load(config.as_deref())?;
+            let plugin = hangar_plugin_spark::SparkPlugin::new(cfg.spark.clone(), PathBuf::from(&cfg.server.data_dir));
+            match plugin.installed() {
+                Ok(f) => {
+                    println!("Spark {}: SPARK_HOME={} python={}", f.version, f.home.display(), f.python.display());
+                    Ok(0)
+                }
+                Err(e) => {
+                    eprintln!("{}", e.message);
+                    Ok(1)
+                }
+            }
+        }
+    }
 }
 
 fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -64,6 +64,22 @@ pub struct EngineVo {
     pub unhealthy_reason: Option<String>,
     #[serde(rename = "rssKB")]
     pub rss_kb: u64,
+    /// Its executors' share of a cluster queue (Spark on a cluster master):
+    /// Linkis's `yarnResource` of a DriverAndYarnResource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_resource: Option<ClusterResourceVo>,
+    /// What the engine says about itself (Spark: `spark.ui.url`, `spark.app.id`,
+    /// `spark.master`, `spark.executors`, `spark.executor.memory`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub engine_info: std::collections::BTreeMap<String, String>,
+}
+
+/// A queue charge: the queue's resource label and what the engine holds there.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterResourceVo {
+    pub queue: String,
+    pub resource: ResourceVo,
 }
 
 /// An EngineConnManager and its resources.

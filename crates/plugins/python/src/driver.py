@@ -176,6 +176,8 @@ class _Driver(object):
         self.on_interrupt = None
         # What the session says about itself, in `ready` and after each cell.
         self.info = None
+        # The request of the cell running now.
+        self.current = None
         self.send_lock = threading.Lock()
         self.in_cell = False
         self.emitting = False
@@ -403,6 +405,7 @@ class _Driver(object):
         self.reset_streams()
         signal.signal(signal.SIGINT, self.on_sigint)
         self.pending = False
+        self.current = req
         try:
             for hook in self.before_cell:
                 hook(req)

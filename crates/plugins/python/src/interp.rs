@@ -13,7 +13,7 @@ use hangar_protocol::{ErrorCode, HangarError};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
@@ -43,6 +43,9 @@ pub struct InterpreterSpec {
     pub interrupt_grace: Duration,
     /// What an interrupt does, for the task log.
     pub interrupt_note: &'static str,
+    /// A line sent before any cell, for a setup that calls `driver.read_setup()`
+    /// (it may carry secrets: it never touches argv, the environment or disk).
+    pub setup_line: Option<String>,
 }
 
 /// A message from the driver.
@@ -204,10 +207,18 @@ impl Interpreter {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| start_err(format!("{name} '{python}' exited at once")))?;
         let pgid = Pid::from_raw(pid);
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(start_err(format!("the {name}'s pipes are missing")));
         };
+        if let Some(line) = &spec.setup_line {
+            let mut line = line.replace('\n', " ").into_bytes();
+            line.push(b'\n');
+            // Into the pipe's buffer (a setup line is small); a driver that
+            // died at once shows in the handshake.
+            let _ = stdin.write_all(&line).await;
+        }
         let shared = Arc::new(Shared::default());
 
         let tail = shared.clone();

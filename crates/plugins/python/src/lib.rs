@@ -116,6 +116,7 @@ impl EngineConnPlugin for PythonPlugin {
             start_timeout: START_TIMEOUT,
             interrupt_grace: INTERRUPT_GRACE,
             interrupt_note: "KeyboardInterrupt",
+            setup_line: None,
         })
         .await?;
         let interp = Arc::new(interp);
