@@ -22,6 +22,7 @@ pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entra
         .routes(routes!(list_ecm_engines))
         .routes(routes!(kill_engine))
         .routes(routes!(user_resources))
+        .routes(routes!(queue_resources))
         .routes(routes!(open_engine_log))
 }
 
@@ -209,6 +210,31 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
             })
             .collect();
         Ok(UserResourcesData { user_resources: rows })
+    });
+    reply(&uri, r)
+}
+
+/// The cluster queues Spark executors are charged to: each queue's maximum
+/// and what engines hold there (Linkis `rm/queueresources`).
+#[utoipa::path(method(get, post), path = "/api/rest_j/v1/linkisManager/rm/queueresources", tag = "linkisManager",
+    responses((status = 200, description = "The queues", body = Envelope<QueueResourcesData>)))]
+async fn queue_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
+    let r = e.caller(&headers).map(|_| {
+        let queues = e
+            .manager
+            .resources()
+            .snapshot()
+            .into_iter()
+            .filter(|(label, _)| label.starts_with("sparkQueue="))
+            .map(|(label, lr)| QueueResourceVo {
+                queuename: label,
+                max_resources: lr.max.into(),
+                used_resources: lr.used.into(),
+                locked_resources: lr.locked.into(),
+                left_resources: lr.left().into(),
+            })
+            .collect();
+        QueueResourcesData { queues }
     });
     reply(&uri, r)
 }

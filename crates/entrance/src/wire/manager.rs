@@ -176,6 +176,23 @@ pub struct UserResourcesData {
     pub user_resources: Vec<UserResourceVo>,
 }
 
+/// A cluster queue executors are charged to (`sparkQueue=<queue>@<master>`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueResourceVo {
+    pub queuename: String,
+    pub max_resources: ResourceVo,
+    pub used_resources: ResourceVo,
+    pub locked_resources: ResourceVo,
+    pub left_resources: ResourceVo,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueResourcesData {
+    pub queues: Vec<QueueResourceVo>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
