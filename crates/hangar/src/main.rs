@@ -246,11 +246,19 @@ fn cmd_spark(c: SparkCommand) -> anyhow::Result<i32> {
             let cfg = load(config.as_deref())?;
             let dir = dir.unwrap_or_else(|| PathBuf::from(&cfg.server.data_dir).join("spark"));
             let found = hangar_plugin_spark::install::install(&dir, &version).map_err(anyhow::Error::msg)?;
-            println!("Spark {} installed: SPARK_HOME={} python={}", found.version, found.home.display(), found.python.display());
+            println!(
+                "Spark {} installed: SPARK_HOME={} python={}",
+                found.version,
+                found.home.display(),
+                found.python.display()
+            );
             if dir != PathBuf::from(&cfg.server.data_dir).join("spark") {
                 println!("tell the server: [spark] home = \"{}\" (or HANGAR_SPARK_HOME)", found.home.display());
             }
-            println!("Linkis clients may ask for spark-{} or one of the aliases {:?}", found.version, cfg.spark.version_aliases);
+            println!(
+                "Linkis clients may ask for spark-{} or one of the aliases {:?}",
+                found.version, cfg.spark.version_aliases
+            );
             Ok(0)
         }
         SparkCommand::Status { config } => {

@@ -67,7 +67,13 @@ struct Harness {
 }
 
 impl Harness {
-    async fn start(program: &std::path::Path, labels: &[&str], conf: &[String]) -> Harness {
+    async fn start(
+        program: &std::path::Path,
+        labels: &[&str],
+        conf: &[String],
+        env: &[(String, String)],
+        start_within: Duration,
+    ) -> Harness {
         let seen: Shared = Arc::default();
         let app = Router::new()
             .route(MANAGER_RPC_PATH, post(manager_rpc))
@@ -94,13 +100,14 @@ impl Harness {
         for c in conf {
             cmd.args(["--conf", c]);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().expect("spawn engine");
         // The engine's key arrives on standard input, as an ECM hands it over.
         let secrets = hangar_protocol::credential::EngineSecrets { engine_key: TOKEN.into(), conf: Default::default() };
         let mut stdin = child.stdin.take().expect("stdin");
         std::io::Write::write_all(&mut stdin, &serde_json::to_vec(&secrets).expect("json")).expect("write secrets");
         drop(stdin);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + start_within;
         let (instance, pid) = loop {
             let ready = seen.lock().expect("seen").manager.iter().find_map(|m| match m {
                 EngineToManager::Ready { instance, pid, .. } => Some((instance.clone(), *pid)),
@@ -199,6 +206,11 @@ struct EngineCase {
     /// Startup options taken from the environment: `(key, VARIABLE)` passes
     /// `--conf key=$VARIABLE`; the variable must be set.
     env_conf: &'static [(&'static str, &'static str)],
+    /// The engine process's own environment (Spark: `SPARK_HOME`) and options.
+    env: Vec<(String, String)>,
+    conf: Vec<String>,
+    /// How long the engine may take to report Ready.
+    start_within: Duration,
 }
 
 async fn assert_engine_conformance(case: EngineCase) {
@@ -207,7 +219,7 @@ async fn assert_engine_conformance(case: EngineCase) {
 
 /// The suite against an engine binary other than `hangar` (same `engineconn` arguments).
 async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCase) {
-    let conf: Vec<String> = case
+    let mut conf: Vec<String> = case
         .env_conf
         .iter()
         .map(|(key, var)| match std::env::var(var) {
@@ -217,7 +229,8 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
             ),
         })
         .collect();
-    let h = Harness::start(program, case.labels, &conf).await;
+    conf.extend(case.conf.iter().cloned());
+    let h = Harness::start(program, case.labels, &conf, &case.env, case.start_within).await;
     assert_eq!(h.status().await, NodeStatus::Unlock, "ready engines are Unlock");
 
     // Internal auth.
@@ -275,9 +288,14 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
         h.events(3).into_iter().filter(|(_, e)| matches!(e, TaskEvent::RunningInfo(_))).map(|(t, _)| t).collect();
     assert!((8..=22).contains(&infos.len()), "{} running-info reports in 1.5 s at a 100 ms interval", infos.len());
     let killed_at = Instant::now();
-    assert_eq!(h.call(&EngineRequest::Kill { task_id: 3 }).await, EngineReply::Ack);
-    let (st, _, at) = h.final_status(3, Duration::from_secs(5)).await;
-    assert_eq!(st, JobStatus::Cancelled);
+    assert_eq!(
+        h.call(&EngineRequest::Kill { task_id: 3 }).await,
+        EngineReply::Ack,
+        "{:?}",
+        h.events(3).iter().rev().take(3).collect::<Vec<_>>()
+    );
+    let (st, err, at) = h.final_status(3, Duration::from_secs(5)).await;
+    assert_eq!(st, JobStatus::Cancelled, "{err:?}");
     assert!(at.duration_since(killed_at) < Duration::from_secs(1), "cancelled in {:?}", at.duration_since(killed_at));
     // Only four kinds of task messages exist; every one seen is of those kinds.
     for (_, e) in h.events(3) {
@@ -329,6 +347,9 @@ async fn shell_engine_conformance() {
         bad_code: "exit 7",
         long_code: "sleep 30",
         env_conf: &[],
+        env: vec![],
+        conf: vec![],
+        start_within: Duration::from_secs(20),
     })
     .await;
 }
@@ -343,6 +364,9 @@ async fn python_engine_conformance() {
         bad_code: "raise ValueError('boom')",
         long_code: "import time\nwhile True: time.sleep(0.01)",
         env_conf: &[],
+        env: vec![],
+        conf: vec![],
+        start_within: Duration::from_secs(20),
     })
     .await;
 }
@@ -357,6 +381,9 @@ async fn jdbc_engine_conformance() {
         bad_code: "select * from no_such_table_xyz",
         long_code: "select pg_sleep(60)",
         env_conf: &[("jdbc.url", "HANGAR_TEST_POSTGRES_URL")],
+        env: vec![],
+        conf: vec![],
+        start_within: Duration::from_secs(20),
     })
     .await;
 }
@@ -387,7 +414,46 @@ async fn datafusion_engine_conformance() {
             // Minutes of work: a filter keeps statistics from answering the count.
             long_code: "select count(*) from range(1000000000) a, range(1000) b where a.value + b.value > 0",
             env_conf: &[],
+            env: vec![],
+            conf: vec![],
+            start_within: Duration::from_secs(20),
         },
     )
+    .await;
+}
+
+/// The pyspark package `scripts/test` installs (see tests/spark.rs).
+fn spark_home() -> std::path::PathBuf {
+    let lib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/spark/venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|d| {
+            d.flatten().map(|e| e.path().join("site-packages/pyspark")).find(|p| p.join("bin/spark-submit").is_file())
+        })
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "Spark is not installed for the tests: run scripts/test or `hangar spark install --dir target/spark`"
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spark_engine_conformance() {
+    let home = spark_home();
+    // <venv>/lib/python3.X/site-packages/pyspark -> <venv>/bin/python
+    let venv = home.ancestors().nth(4).expect("venv").to_path_buf();
+    assert_engine_conformance(EngineCase {
+        labels: &["engineType=spark-3.2.1", "userCreator=alice-IDE", "codeType=sql"],
+        run_type: "sql",
+        ok_code: "select 'conform' as c",
+        expected: "conform",
+        bad_code: "select * from no_such_table",
+        long_code: "select max(id) from range(1000000000000)",
+        env_conf: &[],
+        env: vec![("SPARK_HOME".into(), home.display().to_string())],
+        conf: vec![format!("hangar.spark.python={}", venv.join("bin/python").display())],
+        start_within: Duration::from_secs(120),
+    })
     .await;
 }

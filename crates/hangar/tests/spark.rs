@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{FAST, Server, engine_pids, enc, wait_until};
+use common::{FAST, Server, enc, engine_pids, wait_until};
 use serde_json::{Value, json};
 
 /// The pyspark package `scripts/test` installs (or `HANGAR_TEST_SPARK_HOME`).
@@ -124,7 +124,10 @@ async fn spark_sql_and_pyspark_on_a_local_master() {
     let cols: Vec<(String, String)> = columns(t);
     let want = [("id", "int"), ("name", "string"), ("score", "double"), ("born", "date"), ("tags", "array<string>")];
     assert_eq!(cols, want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
-    assert_eq!(t["fileContent"], json!([["1", "a", "1.5", "2020-01-02", "[x, y]"], ["2", "NULL", "NULL", "NULL", "NULL"]]));
+    assert_eq!(
+        t["fileContent"],
+        json!([["1", "a", "1.5", "2020-01-02", "[x, y]"], ["2", "NULL", "NULL", "NULL", "NULL"]])
+    );
     let job = s.job("alice", t1).await;
     let engine = job["engineInstance"].clone();
     let listed = engines(&s, "alice").await;
@@ -134,7 +137,8 @@ async fn spark_sql_and_pyspark_on_a_local_master() {
     // The driver is charged on the ECM: local[2] takes 2 cores; no queue for a local master.
     assert_eq!(e["resource"]["cpu"], 2, "{e}");
     assert!(e.get("clusterResource").is_none(), "{e}");
-    let ui = e["engineInfo"]["spark.ui.url"].as_str().unwrap_or_else(|| panic!("Spark UI URL in the engine's info: {e}"));
+    let ui =
+        e["engineInfo"]["spark.ui.url"].as_str().unwrap_or_else(|| panic!("Spark UI URL in the engine's info: {e}"));
     assert_eq!(e["engineInfo"]["spark.master"], "local[2]");
     let page = reqwest::get(format!("{ui}/jobs/")).await.expect("Spark UI").status();
     assert!(page.is_success(), "Spark UI at {ui}: {page}");
@@ -147,7 +151,14 @@ async fn spark_sql_and_pyspark_on_a_local_master() {
     assert!(!desc.contains("\tat org.apache"), "no JVM stack in errDesc: {desc}");
 
     // PySpark: state across jobs (and seen from SQL on the same engine).
-    let (e3, _) = spark(&s, "alice", "IDE", "py", "df = spark.range(5).withColumnRenamed('id', 'n')\ndf.createOrReplaceTempView('v')\nprint(sc.master)").await;
+    let (e3, _) = spark(
+        &s,
+        "alice",
+        "IDE",
+        "py",
+        "df = spark.range(5).withColumnRenamed('id', 'n')\ndf.createOrReplaceTempView('v')\nprint(sc.master)",
+    )
+    .await;
     ok(&s, "alice", &e3).await;
     let (e4, t4) = spark(&s, "alice", "IDE", "pyspark", "show(df.filter('n > 2'))").await;
     ok(&s, "alice", &e4).await;
@@ -172,7 +183,8 @@ async fn spark_sql_and_pyspark_on_a_local_master() {
         if st == "Running" {
             seen.push(p);
             if v["data"]["progressInfo"].as_array().is_some_and(|a| {
-                a.iter().any(|i| i["id"].as_str().unwrap_or("").contains("linkis-spark-mix-code") && i["totalTasks"] == 48)
+                a.iter()
+                    .any(|i| i["id"].as_str().unwrap_or("").contains("linkis-spark-mix-code") && i["totalTasks"] == 48)
             }) {
                 infos += 1;
             }
@@ -209,15 +221,24 @@ async fn spark_sql_and_pyspark_on_a_local_master() {
     ok(&s, "alice", &e9).await;
     let job = s.job("alice", t9).await;
     let loc = job["resultLocation"].as_str().expect("resultLocation").to_string();
-    let f = s.call("GET", &format!("/filesystem/openFile?path={}&page=1&pageSize=10000", enc(&format!("{loc}/_0.dolphin"))), "alice", None).await;
+    let f = s
+        .call(
+            "GET",
+            &format!("/filesystem/openFile?path={}&page=1&pageSize=10000", enc(&format!("{loc}/_0.dolphin"))),
+            "alice",
+            None,
+        )
+        .await;
     assert_eq!(f["data"]["fileContent"].as_array().expect("rows").len(), 5000, "IDE limit");
-    let (e10, t10) = spark(&s, "alice", "IDE", "py", "show(spark.range(100000).selectExpr('id', 'id * 2 as twice'))").await;
+    let (e10, t10) =
+        spark(&s, "alice", "IDE", "py", "show(spark.range(100000).selectExpr('id', 'id * 2 as twice'))").await;
     ok(&s, "alice", &e10).await;
     let loc = s.job("alice", t10).await["resultLocation"].as_str().expect("loc").to_string();
     let path = enc(&format!("{loc}/_0.dolphin"));
     let mut rows = 0;
     for page in 1..=20 {
-        let f = s.call("GET", &format!("/filesystem/openFile?path={path}&page={page}&pageSize=5000"), "alice", None).await;
+        let f =
+            s.call("GET", &format!("/filesystem/openFile?path={path}&page={page}&pageSize=5000"), "alice", None).await;
         assert_eq!(f["status"], 0, "{f}");
         let got = f["data"]["fileContent"].as_array().expect("rows");
         assert_eq!(got.len(), 5000, "page {page}");
@@ -237,7 +258,12 @@ async fn spark_sql_and_pyspark_on_a_local_master() {
     let new_tmp: Vec<String> = tmp_entries()
         .into_iter()
         .filter(|n| !before_tmp.contains(n))
-        .filter(|n| n.starts_with("blockmgr-") || n.starts_with("spark-") || n.starts_with("hsperfdata_hangar") || n == "derby.log")
+        .filter(|n| {
+            n.starts_with("blockmgr-")
+                || n.starts_with("spark-")
+                || n.starts_with("hsperfdata_hangar")
+                || n == "derby.log"
+        })
         .collect();
     assert!(new_tmp.is_empty(), "Spark wrote to /tmp: {new_tmp:?}");
     assert!(!work.join("derby.log").exists() || work.join("derby.log").is_file());
@@ -283,8 +309,16 @@ async fn standalone(workers: usize) -> Standalone {
             .expect("spark-class")
     };
     let mut procs = vec![class(
-        &["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", &port.to_string(), "--webui-port", &ui_port.to_string()]
-            .map(String::from),
+        &[
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--webui-port",
+            &ui_port.to_string(),
+        ]
+        .map(String::from),
         "master.log",
     )];
     let master = format!("spark://127.0.0.1:{port}");
@@ -340,7 +374,10 @@ async fn two_users_on_a_standalone_cluster_kept_apart() {
     let cluster = standalone(2).await;
     let s = Server::start(&spark_toml(
         "",
-        &format!("master = \"{}\"\nqueue_max_memory = \"4g\"\nqueue_max_cores = 4\nqueue_max_instances = 4\n", cluster.master),
+        &format!(
+            "master = \"{}\"\nqueue_max_memory = \"4g\"\nqueue_max_cores = 4\nqueue_max_instances = 4\n",
+            cluster.master
+        ),
     ))
     .await;
     let code = |user: &str| {

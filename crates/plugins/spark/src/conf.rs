@@ -55,18 +55,17 @@ pub fn expand(props: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 fn size(props: &BTreeMap<String, String>, key: &str, default: &str) -> Result<(String, u64), HangarError> {
     let raw = props.get(key).map(|s| s.trim()).filter(|s| !s.is_empty()).unwrap_or(default);
     let text = if raw.chars().all(|c| c.is_ascii_digit()) { format!("{raw}g") } else { raw.to_string() };
-    let bytes = parse_bytes(&text).map_err(|e| HangarError::invalid(format!("startup parameter {key}: {}", e.message)))?;
+    let bytes =
+        parse_bytes(&text).map_err(|e| HangarError::invalid(format!("startup parameter {key}: {}", e.message)))?;
     Ok((text, bytes))
 }
 
 fn count(props: &BTreeMap<String, String>, key: &str, default: u32) -> Result<u32, HangarError> {
     match props.get(key).map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => Ok(default),
-        Some(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| HangarError::invalid(format!("startup parameter {key} must be a whole number > 0, got '{v}'"))),
+        Some(v) => v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            HangarError::invalid(format!("startup parameter {key} must be a whole number > 0, got '{v}'"))
+        }),
     }
 }
 
@@ -126,12 +125,8 @@ pub struct DriverLaunch {
 }
 
 /// Keys spark-submit must see (they shape the driver JVM itself).
-const SUBMIT_KEYS: &[&str] = &[
-    DRIVER_MEMORY,
-    "spark.driver.extraJavaOptions",
-    "spark.driver.extraClassPath",
-    "spark.driver.extraLibraryPath",
-];
+const SUBMIT_KEYS: &[&str] =
+    &[DRIVER_MEMORY, "spark.driver.extraJavaOptions", "spark.driver.extraClassPath", "spark.driver.extraLibraryPath"];
 
 /// The driver's launch for an engine in `work_dir` listening on `host`.
 pub fn driver_launch(
@@ -154,7 +149,10 @@ pub fn driver_launch(
         java_opts = format!("{java_opts} {}", extra.trim());
     }
     let mut submit = vec!["--driver-memory".to_string(), driver_memory, "--driver-java-options".into(), java_opts];
-    for (k, flag) in [("spark.driver.extraClassPath", "--driver-class-path"), ("spark.driver.extraLibraryPath", "--driver-library-path")] {
+    for (k, flag) in [
+        ("spark.driver.extraClassPath", "--driver-class-path"),
+        ("spark.driver.extraLibraryPath", "--driver-library-path"),
+    ] {
         if let Some(v) = props.get(k).filter(|v| !v.trim().is_empty()) {
             submit.extend([flag.to_string(), v.trim().to_string()]);
         }

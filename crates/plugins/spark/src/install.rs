@@ -81,8 +81,9 @@ pub fn find(home: &str, python: &str, data_dir: &Path) -> Result<SparkInstall, S
     if !home.join("bin").join("spark-submit").is_file() {
         return Err(format!("{} ({from}) has no bin/spark-submit: {}", home.display(), install_hint()));
     }
-    let version = spark_version(&home)
-        .ok_or_else(|| format!("cannot tell the Spark version of {} ({from}): no jars/spark-core_*.jar", home.display()))?;
+    let version = spark_version(&home).ok_or_else(|| {
+        format!("cannot tell the Spark version of {} ({from}): no jars/spark-core_*.jar", home.display())
+    })?;
     let python = if !python.trim().is_empty() {
         PathBuf::from(python.trim())
     } else if let Some(venv) = venv_of(&home) {
@@ -130,7 +131,8 @@ pub fn install(dir: &Path, version: &str) -> Result<SparkInstall, String> {
         &format!("pip install pyspark=={version} (from PyPI, about 450 MB)"),
         Command::new(&pip).args(["install", "--quiet", "--disable-pip-version-check", &format!("pyspark=={version}")]),
     )?;
-    let home = pyspark_in_venv(&venv).ok_or_else(|| format!("pyspark is not in {} after pip install", venv.display()))?;
+    let home =
+        pyspark_in_venv(&venv).ok_or_else(|| format!("pyspark is not in {} after pip install", venv.display()))?;
     find(&home.display().to_string(), "", dir)
 }
 

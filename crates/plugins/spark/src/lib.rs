@@ -194,13 +194,11 @@ impl EngineConnPlugin for SparkPlugin {
 
     async fn create_engine_conn(&self, ctx: &EngineCreationContext) -> Result<Arc<dyn EngineConnSession>, HangarError> {
         let start_err = |m: String| HangarError::new(ErrorCode::EngineStartFailed, m);
-        let home = std::env::var("SPARK_HOME").map_err(|_| start_err(format!("SPARK_HOME is not set: {}", install::install_hint())))?;
+        let home = std::env::var("SPARK_HOME")
+            .map_err(|_| start_err(format!("SPARK_HOME is not set: {}", install::install_hint())))?;
         let python = ctx.options.get(conf::PYTHON_KEY).cloned().unwrap_or_else(|| "python3".into());
-        let host = ctx
-            .options
-            .get(hangar_protocol::rpc::ENGINE_BIND_HOST_CONF)
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1".into());
+        let host =
+            ctx.options.get(hangar_protocol::rpc::ENGINE_BIND_HOST_CONF).cloned().unwrap_or_else(|| "127.0.0.1".into());
         let creator = ctx.labels.user_creator().map(|uc| uc.creator).unwrap_or_default();
         let app_name = format!(
             "{}_{creator}",
