@@ -65,10 +65,10 @@ impl Sizes {
 
 /// One measured distribution, in milliseconds.
 #[derive(Debug, Clone)]
-struct Dist(Vec<f64>);
+pub(crate) struct Dist(pub(crate) Vec<f64>);
 
 impl Dist {
-    fn pct(&self, q: f64) -> f64 {
+    pub(crate) fn pct(&self, q: f64) -> f64 {
         if self.0.is_empty() {
             return f64::NAN;
         }
@@ -80,12 +80,12 @@ impl Dist {
     fn max(&self) -> f64 {
         self.0.iter().copied().fold(f64::NAN, f64::max)
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({"n": self.0.len(), "p50_ms": self.pct(0.5), "p95_ms": self.pct(0.95), "p99_ms": self.pct(0.99), "max_ms": self.max()})
     }
 }
 
-struct Row {
+pub(crate) struct Row {
     name: String,
     value: String,
     baseline: String,
@@ -246,7 +246,7 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     Ok(Value::Object(report))
 }
 
-fn row(name: &str, v: f64, base: f64, base_name: &str, target: &str) -> Row {
+pub(crate) fn row(name: &str, v: f64, base: f64, base_name: &str, target: &str) -> Row {
     Row {
         name: name.into(),
         value: format!("{v:.2} ms"),
@@ -256,7 +256,7 @@ fn row(name: &str, v: f64, base: f64, base_name: &str, target: &str) -> Row {
     }
 }
 
-fn print_table(rows: &[Row]) {
+pub(crate) fn print_table(rows: &[Row]) {
     let header = ["measurement", "value", "baseline (same run)", "ratio", "target"];
     let cells: Vec<[String; 5]> = rows
         .iter()
@@ -327,8 +327,8 @@ pub(crate) fn rss_kb(pid: u32) -> Option<u64> {
     s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-struct BenchServer {
-    child: Child,
+pub(crate) struct BenchServer {
+    pub(crate) child: Child,
     base: String,
     data_dir: PathBuf,
     http: reqwest::Client,
@@ -356,6 +356,11 @@ impl Drop for BenchServer {
 
 impl BenchServer {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_with("").await
+    }
+
+    /// A server with `extra` TOML sections after the benchmark's own.
+    pub(crate) async fn start_with(extra: &str) -> anyhow::Result<Self> {
         let tmp = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
         let data_dir = tmp.join("data");
@@ -366,7 +371,7 @@ impl BenchServer {
                 "[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"warn\"\n[auth]\ntoken = \"{TOKEN}\"\n\
                  [entrance]\nmax_running_per_group = 64\nmax_queued_per_group = 100000\n\
                  [manager]\nuser_max_instances = 64\nuser_max_cores = 64\nuser_max_memory = \"64g\"\n\
-                 [engineconn]\nlog_push_interval_ms = 5\nrunning_info_interval_ms = 1000\n",
+                 [engineconn]\nlog_push_interval_ms = 5\nrunning_info_interval_ms = 1000\n{extra}",
                 data_dir.display()
             ),
         )?;
@@ -409,13 +414,23 @@ impl BenchServer {
     async fn submit_with(&self, code: &str, labels: &Value, startup: &Value) -> anyhow::Result<(String, i64)> {
         let run_type =
             if labels["engineType"].as_str().is_some_and(|e| e.starts_with("python")) { "python" } else { "shell" };
+        self.submit_as(code, run_type, labels, startup).await
+    }
+
+    pub(crate) async fn submit_as(
+        &self,
+        code: &str,
+        run_type: &str,
+        labels: &Value,
+        startup: &Value,
+    ) -> anyhow::Result<(String, i64)> {
         let body = json!({"executionContent": {"code": code, "runType": run_type}, "labels": labels, "params": {"configuration": {"startup": startup}}});
         let d = self.call(self.http.post(format!("{}/api/rest_j/v1/entrance/submit", self.base)).json(&body)).await?;
         Ok((d["execID"].as_str().unwrap_or_default().to_string(), d["taskID"].as_i64().unwrap_or_default()))
     }
 
     /// Wait for the job's `end` event on its event stream (no polling).
-    async fn wait_done(&self, exec: &str) -> anyhow::Result<String> {
+    pub(crate) async fn wait_done(&self, exec: &str) -> anyhow::Result<String> {
         let s = wait_end(&self.http, &self.base, exec).await?;
         if s != "Succeed" {
             bail!("job {exec} ended {s}");
@@ -423,7 +438,7 @@ impl BenchServer {
         Ok(s)
     }
 
-    async fn job(&self, task: i64) -> anyhow::Result<Value> {
+    pub(crate) async fn job(&self, task: i64) -> anyhow::Result<Value> {
         Ok(self.call(self.http.get(format!("{}/api/rest_j/v1/jobhistory/{task}/get", self.base))).await?["task"]
             .clone())
     }

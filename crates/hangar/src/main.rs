@@ -7,6 +7,7 @@
 mod address;
 mod bench;
 mod bench_manager;
+mod bench_spark;
 mod commands;
 mod config;
 mod datadir;
@@ -143,6 +144,12 @@ struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Measure the Spark engine instead (against spark-sql and a bare PySpark session).
+    #[arg(long)]
+    spark: bool,
+    /// With --spark: where Spark is (default: spark.home, SPARK_HOME, ./hangar-data/spark).
+    #[arg(long, default_value = "")]
+    spark_home: String,
 }
 
 fn main() -> ExitCode {
@@ -285,7 +292,11 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
     hangar_engineconn::init_tracing("warn");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(bench::run(bench::BenchOpts { quick: a.quick }))?;
+    let report = if a.spark {
+        rt.block_on(bench_spark::run(&a.spark_home))?
+    } else {
+        rt.block_on(bench::run(bench::BenchOpts { quick: a.quick }))?
+    };
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
