@@ -302,6 +302,59 @@ async fn engines_rejoin_a_restarted_manager_once_and_are_charged_again() {
     assert_all_free(&m);
 }
 
+/// A Spark-like engine rejoins with its executors' queue charge: the key
+/// binds the charge (a smaller one is refused), the queue is charged again,
+/// and the engine's end gives the queue back once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoining_engine_takes_back_its_queue_charge_once() {
+    use hangar_protocol::resource::ClusterCharge;
+    use hangar_protocol::rpc::{EngineMetrics, ManagerReply};
+    let (m, _ecm) = setup(config(5_000, 2), Mode::Ready { delay_ms: 0 });
+    let labels = ask(&BASE).labels;
+    let queue = |memory: u64| ClusterCharge {
+        label: "sparkQueue=default@spark://h:7077".into(),
+        max: Resource::new(8 << 30, 8, 4),
+        resource: Resource::new(memory, 2, 2),
+    };
+    let driver = Resource::new(1 << 30, 1, 1);
+    let rejoin = |cluster: ClusterCharge| EngineToManager::Rejoin {
+        ticket_id: "s1".into(),
+        instance: "127.0.0.1:1".into(),
+        pid: 1,
+        user: "alice".into(),
+        labels: labels.clone(),
+        resource: driver,
+        cluster: Some(cluster),
+        ecm_instance: "ecm:1".into(),
+        status: NodeStatus::Unlock,
+        metrics: EngineMetrics::default(),
+        rpc_version: RPC_VERSION,
+        account: None,
+    };
+    let big = queue(4 << 30);
+    let key = hangar_protocol::credential::engine_key(
+        SECRET.as_bytes(),
+        &hangar_protocol::credential::EngineBinding {
+            ticket_id: "s1",
+            user: "alice",
+            labels: &labels,
+            ecm_instance: "ecm:1",
+            resource: &driver,
+            cluster: Some(&big),
+        },
+    );
+    assert_eq!(m.on_engine_message(rejoin(queue(1 << 30)), Some(&key)), None, "a smaller queue charge than the key's");
+    assert_eq!(m.on_engine_message(rejoin(big.clone()), Some(&key)), Some(ManagerReply::known(true)));
+    let q = m.resources().label(&big.label).expect("queue label");
+    assert_eq!((q.max, q.used), (big.max, big.resource));
+    assert_eq!(m.resources().label("emInstance:ecm:1").expect("ecm").used, driver, "the ECM holds the driver only");
+    m.resources().check_invariants().expect("invariants");
+    m.finish("s1", NodeStatus::Success, "done".into(), false);
+    m.finish("s1", NodeStatus::Success, "twice".into(), false);
+    assert!(m.resources().label(&big.label).expect("queue").used.is_zero());
+    assert_all_free(&m);
+}
+
 /// The operator views (`listAllEMs`, `/metrics`) take the manager's locks
 /// too: listing in a tight loop from other threads during 500 engine
 /// creations must neither deadlock nor see broken accounting.
