@@ -64,6 +64,8 @@ class _SparkSession(object):
         self.cancel_at = None
         self.progress_stop = None
         self.progress_thread = None
+        self.fixed_info = None
+        self.local = True
 
         ns = driver.namespace
         ns["spark"] = self.spark
@@ -80,22 +82,31 @@ class _SparkSession(object):
     # --- session info ------------------------------------------------------
 
     def info(self):
-        out = dict(self.static_info)
-        sc = self.sc
-        out["spark.version"] = sc.version
-        out["spark.app.id"] = sc.applicationId
-        out["spark.master"] = sc.master
-        if sc.uiWebUrl:
-            out["spark.ui.url"] = sc.uiWebUrl
-        try:
-            # Block managers: the driver's and one per executor.
-            managers = sc._jsc.sc().getExecutorMemoryStatus().size()
-        except Exception:
-            managers = 1
-        local = sc.master.startswith("local")
-        out["spark.executors"] = str(1 if local else max(managers - 1, 0))
-        out["spark.executor.memory"] = sc.getConf().get("spark.executor.memory", "1g")
-        out["spark.executor.cores"] = sc.getConf().get("spark.executor.cores", "1")
+        """What the engine shows about itself; one py4j call at most (the
+        executor count of a cluster master), the rest read once."""
+        if self.fixed_info is None:
+            sc = self.sc
+            conf = sc.getConf()
+            fixed = dict(self.static_info)
+            fixed["spark.version"] = sc.version
+            fixed["spark.app.id"] = sc.applicationId
+            fixed["spark.master"] = sc.master
+            if sc.uiWebUrl:
+                fixed["spark.ui.url"] = sc.uiWebUrl
+            fixed["spark.executor.memory"] = conf.get("spark.executor.memory", "1g")
+            fixed["spark.executor.cores"] = conf.get("spark.executor.cores", "1")
+            self.local = sc.master.startswith("local")
+            self.fixed_info = fixed
+        out = dict(self.fixed_info)
+        if self.local:
+            out["spark.executors"] = "1"
+        else:
+            try:
+                # Block managers: the driver's and one per executor.
+                managers = self.sc._jsc.sc().getExecutorMemoryStatus().size()
+            except Exception:
+                managers = 1
+            out["spark.executors"] = str(max(managers - 1, 0))
         return out
 
     # --- job groups, progress, cancel --------------------------------------
@@ -214,15 +225,19 @@ class _SparkSession(object):
             cap = min(cap, max_rows + 1) if cap else max_rows + 1
         if cap:
             df = df.limit(cap)
-        # Spark's own text form of every value (dates, decimals, arrays, maps);
-        # NULL stays None.
-        tmp = ["c%d" % i for i in range(len(fields))]
-        strings = df.toDF(*tmp).select([F.col(c).cast("string") for c in tmp])
-        rows = strings.collect()
+        if all(t in _SPARK_PLAIN_TYPES for t in types_):
+            # Values whose Python form prints as Spark's: no second plan.
+            rows = [[_spark_plain(v) for v in r] for r in df.collect()]
+        else:
+            # Spark's own text form of every value (dates, decimals, doubles,
+            # arrays, maps); NULL stays None.
+            tmp = ["c%d" % i for i in range(len(fields))]
+            strings = df.toDF(*tmp).select([F.col(c).cast("string") for c in tmp])
+            rows = [list(r) for r in strings.collect()]
 
         def batches():
             for i in range(0, len(rows), _SPARK_ROW_BATCH):
-                yield [list(r) for r in rows[i : i + _SPARK_ROW_BATCH]]
+                yield rows[i : i + _SPARK_ROW_BATCH]
 
         self.driver.emit_table(names, types_, batches())
         return len(rows)
@@ -252,6 +267,19 @@ class _SparkSession(object):
         except Exception as e:
             raise CellFailure(_spark_error(e))
         sys.stderr.write("Fetched %d col(s) : %d row(s)\n" % (len(df.schema.fields), n))
+
+
+_SPARK_PLAIN_TYPES = frozenset(("tinyint", "smallint", "int", "bigint", "string", "boolean"))
+
+
+def _spark_plain(v):
+    if v is None:
+        return None
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    return str(v)
 
 
 def _spark_error(e):
