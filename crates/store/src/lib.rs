@@ -6,6 +6,7 @@
 
 mod bml;
 mod history;
+mod migrate;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 pub use bml::{MaterialVersion, version_name};
 pub use history::JobFilter;
+pub use migrate::latest_version as schema_version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -146,62 +148,15 @@ impl Store {
             Backend::Postgres => opts.max_connections(8),
         };
         let pool = opts.connect(&url).await?;
-        let store = Self { pool, backend };
-        store.migrate().await?;
-        Ok(store)
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        migrate::migrate(&pool, backend, now_ms).await?;
+        Ok(Self { pool, backend })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let id = match self.backend {
-            Backend::Sqlite => "id INTEGER PRIMARY KEY AUTOINCREMENT",
-            Backend::Postgres => "id BIGSERIAL PRIMARY KEY",
-        };
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS hangar_job (
-                {id},
-                exec_id TEXT NOT NULL DEFAULT '',
-                submit_user TEXT NOT NULL,
-                execute_user TEXT NOT NULL,
-                creator TEXT NOT NULL,
-                status TEXT NOT NULL,
-                progress DOUBLE PRECISION NOT NULL DEFAULT 0,
-                engine_type TEXT NOT NULL,
-                run_type TEXT NOT NULL,
-                labels TEXT NOT NULL,
-                params TEXT NOT NULL,
-                source TEXT NOT NULL,
-                code TEXT NOT NULL,
-                log_path TEXT NOT NULL DEFAULT '',
-                result_location TEXT NOT NULL DEFAULT '',
-                err_code BIGINT,
-                err_desc TEXT,
-                created_ms BIGINT NOT NULL,
-                updated_ms BIGINT NOT NULL,
-                engine_instance TEXT,
-                ecm_instance TEXT,
-                ticket_id TEXT,
-                is_reuse BIGINT,
-                metrics TEXT NOT NULL DEFAULT '{{}}'
-            )"
-        );
-        // One transaction, and on PostgreSQL one migrator at a time: servers
-        // (or tests) starting together against one database would otherwise
-        // race in `CREATE ... IF NOT EXISTS` and fail on pg_class.
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7262024)").execute(&mut *tx).await?;
-        }
-        sqlx::query(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
-        sqlx::query("CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)").execute(&mut *tx).await?;
-        for ddl in bml::DDL.iter().chain(history::DDL.iter()) {
-            sqlx::query(*ddl).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Store a new job (status Inited) and return its taskID.
@@ -496,6 +451,66 @@ mod tests {
             assert_eq!(s.delete_material(&rid, None).await.expect("del"), 5);
             assert!(s.material_versions(&rid).await.expect("none").is_empty());
         }
+    }
+
+    #[tokio::test]
+    async fn migrations_are_recorded_once_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let s = Store::open(&url).await.expect("open");
+        let versions = |s: Store| async move {
+            sqlx::query("SELECT version FROM hangar_schema_version ORDER BY version")
+                .fetch_all(&s.pool)
+                .await
+                .expect("versions")
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0).expect("v"))
+                .collect::<Vec<i64>>()
+        };
+        let want: Vec<i64> = (1..=schema_version()).collect();
+        assert_eq!(versions(s.clone()).await, want);
+        drop(s);
+        let s = Store::open(&url).await.expect("reopen");
+        assert_eq!(versions(s.clone()).await, want, "nothing applied twice");
+        sqlx::query("INSERT INTO hangar_schema_version (version, name, applied_ms) VALUES ($1, 'future', 0)")
+            .bind(schema_version() + 1)
+            .execute(&s.pool)
+            .await
+            .expect("future");
+        drop(s);
+        let Err(err) = Store::open(&url).await else { panic!("a newer schema must be refused") };
+        assert!(err.0.contains("made by a newer Hangar"), "{}", err.0);
+    }
+
+    /// Several instances opening one new PostgreSQL database at once: one
+    /// migrates, the others wait and find it done; every one opens.
+    #[tokio::test]
+    async fn instances_starting_together_migrate_a_postgres_store_once() {
+        let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: HANGAR_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+            return;
+        };
+        let admin = Store::open(&pg).await.expect("postgres");
+        let db = format!("hangar_mig_{}", uuid_like());
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin.pool).await.expect("create db");
+        let base = pg.rsplit_once('/').map(|(b, _)| b.to_string()).expect("url with a database");
+        let url = format!("{base}/{db}");
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let url = url.clone();
+            set.spawn(async move { Store::open(&url).await });
+        }
+        let mut stores = Vec::new();
+        while let Some(r) = set.join_next().await {
+            stores.push(r.expect("join").expect("every instance opens"));
+        }
+        let rows =
+            sqlx::query("SELECT version FROM hangar_schema_version").fetch_all(&stores[0].pool).await.expect("v");
+        assert_eq!(rows.len() as i64, schema_version(), "each migration recorded once");
+        for s in stores {
+            s.pool.close().await;
+        }
+        sqlx::query(AssertSqlSafe(format!("DROP DATABASE {db}"))).execute(&admin.pool).await.expect("drop db");
     }
 
     fn uuid_like() -> String {

@@ -1,0 +1,123 @@
+//! Versioned schema migrations.
+//!
+//! The schema is a numbered list of migrations; `hangar_schema_version`
+//! records which ones a store has had. Opening a store applies the missing
+//! ones in order, all in one transaction, under a PostgreSQL advisory lock
+//! (SQLite: its write lock), so instances starting together against one
+//! database migrate it once and the rest wait and see it done. A store that a
+//! newer Hangar migrated further is refused rather than used half-understood.
+//!
+//! Migration 1 is the schema as it stood before versions were recorded; its
+//! statements are idempotent, so stores made then are adopted as version 1.
+//! New migrations are appended, never edited.
+
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use crate::{Backend, Result, StoreError, bml, history};
+
+/// The advisory lock key migrations hold on PostgreSQL.
+const LOCK_KEY: i64 = 7_262_024;
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    statements: fn(Backend) -> Vec<String>,
+}
+
+fn baseline(backend: Backend) -> Vec<String> {
+    let id = match backend {
+        Backend::Sqlite => "id INTEGER PRIMARY KEY AUTOINCREMENT",
+        Backend::Postgres => "id BIGSERIAL PRIMARY KEY",
+    };
+    let mut v = vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS hangar_job (
+                {id},
+                exec_id TEXT NOT NULL DEFAULT '',
+                submit_user TEXT NOT NULL,
+                execute_user TEXT NOT NULL,
+                creator TEXT NOT NULL,
+                status TEXT NOT NULL,
+                progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+                engine_type TEXT NOT NULL,
+                run_type TEXT NOT NULL,
+                labels TEXT NOT NULL,
+                params TEXT NOT NULL,
+                source TEXT NOT NULL,
+                code TEXT NOT NULL,
+                log_path TEXT NOT NULL DEFAULT '',
+                result_location TEXT NOT NULL DEFAULT '',
+                err_code BIGINT,
+                err_desc TEXT,
+                created_ms BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL,
+                engine_instance TEXT,
+                ecm_instance TEXT,
+                ticket_id TEXT,
+                is_reuse BIGINT,
+                metrics TEXT NOT NULL DEFAULT '{{}}'
+            )"
+        ),
+        "CREATE INDEX IF NOT EXISTS hangar_job_status ON hangar_job(status)".to_string(),
+    ];
+    v.extend(bml::DDL.iter().chain(history::DDL.iter()).map(|s| s.to_string()));
+    v
+}
+
+/// Every migration, in order. Append only.
+const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "jobs, material versions, job history indexes", statements: baseline }];
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Bring the store to [`latest_version`]; returns the versions applied now.
+pub(crate) async fn migrate(pool: &AnyPool, backend: Backend, now_ms: i64) -> Result<Vec<i64>> {
+    let mut tx = pool.begin().await?;
+    if backend == Backend::Postgres {
+        sqlx::query(AssertSqlSafe(format!("SELECT pg_advisory_xact_lock({LOCK_KEY})"))).execute(&mut *tx).await?;
+    }
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS hangar_schema_version (
+            version BIGINT PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_ms BIGINT NOT NULL
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM hangar_schema_version")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    let latest = latest_version();
+    if current > latest {
+        return Err(StoreError(format!(
+            "the store's schema is at version {current}, made by a newer Hangar; this one knows versions up to \
+             {latest}: run the newer Hangar (or a backup of the store from before it)"
+        )));
+    }
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        for statement in (m.statements)(backend) {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StoreError(format!("schema migration {} ({}) failed: {e}", m.version, m.name)))?;
+        }
+        sqlx::query("INSERT INTO hangar_schema_version (version, name, applied_ms) VALUES ($1, $2, $3)")
+            .bind(m.version)
+            .bind(m.name)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        applied.push(m.version);
+    }
+    tx.commit().await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "store schema migrated to version {latest}");
+    }
+    Ok(applied)
+}
