@@ -234,6 +234,18 @@ pub fn same_binary_launch(req: &EngineConnBuildRequest) -> Result<EngineConnLaun
     })
 }
 
+/// A line read from a child's output (with `read_until(b'\n')`) as text,
+/// its line ending dropped, invalid UTF-8 replaced; the buffer is emptied.
+pub fn take_line(buf: &mut Vec<u8>) -> String {
+    let mut end = buf.len();
+    while end > 0 && matches!(buf[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+    buf.clear();
+    line
+}
+
 /// For a session with one executor for all its run types: that executor, or
 /// an error naming the run types the engine takes.
 pub fn executor_for(

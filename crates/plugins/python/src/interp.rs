@@ -9,6 +9,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hangar_engineconn_plugin::take_line;
 use hangar_protocol::{ErrorCode, HangarError};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -385,14 +386,4 @@ fn describe_exit(st: ExitStatus) -> String {
     } else {
         st.to_string()
     }
-}
-
-fn take_line(buf: &mut Vec<u8>) -> String {
-    let mut end = buf.len();
-    while end > 0 && matches!(buf[end - 1], b'\n' | b'\r') {
-        end -= 1;
-    }
-    let line = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.clear();
-    line
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hangar_engineconn_plugin::take_line;
 use hangar_engineconn_plugin::{
     EngineConnBuildRequest, EngineConnLaunchRequest, EngineConnPlugin, EngineConnSession, EngineCreationContext,
     EngineResourceRequest, ExecutionContext, Executor, executor_for, resource_from,
@@ -208,16 +209,6 @@ impl Executor for ShellExecutor {
             Err(format!("shell script ended with {how}{}{}", hangar_protocol::rpc::STDERR_TAIL, tail.join("\n")))
         }
     }
-}
-
-fn take_line(buf: &mut Vec<u8>) -> String {
-    let mut end = buf.len();
-    while end > 0 && matches!(buf[end - 1], b'\n' | b'\r') {
-        end -= 1;
-    }
-    let line = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.clear();
-    line
 }
 
 #[cfg(test)]
