@@ -80,9 +80,9 @@ async fn bad_input_gets_clear_errors_in_the_envelope() {
             "exactly one '-'",
         ),
         (
-            r#"{"executionContent":{"code":"echo","runType":"sql"},"labels":{"engineType":"spark-2.4.3"}}"#,
+            r#"{"executionContent":{"code":"echo","runType":"sql"},"labels":{"engineType":"hive-2.3.3"}}"#,
             2,
-            "unknown engine type 'spark-2.4.3'; available: shell-1",
+            "unknown engine type 'hive-2.3.3'; available: shell-1",
         ),
         (
             r#"{"executionContent":{"code":"echo","runType":"shell"},"labels":{"engineType":"shell-9"}}"#,
