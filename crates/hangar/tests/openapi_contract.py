@@ -88,6 +88,8 @@ call("POST", "/linkisManager/listEMEngines", user="admin",
      json={"em": {"serviceInstance": {"instance": ems[0]["instance"]}}})
 call("GET", "/linkisManager/rm/userresources")
 call("POST", "/linkisManager/rm/userresources", user="admin")
+call("GET", "/linkisManager/rm/queueresources")
+call("POST", "/linkisManager/rm/queueresources", user="admin")
 call("GET", f"/linkisManager/openEngineLog?ticketId={enc(ticket)}&logType=stderr&fromLine=1&pageSize=10")
 call("GET", f"/entrance/{running}/kill", template="/entrance/{id}/kill")
 assert wait_done(running) == "Cancelled"
