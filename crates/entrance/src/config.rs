@@ -44,6 +44,10 @@ pub struct EntranceConfig {
     /// The API listens on loopback only; when false and no `metrics_token` is
     /// set, `/metrics` needs an admin.
     pub loopback_only: bool,
+    /// This instance as the owner of the jobs it accepts (stable across restarts).
+    pub owner_id: String,
+    /// How long an owner's lease on its unfinished jobs lasts without renewal.
+    pub job_lease: Duration,
 }
 
 #[derive(Debug, Clone)]

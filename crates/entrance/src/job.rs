@@ -221,6 +221,8 @@ impl Entrance {
             source: source.to_string(),
             code: code.into(),
             created_ms: created,
+            owner: self.cfg.owner_id.clone(),
+            lease_until: created + i64::try_from(self.cfg.job_lease.as_millis()).unwrap_or(i64::MAX / 2),
         };
         let engine = engine_type.split('-').next().unwrap_or(engine_type);
         let day = chrono::Local::now().format("%Y-%m-%d").to_string();

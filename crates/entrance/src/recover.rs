@@ -24,11 +24,15 @@ use crate::{Entrance, JobHandle, lock};
 const NEVER_SENT: &str = "the server restarted before this job's task reached its engine";
 
 impl Entrance {
-    /// Jobs left unfinished by an earlier process: running ones re-attach to
-    /// their engines, waiting ones are queued again. Returns `(re-attached,
-    /// re-queued, ended)`. Call before serving HTTP.
+    /// Jobs left unfinished by an earlier process of this instance (or by no
+    /// one, or by an instance whose lease ran out; never another live
+    /// instance's): running ones re-attach to their engines, waiting ones are
+    /// queued again. Returns `(re-attached, re-queued, ended)`. Call before
+    /// serving HTTP; it also starts renewing this instance's leases.
     pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize, usize), HangarError> {
-        let mut jobs = self.store.unfinished_jobs().await?;
+        let now = now_ms();
+        let mut jobs = self.store.claim_unfinished(&self.cfg.owner_id, now, self.lease_until(now)).await?;
+        tokio::spawn(self.clone().renew_leases());
         // Running jobs first: they take their groups' running slots back
         // before any queued job of the same group is started again.
         jobs.sort_by_key(|j| (j.status != JobStatus::Running, j.id));
@@ -68,6 +72,26 @@ impl Entrance {
             }
         }
         Ok((reattached, requeued, ended))
+    }
+
+    fn lease_until(&self, now: i64) -> i64 {
+        now.saturating_add(i64::try_from(self.cfg.job_lease.as_millis()).unwrap_or(i64::MAX / 2))
+    }
+
+    /// Keep this instance's leases on its unfinished jobs alive (every third
+    /// of the lease), for as long as the Entrance lives.
+    async fn renew_leases(self: Arc<Self>) {
+        let every = (self.cfg.job_lease / 3).max(Duration::from_millis(100));
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(e) = weak.upgrade() else { return };
+            let now = now_ms();
+            if let Err(err) = e.store.renew_leases(&e.cfg.owner_id, e.lease_until(now)).await {
+                tracing::warn!(error = %err, "cannot renew the leases on this instance's jobs");
+            }
+        }
     }
 
     /// A stored job as it was queued at submit (its code already has its

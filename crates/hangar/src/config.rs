@@ -73,6 +73,8 @@ pub struct Entrance {
     pub max_result_set_size: String,
     pub default_creator: String,
     pub reattach_timeout_ms: u64,
+    /// How long this instance's lease on its unfinished jobs lasts without renewal.
+    pub job_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +176,7 @@ impl Default for Config {
                 max_result_set_size: "2g".into(),
                 default_creator: "IDE".into(),
                 reattach_timeout_ms: 30_000,
+                job_lease_ms: 30_000,
             },
             manager: Manager {
                 user_max_memory: "20g".into(),

@@ -34,6 +34,24 @@ fn data_dir_rpc_token(data_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// This control-plane instance's name as a job owner, kept in
+/// `<data_dir>/instance-id`: the same across restarts (it takes its own jobs
+/// back at once), different for every data dir (instances sharing a store
+/// never take each other's live jobs).
+pub(crate) fn instance_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance-id");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let id = format!("entrance-{}", uuid::Uuid::new_v4().simple());
+    let tmp = data_dir.join("instance-id.tmp");
+    std::fs::write(&tmp, &id).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
 /// A configured directory, or `<data_dir>/<default>` when empty.
 pub(crate) fn dir_or(configured: &str, data_dir: &Path, default: &str) -> PathBuf {
     if configured.is_empty() { data_dir.join(default) } else { PathBuf::from(configured) }

@@ -323,6 +323,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         secure_cookie: cfg.auth.secure_cookie,
         metrics_token: cfg.server.metrics_token.clone(),
         loopback_only,
+        owner_id: crate::datadir::instance_id(&data_dir)?,
+        job_lease: ms(cfg.entrance.job_lease_ms),
     };
     private_dir(&ecfg.results_dir, 0o700)?;
     private_dir(&ecfg.logs_dir, 0o700)?;

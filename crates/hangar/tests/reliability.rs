@@ -253,3 +253,29 @@ async fn a_stopped_engine_is_lost_and_its_job_ends_at_once() {
     })
     .await;
 }
+
+/// Two control planes on one PostgreSQL store: the second one's start takes
+/// none of the first one's live jobs (it used to re-attach or fail every
+/// unfinished job in the store); each job runs on the instance that accepted it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_one_store_leaves_the_first_ones_jobs_alone() {
+    let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") else {
+        panic!("HANGAR_TEST_POSTGRES_URL is not set: scripts/test starts a private PostgreSQL for this test");
+    };
+    let db = format!("hangar_two_{}", std::process::id());
+    let out = std::process::Command::new("psql").args([pg.as_str(), "-qc", &format!("create database {db}")]).output();
+    assert!(out.is_ok_and(|o| o.status.success()), "cannot create {db}");
+    let base = pg.rsplit_once('/').map(|(b, _)| b.to_string()).expect("url with a database");
+    let store = format!("store_url = \"{base}/{db}\"");
+    let a = Server::start_custom(&store, "", FAST).await;
+    let (running, task_running) = a.shell("alice", "sleep 4; echo from-a").await;
+    a.wait_status("alice", &running, &["Running"], Duration::from_secs(20)).await;
+    let b = Server::start_custom(&store, "", FAST).await;
+    assert!(!b.server_log().contains("re-attached"), "b took a's jobs: {}", b.server_log());
+    // b serves its own jobs; a's job ends on a, with its own output.
+    let (other, _) = b.shell("bob", "echo from-b").await;
+    assert_eq!(b.wait_done("bob", &other).await, "Succeed");
+    assert_eq!(a.wait_done("alice", &running).await, "Succeed", "{}", a.full_log("alice", &running).await);
+    let rs = a.results("alice", task_running).await;
+    assert_eq!(rs[0]["fileContent"], json!([["from-a"]]));
+}

@@ -6,6 +6,7 @@
 
 mod bml;
 mod history;
+mod lease;
 mod migrate;
 
 use std::str::FromStr;
@@ -69,6 +70,9 @@ pub struct NewJob {
     pub source: String,
     pub code: String,
     pub created_ms: i64,
+    /// The Entrance instance that accepted it, and until when its lease holds.
+    pub owner: String,
+    pub lease_until: i64,
 }
 
 /// A stored job.
@@ -170,8 +174,8 @@ impl Store {
         conn.execute("BEGIN").await?;
         let done = async {
             let row = sqlx::query(
-                "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms)
-                 VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id",
+                "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms, owner, lease_until)
+                 VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) RETURNING id",
             )
             .bind(&j.submit_user)
             .bind(&j.execute_user)
@@ -183,6 +187,8 @@ impl Store {
             .bind(&j.source)
             .bind(&j.code)
             .bind(j.created_ms)
+            .bind(&j.owner)
+            .bind(j.lease_until)
             .fetch_one(&mut *conn)
             .await?;
             let id = row.try_get::<i64, _>(0)?;
@@ -294,13 +300,6 @@ impl Store {
         row.map(|r| job_from_row(&r)).transpose()
     }
 
-    /// Jobs not in a final state (for recovery after a restart).
-    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRecord>> {
-        let sql = format!("SELECT {COLUMNS} FROM hangar_job WHERE status NOT IN {TERMINAL} ORDER BY id");
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-        rows.iter().map(job_from_row).collect()
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -352,6 +351,8 @@ mod tests {
             source: "{}".into(),
             code: "echo 'hi'; -- \"quoted\" ünïcode".into(),
             created_ms: 1,
+            owner: "a".into(),
+            lease_until: 10,
         }
     }
 
@@ -408,7 +409,7 @@ mod tests {
             assert!(!s.set_running(id, &engine, "{}", 6).await.expect("running"), "an ended job is not revived");
             assert_eq!(j.updated_ms, 4);
             assert!(s.get_job(id + 1000).await.expect("get").is_none());
-            assert!(s.unfinished_jobs().await.expect("u").iter().all(|j| j.id != id));
+            assert!(s.claim_unfinished("a", 0, 100).await.expect("u").iter().all(|j| j.id != id));
         }
     }
 

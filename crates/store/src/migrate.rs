@@ -64,9 +64,21 @@ fn baseline(backend: Backend) -> Vec<String> {
     v
 }
 
+/// Each job's owner (the Entrance instance running or queueing it) and until
+/// when that instance's lease on it holds.
+fn job_leases(_: Backend) -> Vec<String> {
+    vec![
+        "ALTER TABLE hangar_job ADD COLUMN owner TEXT NOT NULL DEFAULT ''".into(),
+        "ALTER TABLE hangar_job ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0".into(),
+        "CREATE INDEX IF NOT EXISTS hangar_job_owner ON hangar_job(owner)".into(),
+    ]
+}
+
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "jobs, material versions, job history indexes", statements: baseline }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "jobs, material versions, job history indexes", statements: baseline },
+    Migration { version: 2, name: "job owners and leases", statements: job_leases },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {
