@@ -286,14 +286,15 @@ impl Drop for Standalone {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
+/// The value after `marker` in a log, up to the next whitespace.
+fn after(log: &str, marker: &str) -> Option<String> {
+    let rest = log.split(marker).nth(1)?;
+    Some(rest.split_whitespace().next()?.trim_end_matches(['.', ',']).to_string())
 }
 
 async fn standalone(workers: usize) -> Standalone {
     let home = spark_home();
     let work = tempfile::tempdir().expect("tmp");
-    let (port, ui_port) = (free_port(), free_port());
     let class = |args: &[String], log: &str| -> Child {
         let log = std::fs::File::create(work.path().join(log)).expect("log");
         Command::new(home.join("bin/spark-class"))
@@ -308,44 +309,43 @@ async fn standalone(workers: usize) -> Standalone {
             .spawn()
             .expect("spark-class")
     };
-    let mut procs = vec![class(
-        &[
-            "org.apache.spark.deploy.master.Master",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--webui-port",
-            &ui_port.to_string(),
-        ]
-        .map(String::from),
-        "master.log",
-    )];
-    let master = format!("spark://127.0.0.1:{port}");
+    // Port 0 everywhere: the master says which ports it took (a port picked
+    // here and handed over could be taken by then).
+    let master_args =
+        ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", "0", "--webui-port", "0"];
+    let mut procs = vec![class(&master_args.map(String::from), "master.log")];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (master, ui) = loop {
+        let log = std::fs::read_to_string(work.path().join("master.log")).unwrap_or_default();
+        if let (Some(m), Some(p)) =
+            (after(&log, "Starting Spark master at "), after(&log, "Successfully started service 'MasterUI' on port "))
+        {
+            break (m, format!("http://127.0.0.1:{p}"));
+        }
+        assert!(Instant::now() < deadline, "the standalone master did not start: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     for i in 0..workers {
         let dir = work.path().join(format!("worker-{i}"));
         std::fs::create_dir_all(&dir).expect("worker dir");
-        procs.push(class(
-            &[
-                "org.apache.spark.deploy.worker.Worker".into(),
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--cores".into(),
-                "2".into(),
-                "--memory".into(),
-                "2g".into(),
-                "--webui-port".into(),
-                free_port().to_string(),
-                "--work-dir".into(),
-                dir.display().to_string(),
-                master.clone(),
-            ],
-            &format!("worker-{i}.log"),
-        ));
+        let args = [
+            "org.apache.spark.deploy.worker.Worker",
+            "--host",
+            "127.0.0.1",
+            "--cores",
+            "2",
+            "--memory",
+            "2g",
+            "--webui-port",
+            "0",
+            "--work-dir",
+            &dir.display().to_string(),
+            &master,
+        ]
+        .map(String::from);
+        procs.push(class(&args, &format!("worker-{i}.log")));
     }
-    let ui = format!("http://127.0.0.1:{ui_port}");
     let s = Standalone { procs, master, ui, work };
-    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(r) = reqwest::get(format!("{}/json/", s.ui)).await
             && let Ok(v) = r.json::<Value>().await
@@ -355,8 +355,9 @@ async fn standalone(workers: usize) -> Standalone {
         }
         assert!(
             Instant::now() < deadline,
-            "the standalone cluster did not come up: {}",
-            std::fs::read_to_string(s.work.path().join("master.log")).unwrap_or_default()
+            "the standalone cluster did not come up: {}\n{}",
+            std::fs::read_to_string(s.work.path().join("master.log")).unwrap_or_default(),
+            std::fs::read_to_string(s.work.path().join("worker-0.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
