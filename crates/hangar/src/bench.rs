@@ -387,8 +387,12 @@ impl BenchServer {
         let deadline = Instant::now() + Duration::from_secs(20);
         let base = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap_or_default().to_string();
+            // The whole line: the log may be read while it is being written.
+            if let Some(rest) = text.split("listening on ").nth(1)
+                && let Some((line, _)) = rest.split_once('\n')
+                && let Some(url) = line.split_whitespace().next()
+            {
+                break url.to_string();
             }
             if Instant::now() > deadline {
                 bail!("server did not start: {text}");

@@ -190,8 +190,12 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         let base = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split(" listening on ").nth(1) {
-                break rest.split_whitespace().next().expect("url").to_string();
+            // The whole line: the log may be read while it is being written.
+            if let Some(rest) = text.split(" listening on ").nth(1)
+                && let Some((line, _)) = rest.split_once('\n')
+                && let Some(url) = line.split_whitespace().next()
+            {
+                break url.to_string();
             }
             assert!(Instant::now() < deadline, "server did not start:\n{text}");
             tokio::time::sleep(Duration::from_millis(20)).await;
