@@ -57,15 +57,24 @@ mod tests {
         JobPaths { exec_id: format!("e{id}"), log_path: String::new(), result_location: String::new() }
     }
 
+    /// A store of its own on SQLite, and on PostgreSQL (when
+    /// `HANGAR_TEST_POSTGRES_URL` is set) a fresh database: claims by lease
+    /// expiry reach every job of a store, so tests must not share one.
     async fn stores() -> Vec<(Store, Option<tempfile::TempDir>, String)> {
         let dir = tempfile::tempdir().expect("tmp");
         let url = format!("sqlite://{}", dir.path().join("l.db").display());
-        // Owner names unique to this run: the PostgreSQL store is shared by tests.
         let tag =
             format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos());
         let mut v = vec![(Store::open(&url).await.expect("sqlite"), Some(dir), tag.clone())];
         if let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") {
-            v.push((Store::open(&pg).await.expect("postgres"), None, tag));
+            let admin = Store::open(&pg).await.expect("postgres");
+            let db = format!("hangar_lease_{tag}");
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&admin.pool)
+                .await
+                .expect("create db");
+            let base = pg.rsplit_once('/').map(|(b, _)| b.to_string()).expect("url with a database");
+            v.push((Store::open(&format!("{base}/{db}")).await.expect("postgres db"), None, tag));
         }
         v
     }
