@@ -37,20 +37,7 @@ mod tests {
     use crate::{JobPaths, NewJob, Store};
 
     fn job(owner: &str, lease_until: i64) -> NewJob {
-        NewJob {
-            submit_user: "alice".into(),
-            execute_user: "alice".into(),
-            creator: "IDE".into(),
-            engine_type: "shell-1".into(),
-            run_type: "shell".into(),
-            labels: "{}".into(),
-            params: "{}".into(),
-            source: "{}".into(),
-            code: "true".into(),
-            created_ms: 1,
-            owner: owner.into(),
-            lease_until,
-        }
+        NewJob { owner: owner.into(), lease_until, ..crate::tests::job() }
     }
 
     fn paths(id: i64) -> JobPaths {

@@ -336,10 +336,10 @@ pub(crate) fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn job() -> NewJob {
+    pub(crate) fn job() -> NewJob {
         NewJob {
             submit_user: "alice".into(),
             execute_user: "alice".into(),
