@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use hangar_manager::{EcmInfo, EngineInfo};
+use hangar_manager::{EcmInfo, EngineInfo, ResourceHolder};
 use hangar_protocol::{Envelope, ErrorCode, HangarError, NodeStatus};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -187,20 +187,18 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
         let want = q.user.filter(|_| c.admin);
         let rows = e
             .manager
-            .resources()
-            .snapshot()
+            .resource_labels()
             .into_iter()
-            .filter_map(|(label, lr)| {
-                let v = label.strip_prefix("combined_userCreator_engineType:")?;
-                let (uc, et) = v.split_once(',')?;
+            .filter_map(|(holder, lr)| {
+                let ResourceHolder::UserEngine { user_creator: uc, engine_type: et } = holder else { return None };
                 let user = uc.split('-').next().unwrap_or("");
                 let visible = match &want {
                     Some(u) => user == u,
                     None => c.admin || user == c.user,
                 };
                 visible.then(|| UserResourceVo {
-                    user_creator: uc.to_string(),
-                    engine_type_with_version: et.to_string(),
+                    user_creator: uc.clone(),
+                    engine_type_with_version: et.clone(),
                     resource_type: "LoadInstance".into(),
                     max_resource: lr.max.into(),
                     used_resource: lr.used.into(),
@@ -222,10 +220,12 @@ async fn queue_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
     let r = e.caller(&headers).map(|_| {
         let queues = e
             .manager
-            .resources()
-            .snapshot()
+            .resource_labels()
             .into_iter()
-            .filter(|(label, _)| label.starts_with("sparkQueue="))
+            .filter_map(|(holder, lr)| match holder {
+                ResourceHolder::ClusterQueue(label) => Some((label, lr)),
+                _ => None,
+            })
             .map(|(label, lr)| QueueResourceVo {
                 queuename: label,
                 max_resources: lr.max.into(),

@@ -166,6 +166,20 @@ pub struct Manager {
     last_monitor: Mutex<Option<Instant>>,
 }
 
+const ECM_LABEL_PREFIX: &str = "emInstance:";
+const USER_LABEL_PREFIX: &str = "combined_userCreator_engineType:";
+
+/// What a resource label accounts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceHolder {
+    /// An EngineConnManager (its instance).
+    Ecm(String),
+    /// A user's engines of one type (`alice-IDE`, `spark-4.3.0`).
+    UserEngine { user_creator: String, engine_type: String },
+    /// A cluster queue's executors (Spark: `sparkQueue=<queue>@<master>`).
+    ClusterQueue(String),
+}
+
 /// How many ended tickets the manager remembers.
 const ENDED_MEMORY: usize = 100_000;
 
@@ -305,11 +319,31 @@ impl Manager {
     }
 
     fn ecm_label(instance: &str) -> String {
-        format!("emInstance:{instance}")
+        format!("{ECM_LABEL_PREFIX}{instance}")
+    }
+
+    /// Every resource label's accounting, by what the label stands for
+    /// (the label strings are this crate's own business).
+    pub fn resource_labels(&self) -> Vec<(ResourceHolder, rm::LabelResource)> {
+        self.rm
+            .snapshot()
+            .into_iter()
+            .map(|(label, lr)| {
+                let holder = if let Some(ecm) = label.strip_prefix(ECM_LABEL_PREFIX) {
+                    ResourceHolder::Ecm(ecm.to_string())
+                } else if let Some((uc, et)) = label.strip_prefix(USER_LABEL_PREFIX).and_then(|v| v.split_once(',')) {
+                    ResourceHolder::UserEngine { user_creator: uc.to_string(), engine_type: et.to_string() }
+                } else {
+                    // Labels of cluster charges, as plugins name them.
+                    ResourceHolder::ClusterQueue(label)
+                };
+                (holder, lr)
+            })
+            .collect()
     }
 
     fn user_label(labels: &LabelSet) -> Result<String, HangarError> {
-        Ok(format!("combined_userCreator_engineType:{}", labels.combined_user_engine()?))
+        Ok(format!("{USER_LABEL_PREFIX}{}", labels.combined_user_engine()?))
     }
 
     /// Register (or re-register) an ECM with its labels and capacity.
