@@ -4,6 +4,8 @@
 //! running-info reports at the configured rate, and nothing else but logs,
 //! result sets and status changes.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -422,25 +424,9 @@ async fn datafusion_engine_conformance() {
     .await;
 }
 
-/// The pyspark package `scripts/test` installs (see tests/spark.rs).
-fn spark_home() -> std::path::PathBuf {
-    let lib = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/spark/venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .and_then(|d| {
-            d.flatten().map(|e| e.path().join("site-packages/pyspark")).find(|p| p.join("bin/spark-submit").is_file())
-        })
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "Spark is not installed for the tests: run scripts/test or `hangar spark install --dir target/spark`"
-            )
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spark_engine_conformance() {
-    let home = spark_home();
+    let home = common::spark_home();
     // <venv>/lib/python3.X/site-packages/pyspark -> <venv>/bin/python
     let venv = home.ancestors().nth(4).expect("venv").to_path_buf();
     assert_engine_conformance(EngineCase {

@@ -407,3 +407,23 @@ pub fn os_user(name: &str) -> bool {
     }
     true
 }
+
+/// The pyspark package the Spark tests run (`HANGAR_TEST_SPARK_HOME`, else
+/// what `scripts/test` installs with `hangar spark install --dir target/spark`).
+pub fn spark_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("HANGAR_TEST_SPARK_HOME") {
+        return PathBuf::from(h);
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/spark/venv/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|d| {
+        d.flatten().map(|e| e.path().join("site-packages/pyspark")).find(|p| p.join("bin/spark-submit").is_file())
+    });
+    let home = found.unwrap_or_else(|| {
+        panic!(
+            "Spark is not installed for the tests: run scripts/test, or `hangar spark install --dir target/spark` \
+             (it looked in {})",
+            lib.display()
+        )
+    });
+    std::fs::canonicalize(home).expect("spark home")
+}
