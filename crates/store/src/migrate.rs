@@ -74,10 +74,46 @@ fn job_leases(_: Backend) -> Vec<String> {
     ]
 }
 
+/// Several control-plane instances on one store: login sessions every
+/// instance honours, the instances and their heartbeats, the elected
+/// manager's lease, and per job its consumer group, whether it holds one of
+/// the group's running slots, and a kill asked for on another instance.
+fn control_planes(_: Backend) -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS hangar_session (
+            ticket_hash TEXT PRIMARY KEY,
+            user_name TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            last_ms BIGINT NOT NULL
+        )"
+        .into(),
+        "CREATE TABLE IF NOT EXISTS hangar_instance (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            started_ms BIGINT NOT NULL,
+            heartbeat_ms BIGINT NOT NULL
+        )"
+        .into(),
+        "CREATE TABLE IF NOT EXISTS hangar_leader (
+            role TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            url TEXT NOT NULL,
+            until_ms BIGINT NOT NULL,
+            epoch BIGINT NOT NULL
+        )"
+        .into(),
+        "ALTER TABLE hangar_job ADD COLUMN grp TEXT NOT NULL DEFAULT ''".into(),
+        "ALTER TABLE hangar_job ADD COLUMN slot BIGINT NOT NULL DEFAULT 0".into(),
+        "ALTER TABLE hangar_job ADD COLUMN kill_requested BIGINT NOT NULL DEFAULT 0".into(),
+        "CREATE INDEX IF NOT EXISTS hangar_job_grp ON hangar_job(grp, slot)".into(),
+    ]
+}
+
 /// Every migration, in order. Append only.
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs, material versions, job history indexes", statements: baseline },
     Migration { version: 2, name: "job owners and leases", statements: job_leases },
+    Migration { version: 3, name: "sessions, instances, manager lease, group slots, kill requests", statements: control_planes },
 ];
 
 /// The newest schema version this build knows.
