@@ -5,6 +5,7 @@
 //! reached a final state is never moved again, whoever writes late.
 
 mod bml;
+mod cluster;
 mod history;
 mod lease;
 mod migrate;
@@ -19,6 +20,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 pub use bml::{MaterialVersion, version_name};
+pub use cluster::{InstanceRecord, LeaderRecord};
+pub use lease::Renewed;
 pub use history::JobFilter;
 pub use migrate::latest_version as schema_version;
 
@@ -73,6 +76,8 @@ pub struct NewJob {
     /// The Entrance instance that accepted it, and until when its lease holds.
     pub owner: String,
     pub lease_until: i64,
+    /// Its consumer group (`creator_user_engine`): running slots are counted per group.
+    pub group: String,
 }
 
 /// A stored job.
@@ -102,6 +107,10 @@ pub struct JobRecord {
     pub ticket_id: Option<String>,
     pub is_reuse: Option<bool>,
     pub metrics: String,
+    /// The instance that owns it (runs or queues it); empty when no one does.
+    pub owner: String,
+    /// A kill was asked for while another instance (or no one) ran it.
+    pub kill_requested: bool,
 }
 
 /// The engine a job runs on.
@@ -119,7 +128,7 @@ pub struct Store {
     backend: Backend,
 }
 
-pub(crate) const COLUMNS: &str = "id, exec_id, submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, log_path, result_location, err_code, err_desc, created_ms, updated_ms, engine_instance, ecm_instance, ticket_id, is_reuse, metrics";
+pub(crate) const COLUMNS: &str = "id, exec_id, submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, log_path, result_location, err_code, err_desc, created_ms, updated_ms, engine_instance, ecm_instance, ticket_id, is_reuse, metrics, owner, kill_requested";
 
 const TERMINAL: &str = "('Succeed','Failed','Cancelled','Timeout')";
 
@@ -174,8 +183,8 @@ impl Store {
         conn.execute("BEGIN").await?;
         let done = async {
             let row = sqlx::query(
-                "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms, owner, lease_until)
-                 VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) RETURNING id",
+                "INSERT INTO hangar_job (submit_user, execute_user, creator, status, progress, engine_type, run_type, labels, params, source, code, created_ms, updated_ms, owner, lease_until, grp)
+                 VALUES ($1, $2, $3, 'Inited', 0, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12, $13) RETURNING id",
             )
             .bind(&j.submit_user)
             .bind(&j.execute_user)
@@ -189,6 +198,7 @@ impl Store {
             .bind(j.created_ms)
             .bind(&j.owner)
             .bind(j.lease_until)
+            .bind(&j.group)
             .fetch_one(&mut *conn)
             .await?;
             let id = row.try_get::<i64, _>(0)?;
@@ -218,9 +228,13 @@ impl Store {
         }
     }
 
+    /// Move job `id` on, only while `owner` owns it (a fence: an instance
+    /// whose lease was taken over writes nothing) and it is not final.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_status(
         &self,
         id: i64,
+        owner: &str,
         status: JobStatus,
         progress: Option<f64>,
         error: Option<(i64, &str)>,
@@ -244,8 +258,12 @@ impl Store {
             n += 1;
         }
         sets.push(format!("updated_ms = ${n}"));
-        let sql =
-            format!("UPDATE hangar_job SET {} WHERE id = ${} AND status NOT IN {TERMINAL}", sets.join(", "), n + 1);
+        let sql = format!(
+            "UPDATE hangar_job SET {} WHERE id = ${} AND owner = ${} AND status NOT IN {TERMINAL}",
+            sets.join(", "),
+            n + 1,
+            n + 2
+        );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(status.as_str());
         if let Some(p) = progress {
             q = q.bind(p);
@@ -256,7 +274,7 @@ impl Store {
         if let Some(m) = metrics {
             q = q.bind(m.to_string());
         }
-        let r = q.bind(now_ms).bind(id).execute(&self.pool).await?;
+        let r = q.bind(now_ms).bind(id).bind(owner).execute(&self.pool).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -265,13 +283,14 @@ impl Store {
     pub async fn set_running(
         &self,
         id: i64,
+        owner: &str,
         engine: &EngineAssignment<'_>,
         metrics: &str,
         now_ms: i64,
     ) -> Result<bool> {
         let sql = format!(
             "UPDATE hangar_job SET status = 'Running', progress = 0, engine_instance = $1, ecm_instance = $2, ticket_id = $3, \
-             is_reuse = $4, metrics = $5, updated_ms = $6 WHERE id = $7 AND status NOT IN {TERMINAL}"
+             is_reuse = $4, metrics = $5, updated_ms = $6 WHERE id = $7 AND owner = $8 AND status NOT IN {TERMINAL}"
         );
         let r = sqlx::query(AssertSqlSafe(sql))
             .bind(engine.engine_instance)
@@ -281,16 +300,25 @@ impl Store {
             .bind(metrics)
             .bind(now_ms)
             .bind(id)
+            .bind(owner)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
-    pub async fn set_progress(&self, id: i64, progress: f64, metrics: &str, now_ms: i64) -> Result<()> {
+    pub async fn set_progress(&self, id: i64, owner: &str, progress: f64, metrics: &str, now_ms: i64) -> Result<()> {
         let sql = format!(
-            "UPDATE hangar_job SET progress = $1, metrics = $2, updated_ms = $3 WHERE id = $4 AND status NOT IN {TERMINAL}"
+            "UPDATE hangar_job SET progress = $1, metrics = $2, updated_ms = $3 WHERE id = $4 AND owner = $5 \
+             AND status NOT IN {TERMINAL}"
         );
-        sqlx::query(AssertSqlSafe(sql)).bind(progress).bind(metrics).bind(now_ms).bind(id).execute(&self.pool).await?;
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(progress)
+            .bind(metrics)
+            .bind(now_ms)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -332,6 +360,8 @@ pub(crate) fn job_from_row(r: &AnyRow) -> Result<JobRecord> {
         ticket_id: r.try_get("ticket_id")?,
         is_reuse: r.try_get::<Option<i64>, _>("is_reuse")?.map(|v| v != 0),
         metrics: r.try_get("metrics")?,
+        owner: r.try_get("owner")?,
+        kill_requested: r.try_get::<i64, _>("kill_requested")? != 0,
     })
 }
 
@@ -353,6 +383,7 @@ pub(crate) mod tests {
             created_ms: 1,
             owner: "a".into(),
             lease_until: 10,
+            group: "IDE_alice_shell".into(),
         }
     }
 
@@ -386,19 +417,19 @@ pub(crate) mod tests {
                 (format!("exec{id}").as_str(), format!("/l/{id}.log").as_str())
             );
             assert_eq!(j.code, job().code);
-            assert!(s.update_status(id, JobStatus::Scheduled, Some(0.1), None, None, 2).await.expect("u"));
+            assert!(s.update_status(id, "a", JobStatus::Scheduled, Some(0.1), None, None, 2).await.expect("u"));
             let engine = EngineAssignment {
                 engine_instance: "127.0.0.1:1",
                 ecm_instance: "ecm",
                 ticket_id: "t",
                 is_reuse: true,
             };
-            assert!(s.set_running(id, &engine, "{\"isReuse\":true}", 3).await.expect("running"));
+            assert!(s.set_running(id, "a", &engine, "{\"isReuse\":true}", 3).await.expect("running"));
             assert!(
-                s.update_status(id, JobStatus::Failed, None, Some((30004, "engine died")), None, 4).await.expect("u")
+                s.update_status(id, "a", JobStatus::Failed, None, Some((30004, "engine died")), None, 4).await.expect("u")
             );
             assert!(
-                !s.update_status(id, JobStatus::Succeed, Some(1.0), None, None, 5).await.expect("u"),
+                !s.update_status(id, "a", JobStatus::Succeed, Some(1.0), None, None, 5).await.expect("u"),
                 "final is final"
             );
             let j = s.get_job(id).await.expect("get").expect("some");
@@ -406,7 +437,7 @@ pub(crate) mod tests {
             assert_eq!(j.err_desc.as_deref(), Some("engine died"));
             assert_eq!(j.is_reuse, Some(true));
             assert_eq!(j.metrics, "{\"isReuse\":true}");
-            assert!(!s.set_running(id, &engine, "{}", 6).await.expect("running"), "an ended job is not revived");
+            assert!(!s.set_running(id, "a", &engine, "{}", 6).await.expect("running"), "an ended job is not revived");
             assert_eq!(j.updated_ms, 4);
             assert!(s.get_job(id + 1000).await.expect("get").is_none());
             assert!(s.claim_unfinished("a", 0, 100).await.expect("u").iter().all(|j| j.id != id));
