@@ -37,7 +37,7 @@ pub(crate) fn documented(body_limit: usize, max_upload: u64) -> OpenApiRouter<Ar
 
 pub fn router(entrance: Arc<Entrance>) -> Router {
     let body_limit = entrance.cfg.max_code_bytes.saturating_mul(2).saturating_add(1 << 20);
-    let max_upload = entrance.manager.material_library().map_or(0, |l| l.max_upload());
+    let max_upload = entrance.operator.material_library().map_or(0, |l| l.max_upload());
     let (router, doc) = documented(body_limit, max_upload).split_for_parts();
     let doc = Arc::new(crate::openapi::finish(doc).to_pretty_json().unwrap_or_default());
     router
@@ -121,9 +121,14 @@ async fn task_events(State(e): State<Arc<Entrance>>, headers: HeaderMap, body: a
     };
     // Events come from one engine, with its own key, about its own tasks.
     let presented = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
-    if !e.manager.verify_engine_key(&batch.ticket_id, presented) {
-        tracing::warn!(ticket = %batch.ticket_id, "task events refused: wrong key for this ticket");
-        return (StatusCode::UNAUTHORIZED, "bad engine key for this ticket").into_response();
+    match e.check_engine_key(&batch.ticket_id, presented) {
+        Some(true) => {}
+        Some(false) => {
+            tracing::warn!(ticket = %batch.ticket_id, "task events refused: wrong key for this ticket");
+            return (StatusCode::UNAUTHORIZED, "bad engine key for this ticket").into_response();
+        }
+        // Sent again later: by then the job is followed here, or its new owner is told.
+        None => return (StatusCode::SERVICE_UNAVAILABLE, "no task of this engine is followed here").into_response(),
     }
     e.store_inline_results(&batch.ticket_id, &mut batch.events).await;
     match e.on_task_events(&batch.ticket_id, batch.events) {

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use hangar_manager::{AskRequest, EngineGrant, Manager};
+use hangar_manager::{AskRequest, EngineGrant};
 use hangar_protocol::logline::Level;
 use hangar_protocol::{ErrorCode, HangarError, JobStatus, now_ms};
 use serde_json::json;
@@ -26,21 +26,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Whether a failed ask may be served later just by waiting.
 fn shortage(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::NotEnoughResource | ErrorCode::NoEcm)
-}
-
-/// One manager ask that runs to its end even when its caller goes away; a
-/// grant nobody takes any more is unlocked at once.
-async fn ask_detached(manager: &std::sync::Arc<Manager>, ask: AskRequest) -> Result<EngineGrant, HangarError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let m = manager.clone();
-    tokio::spawn(async move {
-        let r = m.ask(&ask).await;
-        if let Err(Ok(grant)) = tx.send(r) {
-            tracing::info!(ticket = %grant.ticket_id, "an engine granted after its job was killed is given back");
-            m.unlock(&grant).await;
-        }
-    });
-    rx.await.map_err(|_| HangarError::internal("the engine ask ended without an answer"))?
 }
 
 impl Entrance {
@@ -59,10 +44,10 @@ impl Entrance {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = AskRequest { timeout: left, ..ask.clone() };
-            let err = match ask_detached(&self.manager, attempt).await {
+            let err = match self.manager.ask(attempt).await {
                 Ok(g) => {
                     if waiting_for.is_some() {
-                        self.store.update_status(task_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
+                        self.store.update_status(task_id, &self.cfg.owner_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
                         feed.send(json!({"type": "status", "status": "Scheduled"}));
                         log.line(Level::Info, "an engine can be had now").await;
                     }
@@ -74,7 +59,7 @@ impl Entrance {
             if shortage(err.code) && wait_more {
                 if waiting_for.as_deref() != Some(err.message.as_str()) {
                     if waiting_for.is_none() {
-                        self.store.update_status(task_id, JobStatus::WaitForRetry, None, None, None, now_ms()).await?;
+                        self.store.update_status(task_id, &self.cfg.owner_id, JobStatus::WaitForRetry, None, None, None, now_ms()).await?;
                         feed.send(json!({"type": "status", "status": "WaitForRetry"}));
                     }
                     let secs = deadline.saturating_duration_since(Instant::now()).as_secs();

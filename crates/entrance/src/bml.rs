@@ -39,7 +39,7 @@ pub(crate) fn routes(max_upload: u64) -> OpenApiRouter<Arc<Entrance>> {
 }
 
 fn library(e: &Entrance) -> Result<&Arc<MaterialLibrary>, HangarError> {
-    e.manager.material_library().ok_or_else(|| HangarError::not_found("this server has no material library"))
+    e.operator.material_library().ok_or_else(|| HangarError::not_found("this server has no material library"))
 }
 
 fn version_vo(v: &MaterialVersion) -> VersionVo {

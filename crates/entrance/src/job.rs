@@ -107,11 +107,11 @@ impl Entrance {
                 format!("label userCreator names user '{}' but the job runs as '{execute_user}'", uc.user),
             ));
         }
-        self.manager.validate(&labels)?;
+        self.operator.validate(&labels)?;
         label_seconds(&labels, "jobQueuingTimeout")?;
         label_seconds(&labels, "jobRunningTimeout")?;
         let et = labels.engine_type()?;
-        let plugin = hangar_engineconn_plugin_run_types(&self.manager, &et.engine);
+        let plugin = hangar_engineconn_plugin_run_types(&self.operator, &et.engine);
         if !plugin.iter().any(|r| *r == run_type) {
             return Err(HangarError::invalid(format!(
                 "engine type {et} does not run codeType '{run_type}'; it runs {}",
@@ -150,6 +150,7 @@ impl Entrance {
                 &params,
                 &source,
                 &code,
+                &group,
             )
             .await;
         let (task_id, exec, log_path, result_dir) = match inserted {
@@ -189,6 +190,8 @@ impl Entrance {
                 kill: kill_tx,
                 progress_info: progress_info.clone(),
                 ticket: Default::default(),
+                key: Default::default(),
+                lost: Default::default(),
                 result_dir: prepared.result_dir.clone(),
             },
         );
@@ -208,6 +211,7 @@ impl Entrance {
         params: &Value,
         source: &Value,
         code: &str,
+        group: &str,
     ) -> Result<(i64, String, PathBuf, PathBuf), HangarError> {
         let created = now_ms();
         let new = NewJob {
@@ -222,6 +226,7 @@ impl Entrance {
             code: code.into(),
             created_ms: created,
             owner: self.cfg.owner_id.clone(),
+            group: group.to_string(),
             lease_until: created + i64::try_from(self.cfg.job_lease.as_millis()).unwrap_or(i64::MAX / 2),
         };
         let engine = engine_type.split('-').next().unwrap_or(engine_type);
@@ -245,7 +250,13 @@ impl Entrance {
         Ok((task_id, exec, log_path, result_dir))
     }
 
-    fn dequeue(&self, group: &str) {
+    /// Forget a job whose lease another instance took: nothing is written.
+    pub(crate) fn let_go(&self, task_id: i64) {
+        lock(&self.jobs).remove(&task_id);
+        tracing::warn!(task_id, "{}", crate::schedule::LEASE_LOST);
+    }
+
+    pub(crate) fn dequeue(&self, group: &str) {
         if let Some(g) = lock(&self.groups).get_mut(group) {
             g.queued = g.queued.saturating_sub(1);
         }
@@ -264,6 +275,9 @@ impl Entrance {
         let mut metrics = Map::new();
         metrics.insert("submitTime".into(), json!(now_ms()));
         let outcome = self.run_inner(&job, &mut log, &mut metrics, events, kill, progress_info).await;
+        if matches!(&outcome, Err(e) if crate::schedule::is_lease_lost(e)) {
+            return self.let_go(task_id);
+        }
         self.finish_job(task_id, &job.exec_id, &job.feed, &mut log, metrics, outcome).await;
     }
 
@@ -305,18 +319,19 @@ impl Entrance {
             .map(|e| (e.code.number(), e.message.as_str()));
         let exit_code = metrics.get(crate::run::EXIT_CODE).cloned().unwrap_or(Value::Null);
         let metrics = Value::Object(metrics).to_string();
-        if let Err(e) = self.store.update_status(task_id, status, progress, err, Some(&metrics), now_ms()).await {
+        if let Err(e) = self.store.update_status(task_id, &self.cfg.owner_id, status, progress, err, Some(&metrics), now_ms()).await {
             // A job never stays unfinished in the store: keep trying (a full
             // disk that gets room again) while this process lives.
             tracing::error!(task_id, error = %e, "cannot store the final job status; retrying until it can");
             let store = self.store.clone();
+            let owner = self.cfg.owner_id.clone();
             let err = err.map(|(code, msg)| (code, msg.to_string()));
             tokio::spawn(async move {
                 let mut backoff = Duration::from_millis(200);
                 loop {
                     tokio::time::sleep(backoff).await;
                     let e = err.as_ref().map(|(c, m)| (*c, m.as_str()));
-                    match store.update_status(task_id, status, progress, e, Some(&metrics), now_ms()).await {
+                    match store.update_status(task_id, &owner, status, progress, e, Some(&metrics), now_ms()).await {
                         Ok(_) => {
                             tracing::info!(task_id, %status, "stored the final job status at last");
                             return;
@@ -351,33 +366,13 @@ impl Entrance {
             ),
         )
         .await;
-        let slots = lock(&self.groups).get(&job.group).map(|g| g.slots.clone());
         let mut shutdown = self.shutting_down.subscribe();
         let cancelled =
             |why: &str| Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, why.to_string()))));
-        let queue_timeout = label_seconds(&job.labels, "jobQueuingTimeout")?;
-        let queue_deadline = async {
-            match queue_timeout {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
+        let _permit = match self.wait_for_slot(job, &mut kill, &mut shutdown).await? {
+            crate::schedule::SlotWait::Got(permit) => permit,
+            crate::schedule::SlotWait::End(status, why) => return Ok((status, why)),
         };
-        let permit = match slots {
-            Some(s) => tokio::select! {
-                p = s.acquire_owned() => p.ok(),
-                _ = queue_deadline => {
-                    self.dequeue(&job.group);
-                    let secs = queue_timeout.map_or(0, |d| d.as_secs());
-                    return Ok((JobStatus::Timeout, Some(HangarError::new(ErrorCode::Timeout, format!("the job waited in its queue longer than jobQueuingTimeout = {secs} s")))));
-                }
-                _ = fired(&mut kill) => { self.dequeue(&job.group); return cancelled("killed by user before it was scheduled"); }
-                _ = fired(&mut shutdown) => { self.dequeue(&job.group); return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down before the job was scheduled")); }
-            },
-            None => None,
-        };
-        self.dequeue(&job.group);
-        let _permit = permit;
-        self.store.update_status(task_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
         job.feed.send(json!({"type": "status", "status": "Scheduled"}));
         metrics.insert("scheduleTime".into(), json!(now_ms()));
         log.line(
@@ -398,13 +393,16 @@ impl Entrance {
         let asked_at = Instant::now();
         let grant = tokio::select! {
             g = self.ask_engine(task_id, &ask, log, &job.feed) => g?,
-            _ = fired(&mut kill) => return cancelled("killed by user while waiting for an engine"),
+            _ = fired(&mut kill) => { self.killed(task_id)?; return cancelled("killed by user while waiting for an engine") }
             _ = fired(&mut shutdown) => return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job waited for an engine")),
         };
         let result = self
             .run_on_engine(job, log, metrics, &grant, asked_at, &mut events, &mut kill, &mut shutdown, progress_info)
             .await;
-        self.manager.unlock(&grant).await;
+        // An instance that lost the job's lease leaves the engine to its new owner.
+        if !matches!(&result, Err(e) if crate::schedule::is_lease_lost(e)) {
+            self.manager.unlock(&grant).await;
+        }
         result
     }
 

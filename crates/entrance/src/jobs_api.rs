@@ -294,19 +294,13 @@ async fn kill(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path
 }
 
 impl Entrance {
-    /// Kill a job running here, or force-end a record left by another process.
+    /// Kill a job running here; else ask whoever runs it, through the store
+    /// (its owner sees the request at its next lease renewal, an instance
+    /// taking it over at once). A call about a job another live instance
+    /// runs is forwarded to it before it comes here (`hangar serve`).
     async fn kill_job(&self, job: &JobRecord) -> Result<(), HangarError> {
-        if !self.kill(job.id) {
-            self.store
-                .update_status(
-                    job.id,
-                    hangar_protocol::JobStatus::Cancelled,
-                    None,
-                    Some((hangar_protocol::ErrorCode::InvalidRequest.number(), "Forced Kill task")),
-                    None,
-                    hangar_protocol::now_ms(),
-                )
-                .await?;
+        if !self.kill(job.id) && !self.store.request_kill(job.id).await? {
+            return Err(HangarError::invalid(format!("job {} already ended", job.exec_id)));
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ mod ops;
 mod recover;
 mod results;
 mod run;
+mod schedule;
+mod takeover;
 pub mod session;
 mod throttle;
 mod vars;
@@ -29,7 +31,7 @@ mod wire;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hangar_manager::Manager;
+use hangar_manager::{EngineClient, Manager, ManagerClient};
 use hangar_protocol::rpc::TaskEvent;
 use hangar_store::Store;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -47,6 +49,11 @@ pub(crate) struct JobHandle {
     pub progress_info: Arc<Mutex<Vec<hangar_protocol::rpc::JobProgressInfo>>>,
     /// The engine the task was sent to: only its events are taken.
     pub ticket: Arc<std::sync::OnceLock<String>>,
+    /// That engine's key (its events and result sets must carry it).
+    pub key: Arc<std::sync::OnceLock<hangar_protocol::credential::Secret>>,
+    /// Set when another instance took the job's lease: the runner stops
+    /// without a write (woken through `kill`).
+    pub lost: Arc<std::sync::atomic::AtomicBool>,
     /// Where its result sets are stored (below `results_dir`).
     pub result_dir: std::path::PathBuf,
 }
@@ -60,7 +67,14 @@ pub(crate) struct Group {
 pub struct Entrance {
     pub(crate) cfg: EntranceConfig,
     pub(crate) store: Store,
-    pub(crate) manager: Arc<Manager>,
+    /// The LinkisManager, reached only through its client interface.
+    pub(crate) manager: Arc<dyn ManagerClient>,
+    /// This process's manager, for the operator API, the material library
+    /// and `/metrics`: served here only while this instance is the elected
+    /// manager (the other instances forward those calls to it).
+    pub(crate) operator: Arc<Manager>,
+    /// Requests to engines (each with that engine's key).
+    pub(crate) engines: EngineClient,
     pub(crate) jobs: Mutex<HashMap<i64, JobHandle>>,
     pub(crate) groups: Mutex<HashMap<String, Group>>,
     pub(crate) shutting_down: watch::Sender<bool>,
@@ -73,18 +87,37 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Entrance {
-    pub fn new(cfg: EntranceConfig, store: Store, manager: Arc<Manager>) -> Arc<Self> {
+    pub fn new(
+        cfg: EntranceConfig,
+        store: Store,
+        manager: Arc<dyn ManagerClient>,
+        operator: Arc<Manager>,
+    ) -> Result<Arc<Self>, hangar_protocol::HangarError> {
         let cfg_session_timeout = cfg.session_timeout;
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             cfg,
             store,
             manager,
+            operator,
+            engines: EngineClient::new()?,
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
             sessions: session::Sessions::new(cfg_session_timeout),
             login_throttle: throttle::LoginThrottle::default(),
-        })
+        }))
+    }
+
+    /// Whether `presented` is the key of engine `ticket`, as the jobs whose
+    /// tasks went to it know it. None: no job here knows that engine's key
+    /// (yet: a job being re-attached learns it from the manager first).
+    pub(crate) fn check_engine_key(&self, ticket: &str, presented: Option<&str>) -> Option<bool> {
+        let jobs = lock(&self.jobs);
+        let key = jobs.values().find_map(|h| match h.ticket.get() {
+            Some(t) if t == ticket => h.key.get().cloned(),
+            _ => None,
+        })?;
+        Some(hangar_protocol::credential::matches(key.expose(), presented))
     }
 
     /// Run `f` on consumer group `name` (made on first use), under the groups' lock.

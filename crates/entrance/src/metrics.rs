@@ -58,7 +58,7 @@ pub(crate) async fn metrics(State(e): State<Arc<Entrance>>, headers: HeaderMap) 
         tracing::debug!(%status, "/metrics refused");
         return (status, [(header::WWW_AUTHENTICATE, "Bearer")], msg).into_response();
     }
-    let m = &e.manager;
+    let m = &e.operator;
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");

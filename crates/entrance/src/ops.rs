@@ -88,7 +88,7 @@ async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap)
     let r = e
         .caller(&headers)
         .and_then(|c| admin_only(&c))
-        .map(|()| EcmsData { ems: e.manager.list_ecms().iter().map(ecm_vo).collect() });
+        .map(|()| EcmsData { ems: e.operator.list_ecms().iter().map(ecm_vo).collect() });
     reply(&uri, r)
 }
 
@@ -97,7 +97,7 @@ async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap)
     responses((status = 200, description = "The caller's engines", body = Envelope<EnginesData>)))]
 async fn list_user_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = e.caller(&headers).map(|c| EnginesData {
-        engines: e.manager.list_engines().iter().filter(|x| x.user == c.user).map(engine_vo).collect(),
+        engines: e.operator.list_engines().iter().filter(|x| x.user == c.user).map(engine_vo).collect(),
     });
     reply(&uri, r)
 }
@@ -109,7 +109,7 @@ async fn list_all_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
     let r = e
         .caller(&headers)
         .and_then(|c| admin_only(&c))
-        .map(|()| EnginesData { engines: e.manager.list_engines().iter().map(engine_vo).collect() });
+        .map(|()| EnginesData { engines: e.operator.list_engines().iter().map(engine_vo).collect() });
     reply(&uri, r)
 }
 
@@ -128,7 +128,7 @@ async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
                     "body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}",
                 )
             })?;
-        let engines = e.manager.list_engines().iter().filter(|x| x.ecm_instance == instance).map(engine_vo).collect();
+        let engines = e.operator.list_engines().iter().filter(|x| x.ecm_instance == instance).map(engine_vo).collect();
         Ok(EnginesData { engines })
     }
     .await;
@@ -146,7 +146,7 @@ async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
             KillEngineRequest::One(t) => vec![t],
             KillEngineRequest::Many(ts) => ts,
         };
-        let engines = e.manager.list_engines();
+        let engines = e.operator.list_engines();
         // Every target is checked before any engine ends.
         let mut chosen = Vec::new();
         for t in targets {
@@ -168,7 +168,7 @@ async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
         }
         let mut killed = Vec::new();
         for (ticket, id) in chosen {
-            e.manager.finish(&ticket, NodeStatus::Failed, format!("killed by {}", c.user), true);
+            e.operator.finish(&ticket, NodeStatus::Failed, format!("killed by {}", c.user), true);
             killed.push(id);
         }
         Ok(KillEngineData { killed })
@@ -186,7 +186,7 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
         let q: UserResourcesQuery = crate::wire::query(&uri)?;
         let want = q.user.filter(|_| c.admin);
         let rows = e
-            .manager
+            .operator
             .resource_labels()
             .into_iter()
             .filter_map(|(holder, lr)| {
@@ -219,7 +219,7 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
 async fn queue_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = e.caller(&headers).map(|_| {
         let queues = e
-            .manager
+            .operator
             .resource_labels()
             .into_iter()
             .filter_map(|(holder, lr)| match holder {
@@ -249,7 +249,7 @@ async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
         let c = e.caller(&headers)?;
         let q: EngineLogQuery = crate::wire::query(&uri)?;
         let ticket = crate::api::required(q.ticket_id, "query parameter ticketId")?;
-        let owner = e.manager.list_engines().into_iter().find(|x| x.ticket_id == ticket).map(|x| x.user);
+        let owner = e.operator.list_engines().into_iter().find(|x| x.ticket_id == ticket).map(|x| x.user);
         match owner {
             Some(u) if u == c.user || c.admin => {}
             Some(_) => {
@@ -261,7 +261,7 @@ async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
             None => admin_only(&c)?,
         }
         let log_type = q.log_type.as_deref().unwrap_or("stdout");
-        let log = e.manager.engine_log(&ticket, log_type, q.from_line.unwrap_or(1), q.page_size.unwrap_or(100)).await?;
+        let log = e.operator.engine_log(&ticket, log_type, q.from_line.unwrap_or(1), q.page_size.unwrap_or(100)).await?;
         Ok(EngineLogData { log_path: log.log_path, rows: log.logs.len(), logs: log.logs, end_line: log.end_line })
     }
     .await;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hangar_manager::EngineGrant;
+use hangar_manager::{EngineGrant, EngineState};
 use hangar_protocol::logline::Level;
 use hangar_protocol::rpc::{EngineReply, EngineRequest, TaskEvent};
 use hangar_protocol::{ErrorCode, HangarError, JobStatus, LabelSet, now_ms};
@@ -31,8 +31,19 @@ impl Entrance {
     /// serving HTTP; it also starts renewing this instance's leases.
     pub async fn recover(self: &Arc<Self>) -> Result<(usize, usize, usize), HangarError> {
         let now = now_ms();
-        let mut jobs = self.store.claim_unfinished(&self.cfg.owner_id, now, self.lease_until(now)).await?;
-        tokio::spawn(self.clone().renew_leases());
+        let jobs = self.store.claim_unfinished(&self.cfg.owner_id, now, self.lease_until(now)).await?;
+        tokio::spawn(self.clone().keep_leases());
+        self.adopt(jobs, "the server restarted").await
+    }
+
+    /// Run jobs this instance just claimed: running ones re-attach to their
+    /// engines, waiting ones are queued again (`cause` says why, in their
+    /// logs); a kill asked for meanwhile is carried out.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        mut jobs: Vec<JobRecord>,
+        cause: &str,
+    ) -> Result<(usize, usize, usize), HangarError> {
         // Running jobs first: they take their groups' running slots back
         // before any queued job of the same group is started again.
         jobs.sort_by_key(|j| (j.status != JobStatus::Running, j.id));
@@ -43,55 +54,45 @@ impl Entrance {
             .filter(|j| j.status == JobStatus::Running)
             .filter_map(|j| j.ticket_id.clone())
             .collect::<Vec<_>>();
-        self.manager.expect_rejoins(tickets, self.cfg.reattach_timeout);
+        if !tickets.is_empty() {
+            self.manager.expect_rejoins(tickets, self.cfg.reattach_timeout).await;
+        }
         let (mut reattached, mut requeued, mut ended) = (0, 0, 0);
         for j in jobs {
+            let (id, log_path, kill) = (j.id, j.log_path.clone(), j.kill_requested);
             if j.status == JobStatus::Running
                 && let (Some(_), Some(_)) = (&j.engine_instance, &j.ticket_id)
             {
-                self.reattach(j);
+                self.reattach(j, cause);
                 reattached += 1;
-                continue;
+            } else {
+                match self.prepare_again(j) {
+                    Ok(prepared) => {
+                        let msg = format!("{cause} before this job reached an engine; it is queued again");
+                        append_log_line(&log_path, Level::Warn, &msg).await;
+                        self.start(prepared);
+                        requeued += 1;
+                    }
+                    Err(why) => {
+                        ended += 1;
+                        let reason = format!("{cause} before this job reached an engine and {why}; submit it again");
+                        append_log_line(&log_path, Level::Error, &reason).await;
+                        let err = Some((ErrorCode::EngineLost.number(), reason.as_str()));
+                        let owner = &self.cfg.owner_id;
+                        self.store.update_status(id, owner, JobStatus::Failed, None, err, None, now_ms()).await?;
+                        continue;
+                    }
+                }
             }
-            let (id, log_path) = (j.id, j.log_path.clone());
-            match self.prepare_again(j) {
-                Ok(prepared) => {
-                    let msg = "the server restarted before this job reached an engine; it is queued again";
-                    append_log_line(&log_path, Level::Warn, msg).await;
-                    self.start(prepared);
-                    requeued += 1;
-                }
-                Err(why) => {
-                    ended += 1;
-                    let reason =
-                        format!("the server restarted before this job reached an engine and {why}; submit it again");
-                    append_log_line(&log_path, Level::Error, &reason).await;
-                    let err = Some((ErrorCode::EngineLost.number(), reason.as_str()));
-                    self.store.update_status(id, JobStatus::Failed, None, err, None, now_ms()).await?;
-                }
+            if kill {
+                self.kill(id);
             }
         }
         Ok((reattached, requeued, ended))
     }
 
-    fn lease_until(&self, now: i64) -> i64 {
+    pub(crate) fn lease_until(&self, now: i64) -> i64 {
         now.saturating_add(i64::try_from(self.cfg.job_lease.as_millis()).unwrap_or(i64::MAX / 2))
-    }
-
-    /// Keep this instance's leases on its unfinished jobs alive (every third
-    /// of the lease), for as long as the Entrance lives.
-    async fn renew_leases(self: Arc<Self>) {
-        let every = (self.cfg.job_lease / 3).max(Duration::from_millis(100));
-        let weak = Arc::downgrade(&self);
-        drop(self);
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(e) = weak.upgrade() else { return };
-            let now = now_ms();
-            if let Err(err) = e.store.renew_leases(&e.cfg.owner_id, e.lease_until(now)).await {
-                tracing::warn!(error = %err, "cannot renew the leases on this instance's jobs");
-            }
-        }
     }
 
     /// A stored job as it was queued at submit (its code already has its
@@ -134,7 +135,8 @@ const LAST_EVENTS_WAIT: Duration = Duration::from_secs(10);
 
 impl Entrance {
     /// Follow a job of an earlier process again (see [`Entrance::recover`]).
-    pub(crate) fn reattach(self: &Arc<Self>, j: hangar_store::JobRecord) {
+    pub(crate) fn reattach(self: &Arc<Self>, j: hangar_store::JobRecord, cause: &str) {
+        let cause = cause.to_string();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (kill_tx, kill_rx) = watch::channel(false);
         let progress_info = Arc::new(Mutex::new(Vec::new()));
@@ -147,6 +149,8 @@ impl Entrance {
                 kill: kill_tx,
                 progress_info: progress_info.clone(),
                 ticket: Arc::new(std::sync::OnceLock::from(j.ticket_id.clone().unwrap_or_default())),
+                key: Default::default(),
+                lost: Default::default(),
                 result_dir: PathBuf::from(j.result_location.trim_start_matches("file://")),
             },
         );
@@ -164,7 +168,10 @@ impl Entrance {
             let mut metrics: Map<String, Value> = serde_json::from_str(&j.metrics).unwrap_or_default();
             metrics.insert("reattached".into(), json!(true));
             let outcome =
-                this.reattach_inner(&j, &feed, &mut log, &mut metrics, events_rx, kill_rx, progress_info).await;
+                this.reattach_inner(&j, &cause, &feed, &mut log, &mut metrics, events_rx, kill_rx, progress_info).await;
+            if matches!(&outcome, Err(e) if crate::schedule::is_lease_lost(e)) {
+                return this.let_go(j.id);
+            }
             if matches!(&outcome, Err(e) if e.code == ErrorCode::NotFound && e.message == NEVER_SENT) {
                 drop(_slot);
                 lock(&this.jobs).remove(&j.id);
@@ -194,6 +201,7 @@ impl Entrance {
     async fn reattach_inner(
         &self,
         j: &hangar_store::JobRecord,
+        cause: &str,
         feed: &crate::feed::Feed,
         log: &mut JobLog,
         metrics: &mut Map<String, Value>,
@@ -203,17 +211,20 @@ impl Entrance {
     ) -> Result<(JobStatus, Option<HangarError>), HangarError> {
         let instance = j.engine_instance.clone().unwrap_or_default();
         let ticket = j.ticket_id.clone().unwrap_or_default();
-        log.line(Level::Warn, &format!("the server restarted; re-attaching to engine {instance} (ticket {ticket})"))
-            .await;
+        log.line(Level::Warn, &format!("{cause}; re-attaching to engine {instance} (ticket {ticket})")).await;
         let lost = |why: String| HangarError::new(ErrorCode::EngineLost, why);
         let deadline = Instant::now() + self.cfg.reattach_timeout;
         // Has the engine rejoined the manager (its key is known then), and
         // where does the task stand?
         let (status, error, lock_token, watch, key) = loop {
-            let key = self.manager.engine_key(&ticket);
+            let key = self.manager.engine_key(&ticket).await.ok().flatten();
+            if let (Some(k), Some(h)) = (&key, lock(&self.jobs).get(&j.id)) {
+                let _ = h.key.set(k.clone());
+            }
             let reply = match &key {
                 Some(k) => {
-                    self.manager.engine_client().call(&instance, k, &EngineRequest::TaskStatus { task_id: j.id }).await
+                    let req = EngineRequest::TaskStatus { task_id: j.id };
+                    self.engines.call(&instance, k.expose(), &req).await
                 }
                 None => Err(HangarError::new(ErrorCode::EngineLost, "the engine has not rejoined yet")),
             };
@@ -230,10 +241,13 @@ impl Entrance {
                     }
                 }
                 Ok(other) => return Err(lost(format!("engine {instance} answered {other:?}"))),
-                Err(_) if self.manager.has_ended(&ticket) => {
+                Err(_) if matches!(self.manager.engine_state(&ticket).await, Ok(EngineState::Ended { .. })) => {
                     return Err(lost(format!("engine {instance} (ticket {ticket}) ended while the server was down")));
                 }
                 Err(e) => tracing::debug!(task_id = j.id, error = %e, "engine not reachable yet"),
+            }
+            if self.lost(j.id) {
+                return Err(crate::schedule::lease_lost());
             }
             if Instant::now() >= deadline {
                 return Err(lost(format!(
@@ -245,7 +259,7 @@ impl Entrance {
         };
         let grant = EngineGrant {
             ticket_id: ticket.clone(),
-            key: hangar_protocol::credential::Secret(key),
+            key,
             account: None,
             instance: instance.clone(),
             ecm_instance: j.ecm_instance.clone().unwrap_or_default(),
@@ -298,7 +312,7 @@ impl Entrance {
                 Ok((status, err))
             }
         };
-        if !grant.lock.is_empty() {
+        if !grant.lock.is_empty() && !matches!(&result, Err(e) if crate::schedule::is_lease_lost(e)) {
             self.manager.unlock(&grant).await;
         }
         result

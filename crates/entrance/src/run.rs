@@ -68,7 +68,14 @@ impl Entrance {
             ticket_id: &grant.ticket_id,
             is_reuse: grant.reused,
         };
-        self.store.set_running(task_id, &assignment, &Value::Object(metrics.clone()).to_string(), now_ms()).await?;
+        let metrics_text = Value::Object(metrics.clone()).to_string();
+        if !self.store.set_running(task_id, &self.cfg.owner_id, &assignment, &metrics_text, now_ms()).await? {
+            // Ended meanwhile, or another instance took it over: the task is not sent (the engine is given back).
+            return Err(HangarError::new(
+                ErrorCode::ShuttingDown,
+                "the job is no longer this instance's to run (it ended or another instance took it over)",
+            ));
+        }
         job.feed.send(json!({"type": "status", "status": "Running"}));
         let req = TaskExecuteRequest {
             task_id,
@@ -83,11 +90,12 @@ impl Entrance {
         };
         // From now on only this engine's events reach the job.
         if let Some(h) = lock(&self.jobs).get(&task_id) {
+            let _ = h.key.set(grant.key.clone());
             let _ = h.ticket.set(grant.ticket_id.clone());
         }
         let mut engine = engine;
         if let Err(e) =
-            self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Execute(req)).await
+            self.engines.call(&grant.instance, grant.key.expose(), &EngineRequest::Execute(req)).await
         {
             // An engine that died just now: its ECM reports how within moments; say that, not the transport error.
             let ended = tokio::time::timeout(Duration::from_secs(2), engine.wait_for(|v| v.status.is_completed()))
@@ -165,7 +173,7 @@ impl Entrance {
                 _ = run_timer, if kill_deadline.is_none() => {
                     let secs = run_timeout.map_or(0, |d| d.as_secs());
                     log.line(Level::Warn, &format!("the job ran longer than jobRunningTimeout = {secs} s; stopping it")).await;
-                    let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
+                    let _ = self.engines.call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
                     return Ok((JobStatus::Timeout, Some(HangarError::new(ErrorCode::Timeout, format!("the job ran longer than jobRunningTimeout = {secs} s")))));
                 }
                 ev = events.recv() => {
@@ -184,7 +192,7 @@ impl Entrance {
                             if last_progress_write.elapsed() >= Duration::from_millis(500) {
                                 last_progress_write = Instant::now();
                                 let m = Value::Object(metrics.clone()).to_string();
-                                self.store.set_progress(task_id, info.progress as f64, &m, now_ms()).await?;
+                                self.store.set_progress(task_id, &self.cfg.owner_id, info.progress as f64, &m, now_ms()).await?;
                             }
                         }
                         TaskEvent::Output { lines, .. } => feed.output(lines),
@@ -237,9 +245,11 @@ impl Entrance {
                     }
                 }
                 _ = fired(kill), if kill_deadline.is_none() => {
+                    // A lost lease: the job's new owner follows the engine now.
+                    self.killed(task_id)?;
                     log.line(Level::Warn, "kill requested by user").await;
                     kill_deadline = Some(tokio::time::Instant::now() + Duration::from_secs(3));
-                    if let Err(e) = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await {
+                    if let Err(e) = self.engines.call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await {
                         tracing::debug!(error = %e, "kill request to engine failed");
                     }
                 }
@@ -247,7 +257,7 @@ impl Entrance {
                     return Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, "killed by user (engine did not confirm in 3 s)"))));
                 }
                 _ = fired(shutdown) => {
-                    let _ = self.manager.engine_client().call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
+                    let _ = self.engines.call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
                     return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job ran"));
                 }
             }

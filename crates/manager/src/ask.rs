@@ -293,7 +293,7 @@ impl Manager {
             cluster,
         };
         let launched_at = Instant::now();
-        match ecm.launch(build, &self.cfg.manager_url, &self.cfg.engine_conf).await {
+        match ecm.launch(build, &self.control_plane_urls(), &self.cfg.engine_conf).await {
             Ok(launched) => {
                 if let Some(n) = lock(&self.engines).get_mut(&ticket_id) {
                     n.pid = Some(launched.pid);

@@ -10,19 +10,22 @@
 //! report (or its death, or the start deadline), confirm the resource and
 //! lock the engine for the caller.
 
+mod api;
 mod ask;
+mod client;
 mod config;
 mod engine_client;
 mod monitor;
 mod nodes;
 mod remote_ecm;
+mod remote_manager;
 pub mod rm;
 mod rpc;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use hangar_bml::MaterialLibrary;
@@ -36,6 +39,9 @@ use tokio::sync::{Semaphore, watch};
 pub use config::ManagerConfig;
 pub use engine_client::EngineClient;
 pub use nodes::{EcmInfo, EngineInfo, EngineView};
+pub use api::serve_call;
+pub use client::{LocalManager, ManagerClient};
+pub use remote_manager::{ClusterManager, Leader, Leadership};
 pub use rpc::router as rpc_router;
 
 use nodes::{EcmNode, EngineNode};
@@ -82,30 +88,7 @@ pub struct EngineLog {
     pub end_line: usize,
 }
 
-/// An ask (Linkis `EngineAskRequest`).
-#[derive(Debug, Clone)]
-pub struct AskRequest {
-    pub user: String,
-    pub labels: LabelSet,
-    /// Startup parameters.
-    pub properties: BTreeMap<String, String>,
-    pub timeout: Duration,
-}
-
-/// An engine locked for one caller (Linkis `EngineCreateSuccess` + lock).
-#[derive(Debug, Clone)]
-pub struct EngineGrant {
-    pub ticket_id: String,
-    /// The engine's own key, for the caller's requests to it.
-    pub key: hangar_protocol::credential::Secret,
-    /// The OS account the engine runs as (its task's result folder is handed to it).
-    pub account: Option<hangar_protocol::rpc::OsAccount>,
-    pub instance: String,
-    pub ecm_instance: String,
-    pub lock: String,
-    pub reused: bool,
-    pub log_dir: String,
-}
+pub use hangar_protocol::manager_api::{AskRequest, EngineGrant, EngineState};
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -155,9 +138,13 @@ pub struct Manager {
     client: EngineClient,
     pub stats: ManagerStats,
     secrets: ControlPlaneSecrets,
+    /// What control-plane instances present to each other.
+    peer_token: String,
     materials: Option<Arc<MaterialLibrary>>,
-    /// Tickets this manager ended (most recent last): they may not rejoin.
-    ended: Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>,
+    /// Tickets this manager ended, with why (most recent last): they may not rejoin.
+    ended: Mutex<(HashMap<String, String>, std::collections::VecDeque<String>)>,
+    /// The control-plane URLs engines are given (this instance's first).
+    control_plane_urls: Mutex<String>,
     /// After a restart: engines with running jobs that have not rejoined
     /// yet, and until when new engines wait for them.
     expected: Mutex<(std::collections::HashSet<String>, Option<Instant>)>,
@@ -217,6 +204,7 @@ impl Manager {
         Ok(Arc::new(Self {
             materials,
             ended: Mutex::new(Default::default()),
+            control_plane_urls: Mutex::new(cfg.manager_url.clone()),
             expected: Mutex::new(Default::default()),
             last_monitor: Mutex::new(None),
             client: EngineClient::new()?,
@@ -228,12 +216,21 @@ impl Manager {
             ecms: Mutex::new(Vec::new()),
             gates: Mutex::new(HashMap::new()),
             stats: ManagerStats::default(),
+            peer_token: hangar_protocol::credential::derived_token(
+                secrets.rpc_secret.as_bytes(),
+                hangar_protocol::manager_api::PEER_TOKEN_PURPOSE,
+            ),
             secrets,
         }))
     }
 
     pub fn engine_client(&self) -> &EngineClient {
         &self.client
+    }
+
+    /// The token control-plane instances present to each other.
+    pub fn peer_token(&self) -> &str {
+        &self.peer_token
     }
 
     /// The token ECMs authenticate with.
@@ -455,7 +452,7 @@ impl Manager {
     /// End an engine's record: final status, resources released exactly once,
     /// watchers told the reason, and optionally its process killed.
     pub fn finish(&self, ticket_id: &str, status: NodeStatus, reason: String, kill: bool) {
-        self.remember_ended(ticket_id);
+        self.remember_ended(ticket_id, &reason);
         self.rejoined(ticket_id);
         let node = lock(&self.engines).remove(ticket_id);
         let released = self.rm.release(ticket_id);
@@ -478,9 +475,9 @@ impl Manager {
         }
     }
 
-    pub(crate) fn remember_ended(&self, ticket_id: &str) {
+    pub(crate) fn remember_ended(&self, ticket_id: &str, reason: &str) {
         let mut g = lock(&self.ended);
-        if g.0.insert(ticket_id.to_string()) {
+        if g.0.insert(ticket_id.to_string(), reason.to_string()).is_none() {
             g.1.push_back(ticket_id.to_string());
             if g.1.len() > ENDED_MEMORY
                 && let Some(old) = g.1.pop_front()
@@ -497,7 +494,45 @@ impl Manager {
 
     /// True when this manager ended the engine (it may not rejoin).
     pub fn has_ended(&self, ticket_id: &str) -> bool {
-        lock(&self.ended).0.contains(ticket_id)
+        lock(&self.ended).0.contains_key(ticket_id)
+    }
+
+    /// Where each of these engines stands.
+    pub fn engine_states(&self, tickets: &[String]) -> Vec<EngineState> {
+        let engines = lock(&self.engines);
+        let ended = lock(&self.ended);
+        tickets
+            .iter()
+            .map(|t| match (engines.get(t), ended.0.get(t)) {
+                (Some(n), _) => EngineState::Live { status: n.status },
+                (None, Some(reason)) => EngineState::Ended { reason: reason.clone() },
+                (None, None) => EngineState::Unknown,
+            })
+            .collect()
+    }
+
+    /// The control-plane URLs engines launched from now on are given
+    /// (comma-separated, this instance's first), so they can fail over.
+    pub fn set_control_plane_urls(&self, urls: &[String]) {
+        let mut list = vec![self.cfg.manager_url.clone()];
+        list.extend(urls.iter().filter(|u| **u != self.cfg.manager_url).cloned());
+        *lock(&self.control_plane_urls) = list.join(",");
+    }
+
+    pub(crate) fn control_plane_urls(&self) -> String {
+        lock(&self.control_plane_urls).clone()
+    }
+
+    /// This instance is no longer the elected manager: forget every engine
+    /// and ECM without stopping them (they carry on with the new manager,
+    /// which rebuilds its records from them) and every charge with them.
+    pub fn step_down(&self) {
+        let ecms = std::mem::take(&mut *lock(&self.ecms));
+        let engines = std::mem::take(&mut *lock(&self.engines));
+        self.rm.clear();
+        lock(&self.gates).clear();
+        *lock(&self.expected) = Default::default();
+        tracing::warn!(engines = engines.len(), ecms = ecms.len(), "no longer the elected manager: records handed over");
     }
 
     /// The ECM saw an engine's process exit.

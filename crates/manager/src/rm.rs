@@ -65,6 +65,12 @@ impl ResourceManager {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forget every label and ticket (the manager stepped down: another
+    /// instance accounts for these engines now).
+    pub fn clear(&self) {
+        *self.state() = State::default();
+    }
+
     /// Create a label or change its max (used and locked are kept).
     pub fn set_max(&self, label: &str, max: Resource) {
         self.state().labels.entry(label.to_string()).or_default().max = max;

@@ -33,6 +33,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route(MANAGER_RPC_PATH, post(handle))
         .route(MANAGER_ECM_RPC_PATH, post(handle_ecm))
+        .route(hangar_protocol::manager_api::MANAGER_API_PATH, post(crate::api::handle))
         .route(&format!("{MANAGER_MATERIAL_PATH}/{{sha256}}"), get(material))
         .with_state(manager)
 }
@@ -249,7 +250,7 @@ impl Manager {
         };
         if let Err(e) = self.rm.reserve(&ticket_id, &charges) {
             tracing::warn!(ticket = %ticket_id, error = %e, "cannot take back an engine: its resource does not fit");
-            self.remember_ended(&ticket_id);
+            self.remember_ended(&ticket_id, &format!("it could not be taken back after a restart: {e}"));
             self.rejoined(&ticket_id);
             return Some(ManagerReply::known(false));
         }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod exec_id;
 pub mod label;
 pub mod logline;
+pub mod manager_api;
 pub mod resource;
 pub mod rpc;
 pub mod secret;
