@@ -8,6 +8,7 @@ mod bml;
 mod history;
 mod lease;
 mod migrate;
+mod session;
 
 use std::str::FromStr;
 use std::time::Duration;
