@@ -25,18 +25,24 @@ pub fn session_ticket(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// A login session cookie, else the token headers.
-pub(crate) fn authenticate_with(
+/// The token headers, else a login session cookie. A request the token
+/// headers authenticate never reaches the session store; a store failure
+/// while checking a session is an internal error, never a pass.
+pub(crate) async fn authenticate_with(
     cfg: &EntranceConfig,
     sessions: &crate::session::Sessions,
     headers: &HeaderMap,
 ) -> Result<Caller, HangarError> {
+    let by_token = authenticate(cfg, headers);
+    if by_token.is_ok() {
+        return by_token;
+    }
     if let Some(ticket) = session_ticket(headers)
-        && let Some(user) = sessions.user(&ticket)
+        && let Some(user) = sessions.user(&ticket).await?
     {
         return Ok(Caller { admin: cfg.admins.contains(&user), user });
     }
-    authenticate(cfg, headers)
+    by_token
 }
 
 pub fn authenticate(cfg: &EntranceConfig, headers: &HeaderMap) -> Result<Caller, HangarError> {

@@ -74,15 +74,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Entrance {
     pub fn new(cfg: EntranceConfig, store: Store, manager: Arc<Manager>) -> Arc<Self> {
-        let cfg_session_timeout = cfg.session_timeout;
         Arc::new(Self {
+            sessions: session::Sessions::new(store.clone(), cfg.session_timeout),
             cfg,
             store,
             manager,
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
-            sessions: session::Sessions::new(cfg_session_timeout),
             login_throttle: throttle::LoginThrottle::default(),
         })
     }
