@@ -83,8 +83,8 @@ pub(crate) fn required(v: Option<String>, name: &str) -> Result<String, HangarEr
 }
 
 impl Entrance {
-    pub(crate) fn caller(&self, headers: &HeaderMap) -> Result<Caller, HangarError> {
-        crate::auth::authenticate_with(&self.cfg, &self.sessions, headers)
+    pub(crate) async fn caller(&self, headers: &HeaderMap) -> Result<Caller, HangarError> {
+        crate::auth::authenticate_with(&self.cfg, &self.sessions, headers).await
     }
 
     /// Load a job by taskID and check the caller may see it.

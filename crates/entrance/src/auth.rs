@@ -25,18 +25,24 @@ pub fn session_ticket(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// A login session cookie, else the token headers.
-pub(crate) fn authenticate_with(
+/// The token headers, else a login session cookie. A request the token
+/// headers authenticate never reaches the session store; a store failure
+/// while checking a session is an internal error, never a pass.
+pub(crate) async fn authenticate_with(
     cfg: &EntranceConfig,
     sessions: &crate::session::Sessions,
     headers: &HeaderMap,
 ) -> Result<Caller, HangarError> {
+    let by_token = authenticate(cfg, headers);
+    if by_token.is_ok() {
+        return by_token;
+    }
     if let Some(ticket) = session_ticket(headers)
-        && let Some(user) = sessions.user(&ticket)
+        && let Some(user) = sessions.user(&ticket).await?
     {
         return Ok(Caller { admin: cfg.admins.contains(&user), user });
     }
-    authenticate(cfg, headers)
+    by_token
 }
 
 pub fn authenticate(cfg: &EntranceConfig, headers: &HeaderMap) -> Result<Caller, HangarError> {
@@ -69,4 +75,71 @@ pub fn valid_user_name(u: &str) -> bool {
         && u.len() <= 64
         && !u.starts_with('.')
         && u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::HeaderValue;
+    use hangar_protocol::ErrorCode;
+
+    use super::*;
+    use crate::config::TokenConfig;
+
+    fn cfg() -> EntranceConfig {
+        EntranceConfig {
+            instance: "127.0.0.1:1".into(),
+            callback_url: String::new(),
+            logs_dir: "/nonexistent".into(),
+            results_dir: "/nonexistent".into(),
+            max_running_per_group: 1,
+            max_queued_per_group: 1,
+            ask_timeout: Duration::from_secs(1),
+            ask_retries: 0,
+            max_code_bytes: 1,
+            max_result_set_bytes: 1,
+            tokens: vec![TokenConfig { token: "tok".into(), users: vec!["*".into()] }],
+            admins: vec!["admin".into()],
+            users: Vec::new(),
+            session_timeout: Duration::from_secs(60),
+            default_creator: "IDE".into(),
+            reattach_timeout: Duration::from_secs(1),
+            secure_cookie: false,
+            metrics_token: String::new(),
+            loopback_only: true,
+            owner_id: "o".into(),
+            job_lease: Duration::from_secs(1),
+        }
+    }
+
+    /// With the store gone, token headers still authenticate (they never
+    /// reach it) and a session cookie is an internal error naming the store.
+    #[tokio::test]
+    async fn tokens_skip_the_store_and_a_store_failure_is_an_internal_error() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store =
+            hangar_store::Store::open(&format!("sqlite://{}", dir.path().join("a.db").display())).await.expect("store");
+        let sessions = crate::session::Sessions::new(store.clone(), Duration::from_secs(60));
+        let ticket = sessions.open("alice").await.expect("open");
+        let cookie = HeaderValue::from_str(&format!("{}={ticket}", crate::session::COOKIE)).expect("cookie");
+        let mut with_cookie = HeaderMap::new();
+        with_cookie.insert(axum::http::header::COOKIE, cookie);
+        let c = authenticate_with(&cfg(), &sessions, &with_cookie).await.expect("session");
+        assert_eq!((c.user.as_str(), c.admin), ("alice", false));
+        store.close().await;
+
+        let mut with_token = with_cookie.clone();
+        with_token.insert("Token-Code", HeaderValue::from_static("tok"));
+        with_token.insert("Token-User", HeaderValue::from_static("admin"));
+        let c = authenticate_with(&cfg(), &sessions, &with_token).await.expect("token");
+        assert_eq!((c.user.as_str(), c.admin), ("admin", true));
+
+        let err = authenticate_with(&cfg(), &sessions, &with_cookie).await.expect_err("store closed");
+        assert_eq!(err.code, ErrorCode::Internal, "{}", err.message);
+        assert!(err.message.contains("session store"), "{}", err.message);
+        // No cookie, no token: the token error, as before.
+        let err = authenticate_with(&cfg(), &sessions, &HeaderMap::new()).await.expect_err("nothing");
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
+    }
 }

@@ -120,7 +120,7 @@ async fn store_upload(
     mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Response {
     let result = async {
-        let caller = e.caller(headers)?;
+        let caller = e.caller(headers).await?;
         let lib = library(e)?;
         let q: ResourceQuery = crate::wire::query(uri)?;
         let mp =
@@ -143,7 +143,7 @@ async fn store_upload(
     responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>)))]
 async fn download(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let lib = library(&e)?;
         let q: ResourceQuery = crate::wire::query(&uri)?;
         let v = lib.version(&caller.user, &required(q.resource_id, "resourceId")?, q.version.as_deref()).await?;
@@ -171,7 +171,7 @@ async fn download(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) 
     responses((status = 200, description = "The versions", body = Envelope<VersionsData>)))]
 async fn get_versions(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: ResourceQuery = crate::wire::query(&uri)?;
         let id = required(q.resource_id, "resourceId")?;
         let versions = library(&e)?.owned_versions(&caller.user, &id).await?;
@@ -187,7 +187,7 @@ async fn get_versions(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderM
     responses((status = 200, description = "The resources", body = Envelope<ResourcesData>)))]
 async fn get_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let all = library(&e)?.resources_of(&caller.user).await?;
         Ok(ResourcesData { resources: all.iter().map(version_vo).collect() })
     }
@@ -200,7 +200,7 @@ async fn get_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Header
     responses((status = 200, description = "The resource", body = Envelope<BasicData>)))]
 async fn get_basic(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: ResourceQuery = crate::wire::query(&uri)?;
         let id = required(q.resource_id, "resourceId")?;
         let versions = library(&e)?.owned_versions(&caller.user, &id).await?;
@@ -238,7 +238,7 @@ async fn delete_resource(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
 
 async fn delete_one(e: &Entrance, uri: &Uri, headers: &HeaderMap, body: &Bytes, one_version: bool) -> Response {
     let result = async {
-        let caller = e.caller(headers)?;
+        let caller = e.caller(headers).await?;
         let req: DeleteRequest = crate::wire::body(body)?;
         let version = if one_version { Some(required(req.version, "version")?) } else { None };
         library(e)?.delete(&caller.user, &required(req.resource_id, "resourceId")?, version.as_deref()).await?;
@@ -253,7 +253,7 @@ async fn delete_one(e: &Entrance, uri: &Uri, headers: &HeaderMap, body: &Bytes, 
     responses((status = 200, description = "Deleted", body = Envelope<Empty>)))]
 async fn delete_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let req: DeleteResourcesRequest = crate::wire::body(&body)?;
         let ids = req.resource_ids;
         if ids.is_empty() {
@@ -278,7 +278,7 @@ async fn delete_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
     responses((status = 200, description = "The materials found", body = Envelope<RefreshData>)))]
 async fn refresh_all(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         if !caller.admin {
             return Err(HangarError::new(
                 ErrorCode::PermissionDenied,

@@ -199,7 +199,7 @@ pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entra
     responses((status = 200, description = "The folder and its entries", body = Envelope<DirFileTreesData>)))]
 async fn dir_file_trees(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: PathQuery = crate::wire::query(&uri)?;
         let path = result_path(&e.cfg.results_dir, &caller, &required(q.path, "query parameter path")?)?;
         tokio::task::spawn_blocking(move || dir_tree(&path))
@@ -216,7 +216,7 @@ async fn dir_file_trees(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
     responses((status = 200, description = "The page", body = Envelope<OpenFileData>)))]
 async fn open_file(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: OpenFileQuery = crate::wire::query(&uri)?;
         let path = result_path(&e.cfg.results_dir, &caller, &required(q.path, "query parameter path")?)?;
         let null_value = q.null_value.filter(|s| !s.is_empty()).unwrap_or_else(|| "NULL".into());
@@ -234,7 +234,7 @@ async fn open_file(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap)
     responses((status = 200, description = "The log", body = Envelope<OpenLogData>)))]
 async fn open_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: PathQuery = crate::wire::query(&uri)?;
         let path = log_path(&e.cfg.logs_dir, &caller, &required(q.path, "query parameter path")?)?;
         let text = tokio::fs::read_to_string(&path)

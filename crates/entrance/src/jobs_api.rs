@@ -42,7 +42,7 @@ async fn submit_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let result = async {
-        let caller = e.caller(headers)?;
+        let caller = e.caller(headers).await?;
         let body = body.map_err(|r| {
             HangarError::invalid(format!(
                 "request body refused: {} (code may be at most {} bytes)",
@@ -86,7 +86,7 @@ async fn execute(
 #[utoipa::path(get, path = "/api/rest_j/v1/user/userInfo", tag = "user",
     responses((status = 200, description = "The caller", body = Envelope<UserInfo>)))]
 async fn user_info(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    reply(&uri, e.caller(&headers).map(|c| UserInfo { user_name: c.user, is_admin: c.admin }))
+    reply(&uri, e.caller(&headers).await.map(|c| UserInfo { user_name: c.user, is_admin: c.admin }))
 }
 
 /// Kill several jobs: one envelope per execID.
@@ -101,7 +101,7 @@ async fn kill_jobs(
     body: Bytes,
 ) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let req: KillJobsRequest = crate::wire::body(&body)?;
         let mut messages = Vec::new();
         for id in req.id_list {
@@ -137,7 +137,7 @@ async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Pa
     use axum::response::sse::{Event, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
     let job = match async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         e.job_by_exec_id(&caller, &id).await
     }
     .await
@@ -189,7 +189,7 @@ async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Pa
     responses((status = 200, description = "The status", body = Envelope<StatusData>)))]
 async fn status(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let job = e.job_by_exec_id(&caller, &id).await?;
         Ok(StatusData { status: job.status, exec_id: id })
     }
@@ -203,7 +203,7 @@ async fn status(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Pa
     responses((status = 200, description = "The progress", body = Envelope<ProgressData>)))]
 async fn progress(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let job = e.job_by_exec_id(&caller, &id).await?;
         Ok(ProgressData { progress: job.progress, progress_info: e.progress_info(job.id), exec_id: id })
     }
@@ -222,7 +222,7 @@ async fn progress_with_resource(
     Path(id): Path<String>,
 ) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let job = e.job_by_exec_id(&caller, &id).await?;
         let metrics: Value = serde_json::from_str(&job.metrics).unwrap_or_else(|_| json!({}));
         Ok(ProgressWithResourceData {
@@ -250,7 +250,7 @@ fn log_slice(text: &str, from_line: usize, size: usize) -> (Vec<&str>, usize) {
     responses((status = 200, description = "Log lines from `fromLine`", body = Envelope<LogData>)))]
 async fn log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: LogQuery = crate::wire::query(&uri)?;
         let job = e.job_by_exec_id(&caller, &id).await?;
         let from_line = q.from_line.unwrap_or(0);
@@ -278,7 +278,7 @@ async fn log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(
     responses((status = 200, description = "The job is being killed", body = Envelope<ExecIdData>)))]
 async fn kill(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let job = e.job_by_exec_id(&caller, &id).await?;
         if job.status.is_completed() {
             return Err(HangarError::invalid(format!("job {id} already ended as {}", job.status)));
@@ -356,7 +356,7 @@ fn task_vo(job: &JobRecord) -> TaskVo {
     responses((status = 200, description = "The job", body = Envelope<TaskData>)))]
 async fn job_history(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let task_id: i64 = id.parse().map_err(|_| HangarError::not_found(format!("'{id}' is not a taskID")))?;
         let job = e.owned_job(&caller, task_id).await?;
         Ok(TaskData { task: task_vo(&job) })
@@ -372,7 +372,7 @@ async fn job_history(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
 async fn job_list(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     const CODE_CHARS: usize = 1000;
     let result = async {
-        let caller = e.caller(&headers)?;
+        let caller = e.caller(&headers).await?;
         let q: JobListQuery = crate::wire::query(&uri)?;
         let user = match (caller.admin && q.is_admin_view == Some(true), q.proxy_user) {
             (true, proxy) => proxy.filter(|p| !p.is_empty()),

@@ -93,8 +93,8 @@ impl Entrance {
         manager: Arc<dyn ManagerClient>,
         operator: Arc<Manager>,
     ) -> Result<Arc<Self>, hangar_protocol::HangarError> {
-        let cfg_session_timeout = cfg.session_timeout;
         Ok(Arc::new(Self {
+            sessions: session::Sessions::new(store.clone(), cfg.session_timeout),
             cfg,
             store,
             manager,
@@ -103,7 +103,6 @@ impl Entrance {
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
-            sessions: session::Sessions::new(cfg_session_timeout),
             login_throttle: throttle::LoginThrottle::default(),
         }))
     }

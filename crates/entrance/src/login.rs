@@ -57,6 +57,7 @@ pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entra
         (status = 400, description = "Credentials sent in the URL", body = Envelope<ErrorData>),
         (status = 401, description = "Wrong user name or password", body = Envelope<ErrorData>),
         (status = 429, description = "Too many failed logins; see `Retry-After`", body = Envelope<ErrorData>),
+        (status = 500, description = "The session store failed", body = Envelope<ErrorData>),
     ))]
 async fn login(
     State(e): State<Arc<Entrance>>,
@@ -101,11 +102,16 @@ async fn login(
         }
         return resp;
     }
-    if let Some(ticket) = crate::auth::session_ticket(&headers)
-        && e.sessions.user(&ticket).as_deref() == Some(user.as_str())
-    {
-        let msg = format!("{user} already logged in, please log out before signing in(已经登录，请先退出再进行登录)！");
-        return Json(Envelope { method: None, status: 0, message: msg, data: e.login_data(user) }).into_response();
+    if let Some(ticket) = crate::auth::session_ticket(&headers) {
+        let current = match e.sessions.user(&ticket).await {
+            Ok(u) => u,
+            Err(err) => return refuse(&uri, StatusCode::INTERNAL_SERVER_ERROR, &err),
+        };
+        if current.as_deref() == Some(user.as_str()) {
+            let msg =
+                format!("{user} already logged in, please log out before signing in(已经登录，请先退出再进行登录)！");
+            return Json(Envelope { method: None, status: 0, message: msg, data: e.login_data(user) }).into_response();
+        }
     }
     // PBKDF2 is deliberately slow: keep it off the async workers.
     let ok = {
@@ -121,7 +127,13 @@ async fn login(
         return refuse(&uri, StatusCode::UNAUTHORIZED, &err);
     }
     e.login_throttle.success(&keys);
-    let ticket = e.sessions.open(&user);
+    let ticket = match e.sessions.open(&user).await {
+        Ok(t) => t,
+        Err(err) => {
+            tracing::error!(%user, error = %err.message, "login: the session could not be stored");
+            return refuse(&uri, StatusCode::INTERNAL_SERVER_ERROR, &err);
+        }
+    };
     let body =
         Envelope {
             method: None, status: 0, message: "login successful(登录成功)！".into(), data: e.login_data(user)
@@ -146,12 +158,19 @@ impl Entrance {
     }
 }
 
-/// End the caller's session.
+/// End the caller's session, on every instance sharing the store.
+///
+/// When the store cannot end it, the answer says so and the cookie is kept.
 #[utoipa::path(method(get, post), path = "/api/rest_j/v1/user/logout", tag = "user", security(()),
-    responses((status = 200, description = "Logged out (the cookie is cleared)", body = Envelope<Empty>)))]
+    responses(
+        (status = 200, description = "Logged out (the cookie is cleared)", body = Envelope<Empty>),
+        (status = 500, description = "The session store failed; the session stands", body = Envelope<ErrorData>),
+    ))]
 async fn logout(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    if let Some(t) = crate::auth::session_ticket(&headers) {
-        e.sessions.close(&t);
+    if let Some(t) = crate::auth::session_ticket(&headers)
+        && let Err(err) = e.sessions.close(&t).await
+    {
+        return crate::api::error_reply(method_of(&uri), &err);
     }
     let cookie =
         format!("{}=; Path=/; Max-Age=0; HttpOnly{}", crate::session::COOKIE, cookie_attrs(e.cfg.secure_cookie));

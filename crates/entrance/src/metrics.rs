@@ -18,7 +18,7 @@ use hangar_protocol::constant_time_eq;
 use crate::Entrance;
 
 /// Whether the request may read the metrics; the HTTP status and plain message otherwise.
-fn allowed(e: &Entrance, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+async fn allowed(e: &Entrance, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
     let refuse = |status: StatusCode, msg: &str| Err((status, format!("{msg}\n")));
     if !e.cfg.metrics_token.is_empty() {
         let bearer = headers
@@ -36,12 +36,15 @@ fn allowed(e: &Entrance, headers: &HeaderMap) -> Result<(), (StatusCode, String)
     if e.cfg.loopback_only {
         return Ok(());
     }
-    match e.caller(headers) {
+    match e.caller(headers).await {
         Ok(c) if c.admin => Ok(()),
         Ok(c) => refuse(
             StatusCode::FORBIDDEN,
             &format!("/metrics: user '{}' is not an admin; set server.metrics_token for scrapers", c.user),
         ),
+        Err(err) if err.code == hangar_protocol::ErrorCode::Internal => {
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("/metrics: {}", err.message))
+        }
         Err(err) => refuse(
             StatusCode::UNAUTHORIZED,
             &format!(
@@ -54,7 +57,7 @@ fn allowed(e: &Entrance, headers: &HeaderMap) -> Result<(), (StatusCode, String)
 
 /// Prometheus text exposition.
 pub(crate) async fn metrics(State(e): State<Arc<Entrance>>, headers: HeaderMap) -> Response {
-    if let Err((status, msg)) = allowed(&e, &headers) {
+    if let Err((status, msg)) = allowed(&e, &headers).await {
         tracing::debug!(%status, "/metrics refused");
         return (status, [(header::WWW_AUTHENTICATE, "Bearer")], msg).into_response();
     }

@@ -87,6 +87,7 @@ fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
 async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = e
         .caller(&headers)
+        .await
         .and_then(|c| admin_only(&c))
         .map(|()| EcmsData { ems: e.operator.list_ecms().iter().map(ecm_vo).collect() });
     reply(&uri, r)
@@ -96,7 +97,7 @@ async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap)
 #[utoipa::path(get, path = "/api/rest_j/v1/linkisManager/listUserEngines", tag = "linkisManager",
     responses((status = 200, description = "The caller's engines", body = Envelope<EnginesData>)))]
 async fn list_user_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    let r = e.caller(&headers).map(|c| EnginesData {
+    let r = e.caller(&headers).await.map(|c| EnginesData {
         engines: e.operator.list_engines().iter().filter(|x| x.user == c.user).map(engine_vo).collect(),
     });
     reply(&uri, r)
@@ -108,6 +109,7 @@ async fn list_user_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: He
 async fn list_all_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = e
         .caller(&headers)
+        .await
         .and_then(|c| admin_only(&c))
         .map(|()| EnginesData { engines: e.operator.list_engines().iter().map(engine_vo).collect() });
     reply(&uri, r)
@@ -119,7 +121,7 @@ async fn list_all_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
     responses((status = 200, description = "The ECM's engines", body = Envelope<EnginesData>)))]
 async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
-        let c = e.caller(&headers)?;
+        let c = e.caller(&headers).await?;
         admin_only(&c)?;
         let req: ListEcmEnginesRequest = crate::wire::body(&body)?;
         let instance =
@@ -141,7 +143,7 @@ async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
     responses((status = 200, description = "The engines asked to end", body = Envelope<KillEngineData>)))]
 async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let r = async {
-        let c = e.caller(&headers)?;
+        let c = e.caller(&headers).await?;
         let targets = match crate::wire::body(&body)? {
             KillEngineRequest::One(t) => vec![t],
             KillEngineRequest::Many(ts) => ts,
@@ -182,7 +184,7 @@ async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
     params(UserResourcesQuery),
     responses((status = 200, description = "The resources", body = Envelope<UserResourcesData>)))]
 async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    let r = e.caller(&headers).and_then(|c| {
+    let r = e.caller(&headers).await.and_then(|c| {
         let q: UserResourcesQuery = crate::wire::query(&uri)?;
         let want = q.user.filter(|_| c.admin);
         let rows = e
@@ -217,7 +219,7 @@ async fn user_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Heade
 #[utoipa::path(method(get, post), path = "/api/rest_j/v1/linkisManager/rm/queueresources", tag = "linkisManager",
     responses((status = 200, description = "The queues", body = Envelope<QueueResourcesData>)))]
 async fn queue_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    let r = e.caller(&headers).map(|_| {
+    let r = e.caller(&headers).await.map(|_| {
         let queues = e
             .operator
             .resource_labels()
@@ -246,7 +248,7 @@ async fn queue_resources(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
     responses((status = 200, description = "The lines", body = Envelope<EngineLogData>)))]
 async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
     let r = async {
-        let c = e.caller(&headers)?;
+        let c = e.caller(&headers).await?;
         let q: EngineLogQuery = crate::wire::query(&uri)?;
         let ticket = crate::api::required(q.ticket_id, "query parameter ticketId")?;
         let owner = e.operator.list_engines().into_iter().find(|x| x.ticket_id == ticket).map(|x| x.user);

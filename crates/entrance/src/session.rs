@@ -1,59 +1,78 @@
 //! Login sessions (`POST /user/login`, the `linkis_user_session_ticket_id_v1`
 //! cookie) and password hashes (PBKDF2-HMAC-SHA256).
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::LazyLock;
+use std::time::Duration;
 
+use hangar_protocol::HangarError;
+use hangar_store::{Store, StoreError};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 pub const COOKIE: &str = "linkis_user_session_ticket_id_v1";
 const ITERATIONS: u32 = 100_000;
 
-/// Live sessions by ticket; a session idle longer than the timeout is gone.
+/// Login sessions, kept in the store so every instance on it honours them:
+/// by the SHA-256 of the ticket (a copy of the store holds no live cookie);
+/// a session idle longer than the timeout is gone.
 pub(crate) struct Sessions {
     timeout: Duration,
-    map: Mutex<HashMap<String, (String, Instant)>>,
+    store: Store,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What the store keeps of a ticket.
+fn ticket_hash(ticket: &str) -> String {
+    hex(&Sha256::digest(ticket.as_bytes()))
+}
+
+fn store_failed(what: &str, e: &StoreError) -> HangarError {
+    HangarError::internal(format!("{what}: the session store failed ({e})"))
 }
 
 impl Sessions {
-    pub(crate) fn new(timeout: Duration) -> Self {
-        Self { timeout, map: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(store: Store, timeout: Duration) -> Self {
+        Self { timeout, store }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn timeout_ms(&self) -> i64 {
+        i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX)
     }
 
-    pub(crate) fn open(&self, user: &str) -> String {
+    /// A new session of `user`; its ticket (64 random hex chars) is the cookie.
+    /// Expired sessions are purged first.
+    pub(crate) async fn open(&self, user: &str) -> Result<String, HangarError> {
         let ticket = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        let mut m = self.map();
-        let timeout = self.timeout;
-        m.retain(|_, (_, last)| last.elapsed() < timeout);
-        m.insert(ticket.clone(), (user.to_string(), Instant::now()));
-        ticket
-    }
-
-    /// The user of a live session, refreshing its last access.
-    pub(crate) fn user(&self, ticket: &str) -> Option<String> {
-        let mut m = self.map();
-        let timeout = self.timeout;
-        match m.get_mut(ticket) {
-            Some((user, last)) if last.elapsed() < timeout => {
-                *last = Instant::now();
-                Some(user.clone())
-            }
-            Some(_) => {
-                m.remove(ticket);
-                None
-            }
-            None => None,
+        let now = now_ms();
+        if let Err(e) = self.store.purge_sessions(now, self.timeout_ms()).await {
+            tracing::warn!(error = %e, "purging expired sessions failed");
         }
+        self.store
+            .open_session(&ticket_hash(&ticket), user, now)
+            .await
+            .map_err(|e| store_failed("Login failed: the session could not be stored", &e))?;
+        Ok(ticket)
     }
 
-    pub(crate) fn close(&self, ticket: &str) -> bool {
-        self.map().remove(ticket).is_some()
+    /// The user of a live session (refreshing its last access now and then).
+    pub(crate) async fn user(&self, ticket: &str) -> Result<Option<String>, HangarError> {
+        self.store
+            .session_user(&ticket_hash(ticket), now_ms(), self.timeout_ms())
+            .await
+            .map_err(|e| store_failed("The login session could not be checked", &e))
+    }
+
+    /// End a session; whether there was one.
+    pub(crate) async fn close(&self, ticket: &str) -> Result<bool, HangarError> {
+        self.store
+            .close_session(&ticket_hash(ticket))
+            .await
+            .map_err(|e| store_failed("Logout failed: the session could not be ended", &e))
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -179,15 +198,25 @@ mod tests {
         assert!(!check_credentials(&users, "mallory", ""));
     }
 
-    #[test]
-    fn sessions_expire_and_close() {
-        let s = Sessions::new(Duration::from_millis(50));
-        let t = s.open("alice");
-        assert_eq!(s.user(&t).as_deref(), Some("alice"));
-        assert!(s.close(&t));
-        assert_eq!(s.user(&t), None);
-        let t = s.open("bob");
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(s.user(&t), None);
+    #[tokio::test]
+    async fn sessions_expire_and_close() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Store::open(&url).await.expect("store");
+        let s = Sessions::new(store.clone(), Duration::from_millis(200));
+        let t = s.open("alice").await.expect("open");
+        assert_eq!(t.len(), 64);
+        assert!(t.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(s.user(&t).await.expect("user").as_deref(), Some("alice"));
+        // Another instance on the same store knows the session, by its hash only.
+        let other = Sessions::new(store.clone(), Duration::from_millis(200));
+        assert_eq!(other.user(&t).await.expect("user").as_deref(), Some("alice"));
+        assert_eq!(store.session_user(&t, now_ms(), 200).await.expect("raw"), None, "the ticket itself is not stored");
+        assert!(other.close(&t).await.expect("close"));
+        assert_eq!(s.user(&t).await.expect("user"), None);
+        assert!(!s.close(&t).await.expect("close again"));
+        let t = s.open("bob").await.expect("open");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(s.user(&t).await.expect("user"), None);
     }
 }

@@ -1,6 +1,6 @@
 //! The edges of tenant isolation, through the real binary: no default token
 //! beyond loopback, login hardening (body-only credentials, backoff, Secure
-//! cookie), `/metrics` access, `.`/`..` creators, and URL passwords kept out
+//! cookie), sessions shared by the instances of one store, `/metrics` access, `.`/`..` creators, and URL passwords kept out
 //! of job history and the job log.
 
 mod common;
@@ -143,6 +143,58 @@ async fn unknown_users_fail_like_known_ones_and_are_counted() {
     }
     let (code, _, v) = login(&http, &s.base, "", json!({"userName": "ghost", "password": "x"})).await;
     assert_eq!(code, 429, "failures of unknown users count: {v}");
+}
+
+async fn user_info(http: &reqwest::Client, base: &str, cookie: &str) -> Value {
+    let r = http.get(format!("{base}/api/rest_j/v1/user/userInfo")).header("Cookie", cookie).send().await;
+    r.expect("userInfo").json().await.expect("json")
+}
+
+/// Two instances on one PostgreSQL store: a login on one is a session on
+/// the other, a logout on the other ends it on both, and the store holds
+/// only the ticket's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_on_one_instance_holds_on_another_and_a_logout_ends_it_on_both() {
+    let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: HANGAR_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+        return;
+    };
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos();
+    let db = format!("hangar_sessions_{n:x}_{}", std::process::id());
+    let out = Command::new("psql").args([pg.as_str(), "-qc", &format!("create database {db}")]).output();
+    assert!(out.is_ok_and(|o| o.status.success()), "cannot create {db}");
+    let url = format!("{}/{db}", pg.rsplit_once('/').map(|(b, _)| b).expect("url with a database"));
+    let store = format!("store_url = \"{url}\"");
+    let auth = format!("users = [\"hadoop:{}\"]", hash("hadoop-pw"));
+    let a = Server::start_custom(&store, &auth, FAST).await;
+    let b = Server::start_custom(&store, &auth, FAST).await;
+    let http = reqwest::Client::new();
+
+    let (code, cookie, v) = login(&http, &a.base, "", json!({"userName": "hadoop", "password": "hadoop-pw"})).await;
+    assert_eq!((code, v["status"].as_i64()), (200, Some(0)), "{v}");
+    let cookie = cookie.expect("cookie");
+    let kv = cookie.split(';').next().expect("kv").to_string();
+    let ticket = kv.split_once('=').map(|(_, t)| t.to_string()).expect("ticket");
+    assert_eq!(ticket.len(), 64, "{kv}");
+
+    let v = user_info(&http, &b.base, &kv).await;
+    assert_eq!((v["status"].as_i64(), v["data"]["userName"].as_str()), (Some(0), Some("hadoop")), "on b: {v}");
+    // The store holds the session under a hash, never the cookie itself.
+    let rows = Command::new("psql").args([url.as_str(), "-tAc", "select ticket_hash from hangar_session"]).output();
+    let rows = String::from_utf8(rows.expect("psql").stdout).expect("utf8");
+    assert_eq!(rows.lines().count(), 1, "{rows}");
+    assert!(!rows.contains(&ticket) && rows.trim().len() == 64, "{rows}");
+
+    let r = http.post(format!("{}/api/rest_j/v1/user/logout", b.base)).header("Cookie", &kv).send().await;
+    let v: Value = r.expect("logout").json().await.expect("json");
+    assert_eq!(v["status"], 0, "{v}");
+    for s in [&a, &b] {
+        let v = user_info(&http, &s.base, &kv).await;
+        assert_ne!(v["status"], 0, "the session ended on every instance: {v}");
+    }
+    // Token auth is untouched.
+    let v = a.call("GET", "/user/userInfo", "alice", None).await;
+    assert_eq!(v["data"]["userName"], "alice", "{v}");
 }
 
 async fn metrics(base: &str, headers: &[(&str, &str)]) -> (u16, String) {

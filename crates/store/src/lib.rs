@@ -9,6 +9,7 @@ mod cluster;
 mod history;
 mod lease;
 mod migrate;
+mod session;
 
 use std::str::FromStr;
 use std::time::Duration;
