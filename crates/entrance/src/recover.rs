@@ -213,7 +213,10 @@ impl Entrance {
             let key = self.manager.engine_key(&ticket);
             let reply = match &key {
                 Some(k) => {
-                    self.manager.engine_client().call(&instance, k, &EngineRequest::TaskStatus { task_id: j.id }).await
+                    self.manager
+                        .engine_client()
+                        .call(&instance, k, &EngineRequest::TaskStatus { task_id: j.id, callback_url: None })
+                        .await
                 }
                 None => Err(HangarError::new(ErrorCode::EngineLost, "the engine has not rejoined yet")),
             };
