@@ -113,7 +113,11 @@ fn control_planes(_: Backend) -> Vec<String> {
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs, material versions, job history indexes", statements: baseline },
     Migration { version: 2, name: "job owners and leases", statements: job_leases },
-    Migration { version: 3, name: "sessions, instances, manager lease, group slots, kill requests", statements: control_planes },
+    Migration {
+        version: 3,
+        name: "sessions, instances, manager lease, group slots, kill requests",
+        statements: control_planes,
+    },
 ];
 
 /// The newest schema version this build knows.
