@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn parse_takes_a_list_and_names_a_bad_entry() {
-        let e = Endpoints::parse(" http://10.0.0.1:8080/ ,https://cp2:8443").unwrap();
+        let e = Endpoints::parse(" http://10.0.0.1:8080/ ,https://cp2:8443").expect("list");
         assert_eq!(e.urls(), ["http://10.0.0.1:8080", "https://cp2:8443"]);
         assert_eq!(e.joined(), "http://10.0.0.1:8080,https://cp2:8443");
         assert_eq!(e.first(), "http://10.0.0.1:8080");
@@ -154,16 +154,16 @@ mod tests {
             ("http://", "http://"),
             ("http://:80", "http://:80"),
         ] {
-            let err = Endpoints::parse(list).unwrap_err();
+            let err = Endpoints::parse(list).expect_err("bad entry");
             assert!(err.message.contains(&format!("'{bad}'")), "{list}: {}", err.message);
         }
-        assert!(Endpoints::parse("http://a:1,,http://b:2").unwrap_err().message.contains("empty entry"));
+        assert!(Endpoints::parse("http://a:1,,http://b:2").expect_err("empty entry").message.contains("empty entry"));
         assert!(Endpoints::parse("").is_err());
     }
 
     #[test]
     fn a_dead_url_is_skipped_and_the_good_one_remembered() {
-        let e = Endpoints::parse("http://a:1,http://b:2,http://c:3").unwrap();
+        let e = Endpoints::parse("http://a:1,http://b:2,http://c:3").expect("list");
         let mut tried = Vec::new();
         let r: Result<&str, String> = block_on(e.try_each(|u| {
             tried.push(u.to_string());
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_final() {
-        let e = Endpoints::parse("http://a:1,http://b:2").unwrap();
+        let e = Endpoints::parse("http://a:1,http://b:2").expect("list");
         let mut tried = 0;
         let r: Result<(), &str> = block_on(e.try_each(|_| {
             tried += 1;
