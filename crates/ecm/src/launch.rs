@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use hangar_engineconn_plugin::{EngineConnBuildRequest, find_plugin};
 use hangar_protocol::HangarError;
+use hangar_protocol::endpoints::Endpoints;
 use tokio::sync::watch;
 
 use crate::{
@@ -64,7 +65,12 @@ impl Ecm {
         // Materials first (`conf`, `lib` and `resources/*` become links into
         // the shared cache), then empty `conf`/`lib` where the plugin has none.
         let fetched_before = self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed);
-        self.materials.localize(&req.materials, manager_url, &work_dir).await?;
+        // The addresses this host is known to reach, else the request's.
+        let manager = match &self.cfg.manager_urls {
+            Some(urls) => urls.clone(),
+            None => Endpoints::parse(manager_url).unwrap_or_else(|_| Endpoints::single(manager_url)),
+        };
+        self.materials.localize(&req.materials, &manager, &work_dir).await?;
         // Only new bytes can push the cache over its limit.
         if self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed) != fetched_before {
             let this = self.clone();
@@ -108,7 +114,7 @@ impl Ecm {
 
         let mut args: Vec<String> = launch.command.clone();
         args.extend(["--ticket-id".into(), req.ticket_id.clone(), "--user".into(), req.user.clone()]);
-        args.extend(["--manager-url".into(), manager_url.to_string()]);
+        args.extend(["--manager-url".into(), manager.joined()]);
         args.extend(["--work-dir".into(), work_dir.display().to_string()]);
         for pair in req.labels.to_pairs() {
             args.extend(["--label".into(), pair]);

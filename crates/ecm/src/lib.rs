@@ -65,6 +65,10 @@ pub struct EcmConfig {
     pub material_cache_dir: PathBuf,
     /// Above this many bytes the cache evicts entries no engine uses.
     pub material_cache_max_bytes: u64,
+    /// The control-plane URLs this ECM was configured with (it runs apart
+    /// from the manager): what its engines and material fetches use, rather
+    /// than the one URL a launch request names. None: the request's URL.
+    pub manager_urls: Option<hangar_protocol::endpoints::Endpoints>,
 }
 
 /// What the ECM reports to the manager on its own.

@@ -21,11 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hangar_protocol::rpc::{MANAGER_MATERIAL_PATH, MaterialKind, MaterialRef, RPC_TOKEN_HEADER};
+use hangar_protocol::endpoints::Endpoints;
+use hangar_protocol::rpc::{MaterialKind, MaterialRef};
 use hangar_protocol::{ErrorCode, HangarError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+
+#[path = "materials_download.rs"]
+mod download;
 
 const MANIFEST: &str = "manifest.json";
 const DATA: &str = "data";
@@ -130,8 +133,8 @@ impl MaterialCache {
     }
 
     /// The verified, read-only local copy of a material (its `data` path),
-    /// fetched from the manager at `manager_url` when missing or corrupt.
-    pub async fn ensure(&self, m: &MaterialRef, manager_url: &str) -> Result<PathBuf, HangarError> {
+    /// fetched from the control plane at `manager` when missing or corrupt.
+    pub async fn ensure(&self, m: &MaterialRef, manager: &Endpoints) -> Result<PathBuf, HangarError> {
         if !MaterialRef::valid_digest(&m.sha256) || !MaterialRef::valid_name(&m.name) {
             return Err(HangarError::invalid(format!("material {} has a bad digest or name", m.origin)));
         }
@@ -155,19 +158,19 @@ impl MaterialCache {
                 tracing::warn!(material = %m.origin, sha256 = %m.sha256, %why, "material cache entry is corrupt; fetching it again");
             }
         }
-        self.fetch(m, manager_url, &entry).await?;
+        self.fetch(m, manager, &entry).await?;
         let _ = tokio::fs::File::create(entry.join(LAST_USED)).await;
         Ok(entry.join(DATA))
     }
 
-    async fn fetch(&self, m: &MaterialRef, manager_url: &str, entry: &Path) -> Result<(), HangarError> {
+    async fn fetch(&self, m: &MaterialRef, manager: &Endpoints, entry: &Path) -> Result<(), HangarError> {
         tokio::fs::create_dir_all(&self.root)
             .await
             .map_err(|e| failed(format!("cannot create the material cache {}: {e}", self.root.display())))?;
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let part = self.root.join(format!(".part-{tag}"));
         let staged = self.root.join(format!(".new-{tag}"));
-        let result = self.download(m, manager_url, &part).await;
+        let result = self.download(m, manager, &part).await;
         let result = match result {
             Ok(()) => {
                 let (part2, staged2, kind) = (part.clone(), staged.clone(), m.kind);
@@ -208,54 +211,16 @@ impl MaterialCache {
         Ok(())
     }
 
-    /// Stream the bytes to `part`, checking size and digest on the way.
-    async fn download(&self, m: &MaterialRef, manager_url: &str, part: &Path) -> Result<(), HangarError> {
-        let url = format!("{}{MANAGER_MATERIAL_PATH}/{}", manager_url.trim_end_matches('/'), m.sha256);
-        let mut resp = self
-            .http
-            .get(&url)
-            .header(RPC_TOKEN_HEADER, &self.token)
-            .send()
-            .await
-            .map_err(|e| failed(format!("cannot fetch from {url}: {e}")))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(failed(format!("the manager answered {status} for {url}: {}", body.trim())));
-        }
-        let mut file =
-            tokio::fs::File::create(part).await.map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;
-        let mut h = Sha256::new();
-        let mut n = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(format!("fetch from {url} broke off: {e}")))? {
-            n += chunk.len() as u64;
-            if n > m.size {
-                return Err(failed(format!("the manager sent more than the {} bytes announced", m.size)));
-            }
-            h.update(&chunk);
-            file.write_all(&chunk).await.map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;
-        }
-        file.flush().await.map_err(|e| failed(format!("cannot write {}: {e}", part.display())))?;
-        let got = lower_hex(&h.finalize());
-        if got != m.sha256 || n != m.size {
-            return Err(failed(format!(
-                "the fetched bytes do not match: sha256 {got} ({n} bytes), expected {} ({} bytes)",
-                m.sha256, m.size
-            )));
-        }
-        Ok(())
-    }
-
     /// Link every material into a work dir: plugin dirs as `<name>`, user
     /// files as `resources/<name>`.
     pub async fn localize(
         &self,
         materials: &[MaterialRef],
-        manager_url: &str,
+        manager: &Endpoints,
         work_dir: &Path,
     ) -> Result<(), HangarError> {
         for m in materials {
-            let data = self.ensure(m, manager_url).await?;
+            let data = self.ensure(m, manager).await?;
             let link = match m.kind {
                 MaterialKind::PluginDir => work_dir.join(&m.name),
                 MaterialKind::UserFile => work_dir.join("resources").join(&m.name),

@@ -11,6 +11,7 @@
 
 mod options;
 mod outbound;
+mod routes;
 mod server;
 mod state;
 mod task;
@@ -36,6 +37,7 @@ pub const TICKET_ENV: &str = "HANGAR_ENGINE_TICKET";
 pub struct EngineConnArgs {
     pub ticket_id: String,
     pub user: String,
+    /// The control plane's base URLs, comma-separated (tried in turn).
     pub manager_url: String,
     pub labels: Vec<String>,
     pub conf: Vec<String>,
@@ -52,6 +54,8 @@ pub struct LaunchArgs {
     pub ticket_id: String,
     #[arg(long)]
     pub user: String,
+    /// The control plane's base URLs, comma-separated: messages to the
+    /// manager go to the one that answered last, the next when it fails.
     #[arg(long)]
     pub manager_url: String,
     #[arg(long)]
@@ -134,7 +138,7 @@ pub fn init_tracing(default: &str) {
 /// Run an engine until it exits; the error, if any, has already been reported
 /// to the manager when that was possible.
 pub async fn run(args: EngineConnArgs, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyhow::Result<()> {
-    let outbound = outbound::Outbound::new(args.manager_url.clone(), args.engine_key.clone())?;
+    let outbound = outbound::Outbound::new(&args.manager_url, args.engine_key.clone())?;
     match start(&args, &plugins, &outbound).await {
         Ok(engine) => {
             let reason = engine.run_until_exit().await;

@@ -61,7 +61,7 @@ async fn handle(
         EngineRequest::Unlock { lock } => e.unlock(&lock),
         EngineRequest::Execute(task) => e.execute(task),
         EngineRequest::Kill { task_id } => e.kill(task_id),
-        EngineRequest::TaskStatus { task_id } => e.task_status(task_id),
+        EngineRequest::TaskStatus { task_id, callback_url } => task_status(e, task_id, callback_url),
         EngineRequest::Status => {
             let (status, metrics) = e.metrics();
             EngineReply::Status { status, metrics }
@@ -72,4 +72,25 @@ async fn handle(
         }
     };
     (StatusCode::OK, Json(reply))
+}
+
+/// Where a task stands; with a new callback URL (another Entrance took the
+/// task's job over), the task's events go there from now on.
+fn task_status(e: &Engine, task_id: i64, callback_url: Option<String>) -> EngineReply {
+    let reply = e.task_status(task_id);
+    let Some(url) = callback_url else { return reply };
+    if let Err(err) = hangar_protocol::endpoints::Endpoints::parse(&url).and_then(|u| match u.urls() {
+        [_] => Ok(()),
+        _ => Err(hangar_protocol::HangarError::invalid("one callback URL, not a list")),
+    }) {
+        return EngineReply::Error {
+            code: ErrorCode::InvalidRequest,
+            message: format!("bad callback_url: {}", err.message),
+        };
+    }
+    // Only a task this engine knows has events to send.
+    if matches!(reply, EngineReply::TaskStatus { status: Some(_), .. }) {
+        e.out.redirect(task_id, &url);
+    }
+    reply
 }

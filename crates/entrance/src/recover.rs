@@ -223,7 +223,10 @@ impl Entrance {
             }
             let reply = match &key {
                 Some(k) => {
-                    let req = EngineRequest::TaskStatus { task_id: j.id };
+                    // The engine sends this task's events here from now on
+                    // (another instance may have sent it).
+                    let callback_url = Some(self.cfg.callback_url.clone());
+                    let req = EngineRequest::TaskStatus { task_id: j.id, callback_url };
                     self.engines.call(&instance, k.expose(), &req).await
                 }
                 None => Err(HangarError::new(ErrorCode::EngineLost, "the engine has not rejoined yet")),

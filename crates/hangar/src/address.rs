@@ -19,11 +19,15 @@ pub async fn advertise_host(cfg: &Config, bound: &SocketAddr) -> anyhow::Result<
     }
     // Bound to every interface: the one the manager is reached through, else
     // the first that is not loopback.
-    if !cfg.server.manager_url.is_empty()
-        && let Some(ip) = route_to(&cfg.server.manager_url).await
-        && !ip.is_loopback()
-    {
-        return Ok(host_of(ip));
+    // (Any of the control-plane URLs: the first one with a route.)
+    if let Ok(urls) = hangar_protocol::endpoints::Endpoints::parse(&cfg.server.manager_url) {
+        for url in urls.urls() {
+            if let Some(ip) = route_to(url).await
+                && !ip.is_loopback()
+            {
+                return Ok(host_of(ip));
+            }
+        }
     }
     Ok(first_interface().map_or_else(|| "127.0.0.1".to_string(), host_of))
 }

@@ -26,7 +26,8 @@ pub struct Config {
 pub struct Server {
     /// `all`, `entrance,manager` or `ecm`.
     pub roles: String,
-    /// The manager an `ecm`-only server registers with.
+    /// The control plane an `ecm`-only server registers with: base URLs
+    /// joined by commas (`http://10.0.0.1:9001,http://10.0.0.2:9001`).
     pub manager_url: String,
     pub bind: String,
     /// The host other hosts reach this server at; empty: the `bind` address,

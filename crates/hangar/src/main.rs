@@ -109,7 +109,7 @@ struct ServeArgs {
     /// Roles of this process: all, entrance,manager or ecm (overrides server.roles).
     #[arg(long)]
     roles: Option<String>,
-    /// Manager URL an ECM registers with (overrides server.manager_url).
+    /// Control-plane URL(s) an ECM registers with, comma-separated (overrides server.manager_url).
     #[arg(long)]
     manager: Option<String>,
 }

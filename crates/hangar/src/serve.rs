@@ -19,6 +19,7 @@ use hangar_engineconn::EngineOptions;
 use hangar_engineconn_plugin::{EngineConnBuildRequest, EngineConnPlugin};
 use hangar_entrance::{Entrance, EntranceConfig, TokenConfig, UserConfig};
 use hangar_manager::{EcmClient, EngineLog, LaunchedEngine, Manager, ManagerConfig};
+use hangar_protocol::endpoints::Endpoints;
 use hangar_protocol::resource::parse_bytes;
 use hangar_protocol::{HangarError, LabelSet, Resource};
 use hangar_store::Store;
@@ -147,6 +148,7 @@ fn build_ecm(
     instance: &str,
     ecm_token: &str,
     plugins: Vec<Arc<dyn EngineConnPlugin>>,
+    manager_urls: Option<Endpoints>,
 ) -> anyhow::Result<(Arc<Ecm>, mpsc::UnboundedReceiver<EcmEvent>, LabelSet, Resource)> {
     let protected = parse_bytes(&cfg.ecm.protected_memory)?;
     prepare_plugins(&plugins);
@@ -189,6 +191,7 @@ fn build_ecm(
             env_passthrough: cfg.ecm.engine_env_passthrough.clone(),
             material_cache_dir: cache_dir,
             material_cache_max_bytes: parse_bytes(&cfg.ecm.material_cache_max_size)?,
+            manager_urls,
         },
         plugins,
     )?;
@@ -206,6 +209,9 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     if roles != Roles::Ecm {
         crate::exposure::check_client_token(&cfg)?;
     }
+    // An ECM alone checks its control-plane URLs before anything else.
+    let manager_urls =
+        if roles == Roles::Ecm { Some(crate::ecm_link::manager_urls(&cfg.server.manager_url)?) } else { None };
     // Everything the server creates is its own unless made otherwise on purpose
     // (the store, job logs, secrets: 0600; folders 0700).
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -237,8 +243,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let base_url = format!("http://{instance}");
     lock.describe(&format!("the Hangar server at {base_url}"));
     let loopback_only = addr.ip().is_loopback() && !crate::exposure::beyond_loopback(&cfg.server.bind);
-    if roles == Roles::Ecm {
-        return serve_ecm(cfg, plugins, data_dir, listener, instance, secrets.ecm_token).await;
+    if let Some(manager) = manager_urls {
+        return serve_ecm(cfg, plugins, data_dir, listener, instance, secrets.ecm_token, manager).await;
     }
 
     let store_url = if cfg.server.store_url.is_empty() {
@@ -279,7 +285,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let manager = Manager::new(mcfg, plugins.clone(), secrets, Some(library))?;
 
     let local_ecm = if roles == Roles::All {
-        let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins)?;
+        let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins, None)?;
         manager.register_ecm(&instance, labels, max, Arc::new(LocalEcm(ecm.clone())));
         spawn_local_ecm_links(
             manager.clone(),
@@ -367,20 +373,19 @@ async fn serve_ecm(
     listener: tokio::net::TcpListener,
     instance: String,
     ecm_token: String,
+    manager: Endpoints,
 ) -> anyhow::Result<()> {
-    if cfg.server.manager_url.is_empty() {
-        bail!("server.manager_url (--manager) is required with --roles ecm");
-    }
-    let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins)?;
+    // Its engines and material fetches use the same list.
+    let (ecm, events, labels, max) = build_ecm(&cfg, &data_dir, &instance, &ecm_token, plugins, Some(manager.clone()))?;
     // Engines of an earlier ECM process are watched again; they are listed
     // when the ECM registers (it registers with the engines alive then).
     ecm.recover().await;
     let app = hangar_ecm::router(ecm.clone()).route("/health", axum::routing::get(|| async { "ok" }));
     let server = spawn_http(listener, app);
-    let link = ManagerLink::new(cfg.server.manager_url.clone(), ecm_token)?;
+    let link = ManagerLink::new(manager.clone(), ecm_token)?;
     let me = crate::ecm_link::EcmIdentity { instance: instance.clone(), labels, max };
     tokio::spawn(link.run(ecm.clone(), me, events, ms(cfg.ecm.heartbeat_interval_ms)));
-    tracing::info!(%instance, manager = %cfg.server.manager_url, "ECM is serving");
+    tracing::info!(%instance, %manager, "ECM is serving");
     eprintln!("Hangar ECM listening on http://{instance} (data in {}); stop with Ctrl-C", data_dir.display());
     wait_for_signal().await;
     tracing::info!("ECM shutting down: stopping its engines");

@@ -29,6 +29,8 @@ struct Seen {
     events: Vec<(Instant, TaskEvent)>,
     /// Result sets the engine streamed, by (task, alias).
     results: std::collections::HashMap<(i64, u32), Vec<u8>>,
+    /// Events that reached the second Entrance (a task redirected there).
+    moved: Vec<TaskEvent>,
 }
 
 type Shared = Arc<Mutex<Seen>>;
@@ -43,6 +45,16 @@ async fn entrance_rpc(State(seen): State<Shared>, body: Bytes) -> &'static str {
     let batch: TaskEventBatch = serde_json::from_slice(&body).expect("task events");
     let now = Instant::now();
     seen.lock().expect("seen").events.extend(batch.events.into_iter().map(|e| (now, e)));
+    "ok"
+}
+
+/// The Entrance a task's job moved to: its events land here too.
+async fn moved_entrance_rpc(State(seen): State<Shared>, body: Bytes) -> &'static str {
+    let batch: TaskEventBatch = serde_json::from_slice(&body).expect("task events");
+    let now = Instant::now();
+    let mut seen = seen.lock().expect("seen");
+    seen.moved.extend(batch.events.iter().cloned());
+    seen.events.extend(batch.events.into_iter().map(|e| (now, e)));
     "ok"
 }
 
@@ -62,6 +74,8 @@ async fn entrance_result(
 struct Harness {
     seen: Shared,
     base: String,
+    /// A second Entrance, where a task can be redirected.
+    moved_base: String,
     child: Child,
     instance: String,
     http: reqwest::Client,
@@ -85,9 +99,19 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await });
+        let moved = Router::new().route(ENTRANCE_RPC_PATH, post(moved_entrance_rpc)).with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let moved_base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, moved).await });
+        // Several control-plane URLs, the first dead: the engine finds the live one.
+        let dead = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            format!("http://{}", l.local_addr().expect("addr"))
+        };
+        let manager_urls = format!("{dead},{base}");
         let dir = tempfile::tempdir().expect("tmp");
         let mut cmd = Command::new(program);
-        cmd.args(["engineconn", "--ticket-id", "t-1", "--user", "alice", "--manager-url", &base, "--work-dir"])
+        cmd.args(["engineconn", "--ticket-id", "t-1", "--user", "alice", "--manager-url", &manager_urls, "--work-dir"])
             .arg(dir.path())
             .args(["--conf", "hangar.engineconn.running_info_interval_ms=100"])
             .args(["--conf", "hangar.engineconn.heartbeat_interval_ms=200"])
@@ -126,7 +150,7 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(pid, child.id(), "Ready carries the engine's own pid");
-        Harness { seen, base, child, instance, http: reqwest::Client::new(), _dir: dir }
+        Harness { seen, base, moved_base, child, instance, http: reqwest::Client::new(), _dir: dir }
     }
 
     async fn call_raw(&self, token: &str, req: &EngineRequest) -> (u16, EngineReply) {
@@ -289,6 +313,12 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     let infos: Vec<Instant> =
         h.events(3).into_iter().filter(|(_, e)| matches!(e, TaskEvent::RunningInfo(_))).map(|(t, _)| t).collect();
     assert!((8..=22).contains(&infos.len()), "{} running-info reports in 1.5 s at a 100 ms interval", infos.len());
+    // Its job moves to another Entrance: the task's events follow it from now on.
+    let moved = EngineRequest::TaskStatus { task_id: 3, callback_url: Some(h.moved_base.clone()) };
+    assert!(
+        matches!(h.call(&moved).await, EngineReply::TaskStatus { status: Some(JobStatus::Running), .. }),
+        "a running task is redirected"
+    );
     let killed_at = Instant::now();
     assert_eq!(
         h.call(&EngineRequest::Kill { task_id: 3 }).await,
@@ -298,6 +328,12 @@ async fn assert_engine_conformance_of(program: &std::path::Path, case: EngineCas
     );
     let (st, err, at) = h.final_status(3, Duration::from_secs(5)).await;
     assert_eq!(st, JobStatus::Cancelled, "{err:?}");
+    let moved: Vec<TaskEvent> = h.seen.lock().expect("seen").moved.clone();
+    assert!(moved.iter().all(|e| e.task_id() == 3), "only the redirected task's events move");
+    assert!(
+        moved.iter().any(|e| matches!(e, TaskEvent::Status { status: JobStatus::Cancelled, .. })),
+        "the final status went to the new Entrance: {moved:?}"
+    );
     assert!(at.duration_since(killed_at) < Duration::from_secs(1), "cancelled in {:?}", at.duration_since(killed_at));
     // Only four kinds of task messages exist; every one seen is of those kinds.
     for (_, e) in h.events(3) {

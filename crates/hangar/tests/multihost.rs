@@ -41,7 +41,10 @@ struct Hosts {
 }
 
 async fn start_ecm(net: &Net, host: usize, cp: &Server, ecm_keys: &str) -> Server {
-    let server_keys = format!("roles = \"ecm\"\nmanager_url = \"{}\"\nbind = \"{}\"", cp.base, net.addr(host));
+    // Host 1 is given two control-plane URLs, the first one dead (nothing
+    // listens on port 1): it, its engines and its material fetches go past it.
+    let manager_url = if host == 1 { format!("http://{}:1,{}", net.addr(0), cp.base) } else { cp.base.clone() };
+    let server_keys = format!("roles = \"ecm\"\nmanager_url = \"{manager_url}\"\nbind = \"{}\"", net.addr(host));
     let extra = format!("[ecm]\nheartbeat_interval_ms = 1000\nkill_grace_ms = 1000\n{ecm_keys}\n");
     Server::start_in(net.ns(host), &server_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), &extra).await
 }

@@ -8,6 +8,7 @@
 
 pub mod credential;
 pub mod dolphin;
+pub mod endpoints;
 pub mod envelope;
 pub mod error;
 pub mod exec_id;

@@ -141,8 +141,13 @@ pub enum EngineRequest {
     },
     Status,
     /// Where one task stands (an Entrance re-attaching after a restart).
+    /// With `callback_url`, the task's events (those queued or being retried
+    /// now too) and result sets go to that Entrance from then on: the
+    /// instance that took the job over.
     TaskStatus {
         task_id: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback_url: Option<String>,
     },
     Shutdown {
         reason: String,
@@ -534,5 +539,16 @@ mod tests {
         let ev = TaskEvent::RunningInfo(TaskRunningInfo { task_id: 3, ..Default::default() });
         let s = serde_json::to_string(&ev).expect("ser");
         assert_eq!(serde_json::from_str::<TaskEvent>(&s).expect("de").task_id(), 3);
+    }
+
+    #[test]
+    fn task_status_takes_an_optional_new_callback() {
+        // An older Entrance sends no callback; an older engine ignores one.
+        let old: EngineRequest = serde_json::from_str(r#"{"type":"TaskStatus","task_id":4}"#).expect("de");
+        assert_eq!(old, EngineRequest::TaskStatus { task_id: 4, callback_url: None });
+        assert_eq!(serde_json::to_string(&old).expect("ser"), r#"{"type":"TaskStatus","task_id":4}"#);
+        let moved = EngineRequest::TaskStatus { task_id: 4, callback_url: Some("http://10.0.0.2:9001".into()) };
+        let s = serde_json::to_string(&moved).expect("ser");
+        assert_eq!(serde_json::from_str::<EngineRequest>(&s).expect("de"), moved);
     }
 }
