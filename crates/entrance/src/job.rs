@@ -394,7 +394,7 @@ impl Entrance {
         let grant = tokio::select! {
             g = self.ask_engine(task_id, &ask, log, &job.feed) => g?,
             _ = fired(&mut kill) => { self.killed(task_id)?; return cancelled("killed by user while waiting for an engine") }
-            _ = fired(&mut shutdown) => return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job waited for an engine")),
+            _ = fired(&mut shutdown) => { self.killed(task_id)?; return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job waited for an engine")) }
         };
         let result = self
             .run_on_engine(job, log, metrics, &grant, asked_at, &mut events, &mut kill, &mut shutdown, progress_info)

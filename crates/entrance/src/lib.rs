@@ -78,6 +78,8 @@ pub struct Entrance {
     pub(crate) jobs: Mutex<HashMap<i64, JobHandle>>,
     pub(crate) groups: Mutex<HashMap<String, Group>>,
     pub(crate) shutting_down: watch::Sender<bool>,
+    /// A clean stop of one of several instances: its jobs go to the others.
+    pub(crate) handing_over: std::sync::atomic::AtomicBool,
     pub(crate) sessions: session::Sessions,
     pub(crate) login_throttle: throttle::LoginThrottle,
 }
@@ -103,6 +105,7 @@ impl Entrance {
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
+            handing_over: Default::default(),
             login_throttle: throttle::LoginThrottle::default(),
         }))
     }
@@ -127,6 +130,11 @@ impl Entrance {
             queued: 0,
         });
         f(g)
+    }
+
+    /// Whether job `task_id` is queued or running in this process.
+    pub fn runs(&self, task_id: i64) -> bool {
+        lock(&self.jobs).contains_key(&task_id)
     }
 
     /// Jobs in this process, and how many of them wait in a queue.

@@ -257,6 +257,7 @@ impl Entrance {
                     return Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, "killed by user (engine did not confirm in 3 s)"))));
                 }
                 _ = fired(shutdown) => {
+                    self.killed(task_id)?;
                     let _ = self.engines.call(&grant.instance, grant.key.expose(), &EngineRequest::Kill { task_id }).await;
                     return Err(HangarError::new(ErrorCode::ShuttingDown, "the server shut down while the job ran"));
                 }

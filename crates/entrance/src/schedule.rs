@@ -41,10 +41,11 @@ pub(crate) enum SlotWait {
 impl Entrance {
     /// Whether this instance lost job `task_id`'s lease.
     pub(crate) fn lost(&self, task_id: i64) -> bool {
-        lock(&self.jobs).get(&task_id).is_some_and(|h| h.lost.load(Ordering::SeqCst))
+        self.handing_over.load(Ordering::SeqCst)
+            || lock(&self.jobs).get(&task_id).is_some_and(|h| h.lost.load(Ordering::SeqCst))
     }
 
-    /// The job's kill fired: a real kill, or the lease was lost.
+    /// The job's kill (or the shutdown) fired: a real one, or the lease was lost.
     pub(crate) fn killed(&self, task_id: i64) -> Result<(), HangarError> {
         if self.lost(task_id) { Err(lease_lost()) } else { Ok(()) }
     }
@@ -100,7 +101,7 @@ impl Entrance {
                 p = s.acquire_owned() => p.ok(),
                 _ = &mut queue_deadline => return Ok(timed_out()),
                 _ = fired(kill) => { self.killed(job.task_id)?; return Ok(cancelled()); }
-                _ = fired(shutdown) => return Err(down()),
+                _ = fired(shutdown) => { self.killed(job.task_id)?; return Err(down()) }
             },
             None => None,
         };
@@ -122,7 +123,7 @@ impl Entrance {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = &mut queue_deadline => return Ok(timed_out()),
                 _ = fired(kill) => { self.killed(job.task_id)?; return Ok(cancelled()); }
-                _ = fired(shutdown) => return Err(down()),
+                _ = fired(shutdown) => { self.killed(job.task_id)?; return Err(down()) }
             }
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }

@@ -34,6 +34,27 @@ impl Entrance {
         }
     }
 
+    /// Stop taking jobs and hand every job of this instance to the others
+    /// (a clean stop of one of several instances): runners stop without a
+    /// write, a kill or an unlock, and the leases end now, so another
+    /// instance re-attaches the running ones and queues the waiting ones.
+    pub async fn hand_over(&self) {
+        self.handing_over.store(true, Ordering::SeqCst);
+        self.shutting_down.send_replace(true);
+        for h in lock(&self.jobs).values() {
+            h.lost.store(true, Ordering::SeqCst);
+            h.kill.send_replace(true);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !lock(&self.jobs).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        match self.store.release_leases(&self.cfg.owner_id).await {
+            Ok(n) => tracing::info!(jobs = n, "handed this instance's jobs over to the other instances"),
+            Err(e) => tracing::warn!(error = %e, "cannot hand the jobs over: they are taken over when their leases end"),
+        }
+    }
+
     async fn lease_tick(self: &Arc<Self>) {
         let now = now_ms();
         let until = self.lease_until(now);

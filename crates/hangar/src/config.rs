@@ -38,6 +38,10 @@ pub struct Server {
     pub data_dir: String,
     /// Empty: `sqlite://<data_dir>/hangar.db`.
     pub store_url: String,
+    /// Job logs, result sets and material blobs: what every control-plane
+    /// instance on one store must see (one folder they all mount). Empty:
+    /// the data dir.
+    pub shared_dir: String,
     pub log_level: String,
     /// When set, `/metrics` needs `Authorization: Bearer <metrics_token>`.
     pub metrics_token: String,
@@ -89,6 +93,9 @@ pub struct Manager {
     pub reservation_timeout_ms: u64,
     pub engine_lock_timeout_ms: u64,
     pub max_concurrent_creations: usize,
+    /// Control-plane instances on one store elect one active manager: the
+    /// lease it holds in the store (renewed every quarter of it).
+    pub leader_lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +162,7 @@ impl Default for Config {
                 port: 9001,
                 data_dir: "./hangar-data".into(),
                 store_url: String::new(),
+                shared_dir: String::new(),
                 log_level: "info".into(),
                 metrics_token: String::new(),
             },
@@ -188,6 +196,7 @@ impl Default for Config {
                 reservation_timeout_ms: 120_000,
                 engine_lock_timeout_ms: 300_000,
                 max_concurrent_creations: 2,
+                leader_lease_ms: 5_000,
             },
             ecm: Ecm {
                 memory: String::new(),

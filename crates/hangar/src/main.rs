@@ -8,11 +8,13 @@ mod address;
 mod bench;
 mod bench_manager;
 mod bench_spark;
+mod cluster;
 mod commands;
 mod config;
 mod datadir;
 mod ecm_link;
 mod exposure;
+mod forward;
 mod serve;
 
 use std::path::PathBuf;

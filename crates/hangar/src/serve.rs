@@ -273,9 +273,12 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         admins: admins(&cfg),
     };
     let engineconn_home = dir_or(&cfg.materials.engineconn_home, &data_dir, "engineconn-plugins");
+    // What every control-plane instance on this store must see.
+    let shared_dir = if cfg.server.shared_dir.is_empty() { data_dir.clone() } else { PathBuf::from(&cfg.server.shared_dir) };
+    private_dir(&shared_dir, 0o700)?;
     let library = hangar_bml::MaterialLibrary::open(
         store.clone(),
-        &data_dir.join("materials"),
+        &shared_dir.join("materials"),
         &engineconn_home,
         parse_bytes(&cfg.materials.max_upload_size)?,
     )
@@ -309,8 +312,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     let ecfg = EntranceConfig {
         instance: instance.clone(),
         callback_url: base_url.clone(),
-        logs_dir: data_dir.join("logs"),
-        results_dir: data_dir.join("results"),
+        logs_dir: shared_dir.join("logs"),
+        results_dir: shared_dir.join("results"),
         max_running_per_group: cfg.entrance.max_running_per_group,
         max_queued_per_group: cfg.entrance.max_queued_per_group,
         ask_timeout: ms(cfg.entrance.ask_timeout_ms),
@@ -334,7 +337,26 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     };
     private_dir(&ecfg.results_dir, 0o700)?;
     private_dir(&ecfg.logs_dir, 0o700)?;
-    let entrance = Entrance::new(ecfg, store.clone(), manager.clone());
+    let owner_id = ecfg.owner_id.clone();
+    // One process alone talks to its manager in process; instances of a
+    // control plane elect one and reach it wherever it runs.
+    let (client, control): (Arc<dyn hangar_manager::ManagerClient>, _) = if roles == Roles::ControlPlane {
+        let (view, control) = crate::cluster::ControlPlane {
+            store: store.clone(),
+            me: owner_id.clone(),
+            url: base_url.clone(),
+            lease: ms(cfg.manager.leader_lease_ms),
+            manager: manager.clone(),
+            rejoin_window: ms(cfg.entrance.reattach_timeout_ms),
+            holder: String::new(),
+        }
+        .start();
+        let client = hangar_manager::ClusterManager::new(manager.clone(), view.leadership.clone(), owner_id.clone())?;
+        (Arc::new(client), Some((view, control)))
+    } else {
+        (Arc::new(hangar_manager::LocalManager(manager.clone())), None)
+    };
+    let entrance = Entrance::new(ecfg, store.clone(), client, manager.clone())?;
     let (reattached, requeued, ended) = entrance.recover().await?;
     if reattached + requeued + ended > 0 {
         tracing::warn!(
@@ -345,16 +367,29 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         );
     }
 
-    let app = hangar_entrance::router(entrance.clone())
+    let mut app = hangar_entrance::router(entrance.clone())
         .merge(hangar_manager::rpc_router(manager.clone()))
         .route("/health", axum::routing::get(|| async { "ok" }));
+    if let Some((view, _)) = &control {
+        let f = crate::forward::Forwarder::new(view.clone(), store.clone(), entrance.clone())?;
+        app = app.layer(axum::middleware::from_fn_with_state(f, crate::forward::route));
+    }
     let server = spawn_http(listener, app);
     tracing::info!(%base_url, data_dir = %data_dir.display(), store = %store_url, ?roles, "Hangar is serving");
     eprintln!("Hangar listening on {base_url} (data in {}); stop with Ctrl-C", data_dir.display());
 
     wait_for_signal().await;
     tracing::info!("shutting down: ending jobs, stopping engines");
-    entrance.shutdown().await;
+    if control.is_some() {
+        entrance.hand_over().await;
+    } else {
+        entrance.shutdown().await;
+    }
+    if let Some((_, control)) = &control {
+        // The engines carry on with the next manager; this one only lets go.
+        control.stop().await;
+        manager.step_down();
+    }
     manager.shutdown().await;
     if let Some(ecm) = local_ecm {
         ecm.kill_all().await;

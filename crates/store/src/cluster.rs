@@ -84,6 +84,14 @@ impl Store {
         Ok(())
     }
 
+    /// The engines that jobs run on now (a new manager expects them to rejoin).
+    pub async fn running_tickets(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT ticket_id FROM hangar_job WHERE status = 'Running' AND ticket_id IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
     /// Take or keep `role`'s lease for `holder` (reached at `url`) until
     /// `until`: granted when `holder` has it, or it is free or expired at
     /// `now`. Returns the lease as it stands after the attempt.

@@ -73,6 +73,13 @@ impl Store {
         Ok(r)
     }
 
+    /// A clean stop of `owner`: its leases end now, so other instances take
+    /// its jobs over at once.
+    pub async fn release_leases(&self, owner: &str) -> Result<u64> {
+        let sql = format!("UPDATE hangar_job SET lease_until = 0 WHERE owner = $1 AND status NOT IN {TERMINAL}");
+        Ok(sqlx::query(AssertSqlSafe(sql)).bind(owner).execute(&self.pool).await?.rows_affected())
+    }
+
     /// Ask whoever runs job `id` to kill it (its owner sees the request at
     /// its next lease renewal; an instance taking the job over, at once).
     /// False when the job already ended.
