@@ -100,8 +100,9 @@ impl Entrance {
             cfg,
             store,
             manager,
+            // The manager's own connections when it runs in this process.
+            engines: operator.engine_client().clone(),
             operator,
-            engines: EngineClient::new()?,
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,

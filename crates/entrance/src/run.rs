@@ -94,9 +94,17 @@ impl Entrance {
             let _ = h.ticket.set(grant.ticket_id.clone());
         }
         let mut engine = engine;
-        if let Err(e) =
-            self.engines.call(&grant.instance, grant.key.expose(), &EngineRequest::Execute(req)).await
-        {
+        // An engine that ends while the task is on its way (lost, stopped) ends the job now, not at the call's timeout.
+        let execute = EngineRequest::Execute(req);
+        let sent = tokio::select! {
+            r = self.engines.call(&grant.instance, grant.key.expose(), &execute) => r,
+            v = engine.wait_for(|v| v.status.is_completed()) => Err(HangarError::new(
+                ErrorCode::EngineLost,
+                format!("engine {} (ticket {}) ended before it took the task: {}", grant.instance, grant.ticket_id,
+                    v.ok().and_then(|v| v.reason.clone()).unwrap_or_default()),
+            )),
+        };
+        if let Err(e) = sent {
             // An engine that died just now: its ECM reports how within moments; say that, not the transport error.
             let ended = tokio::time::timeout(Duration::from_secs(2), engine.wait_for(|v| v.status.is_completed()))
                 .await

@@ -1,0 +1,309 @@
+//! Several control-plane instances on one PostgreSQL: three `hangar serve
+//! --roles entrance,manager`, two ECM processes given all three URLs, and a
+//! mixed shell/Python load submitted to any live instance while the
+//! instances are killed -9 one at a time and restarted. Every accepted job
+//! ends, none runs twice, no engine process is left, the ECMs hold nothing
+//! once the engines are gone. `HANGAR_CP_JOBS` sets the job count (300).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{ECM_TOKEN, RPC_SECRET, Server, TOKEN};
+use serde_json::{Value, json};
+
+/// A fresh database on the test PostgreSQL, or None (the test is skipped).
+fn fresh_database() -> Option<String> {
+    let url = std::env::var("HANGAR_TEST_POSTGRES_URL").ok()?;
+    let db = format!(
+        "hangar_cp_{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos()
+    );
+    let out = std::process::Command::new("psql").args([url.as_str(), "-qc", &format!("create database {db}")]).output();
+    assert!(out.is_ok_and(|o| o.status.success()), "cannot create database {db}");
+    let base = url.rsplit_once('/').map(|(b, _)| b.to_string()).expect("url with a database");
+    Some(format!("{base}/{db}"))
+}
+
+const PLANE: &str = r#"
+[manager]
+engine_heartbeat_interval_ms = 200
+engine_start_timeout_ms = 30000
+leader_lease_ms = 1500
+[engineconn]
+heartbeat_interval_ms = 200
+running_info_interval_ms = 200
+log_push_interval_ms = 50
+orphan_timeout_ms = 20000
+max_free_time_ms = 4000
+[entrance]
+job_lease_ms = 3000
+max_running_per_group = 3
+ask_timeout_ms = 60000
+reattach_timeout_ms = 30000
+"#;
+
+/// REST calls to whichever instance is up (never panics).
+#[derive(Clone)]
+struct Client {
+    bases: Arc<Mutex<Vec<String>>>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn call(&self, method: &str, path: &str, user: &str, body: Option<&Value>, start: usize) -> Option<Value> {
+        let bases = self.bases.lock().expect("bases").clone();
+        for i in 0..bases.len() {
+            let base = &bases[(start + i) % bases.len()];
+            let url = format!("{base}/api/rest_j/v1{path}");
+            let req = match method {
+                "POST" => self.http.post(&url).json(body.unwrap_or(&json!({}))),
+                _ => self.http.get(&url),
+            };
+            let Ok(r) = req.header("Token-User", user).header("Token-Code", TOKEN).send().await else { continue };
+            if r.status().is_server_error() {
+                continue;
+            }
+            if let Ok(v) = r.json::<Value>().await {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+fn engine_processes(dirs: &[&Path]) -> usize {
+    dirs.iter().map(|d| common::engine_pids(d).len()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
+    let Some(store) = fresh_database() else {
+        eprintln!("skipped: HANGAR_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+        return;
+    };
+    let jobs: usize = std::env::var("HANGAR_CP_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let shared = tempfile::tempdir().expect("shared dir");
+    // Each job notes here that it ran (a job run twice notes it twice).
+    let runs = tempfile::tempdir().expect("runs dir");
+    std::fs::set_permissions(runs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("mode");
+    let keys = format!(
+        "roles = \"entrance,manager\"\nstore_url = \"{store}\"\nshared_dir = \"{}\"",
+        shared.path().join("jobs").display()
+    );
+    let auth = format!("rpc_token = \"{RPC_SECRET}\"\necm_token = \"{ECM_TOKEN}\"");
+    let mut planes = Vec::new();
+    for _ in 0..3 {
+        planes.push(Server::start_custom(&keys, &auth, PLANE).await);
+    }
+    let urls: Vec<String> = planes.iter().map(|p| p.base.clone()).collect();
+    let ecm_keys = format!("roles = \"ecm\"\nmanager_url = \"{}\"", urls.join(","));
+    let ecm_extra = "[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\ninstances = 40\n";
+    let mut ecms = Vec::new();
+    for _ in 0..2 {
+        ecms.push(Server::start_custom(&ecm_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), ecm_extra).await);
+    }
+    let client = Client {
+        bases: Arc::new(Mutex::new(urls.clone())),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client"),
+    };
+    // Both ECMs registered with the elected manager (any instance answers).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ems = client.call("GET", "/linkisManager/listAllEMs", "admin", None, 0).await;
+        if ems.as_ref().and_then(|v| v["data"]["EMs"].as_array()).is_some_and(|a| a.len() == 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ECMs did not register: {ems:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The load: submitted in the background to any live instance.
+    let accepted: Arc<Mutex<Vec<(String, i64, String, usize)>>> = Default::default();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let load = {
+        let (client, accepted, refused) = (client.clone(), accepted.clone(), refused.clone());
+        let runs = runs.path().to_path_buf();
+        tokio::spawn(async move {
+            for n in 0..jobs {
+                let user = ["alice", "bob"][n % 2];
+                let mark = runs.join(n.to_string());
+                let (labels, code, run_type) = if n % 3 == 2 {
+                    (
+                        json!({"engineType": "python-python3", "userCreator": format!("{user}-IDE")}),
+                        format!("open('{}', 'a').write('x\\n')\nimport time\ntime.sleep(0.{})\nprint('job', {n})", mark.display(), n % 5),
+                        "python",
+                    )
+                } else {
+                    (
+                        json!({"engineType": "shell-1", "userCreator": format!("{user}-IDE")}),
+                        format!("echo x >> {}\nsleep 0.{}\necho job {n}", mark.display(), n % 7),
+                        "shell",
+                    )
+                };
+                let body = json!({"executionContent": {"code": code, "runType": run_type}, "labels": labels});
+                match client.call("POST", "/entrance/submit", user, Some(&body), n).await {
+                    Some(v) if v["status"] == 0 => {
+                        let exec = v["data"]["execID"].as_str().unwrap_or_default().to_string();
+                        let task = v["data"]["taskID"].as_i64().unwrap_or_default();
+                        accepted.lock().expect("accepted").push((user.to_string(), task, exec, n));
+                    }
+                    _ => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+
+    // The faults: each instance in turn killed -9, then restarted, while the load runs.
+    let mut kills = Vec::new();
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let i = round % 3;
+        let leader = client.call("GET", "/linkisManager/listAllEMs", "admin", None, 0).await.is_some();
+        planes[i].kill9();
+        kills.push(format!("instance {} killed -9 at {:.1} s", i + 1, started.elapsed().as_secs_f64()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let p = planes.remove(i);
+        planes.insert(i, p.restart().await);
+        let _ = leader;
+    }
+    load.await.expect("load");
+    let accepted = accepted.lock().expect("accepted").clone();
+
+    // Every accepted job ends.
+    let mut last: HashMap<i64, Value> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        for (user, task, _, _) in &accepted {
+            if last.get(task).is_some_and(is_final) {
+                continue;
+            }
+            if let Some(v) = client.call("GET", &format!("/jobhistory/{task}/get"), user, None, *task as usize).await {
+                last.insert(*task, v);
+            }
+        }
+        let open = accepted.iter().filter(|(_, t, _, _)| !last.get(t).is_some_and(is_final)).count();
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = |t: &i64| last.get(t).and_then(|v| v["data"]["task"]["status"].as_str()).unwrap_or("").to_string();
+    let count = |s: &str| accepted.iter().filter(|(_, t, _, _)| status(t) == s).count();
+    let stuck = accepted.iter().filter(|(_, t, _, _)| !last.get(t).is_some_and(is_final)).count();
+    let mut twice = 0;
+    let mut succeeded_not_run = 0;
+    for (_, t, _, n) in &accepted {
+        let lines = std::fs::read_to_string(runs.path().join(n.to_string())).unwrap_or_default().lines().count();
+        if lines > 1 {
+            twice += 1;
+        }
+        if status(t) == "Succeed" && lines != 1 {
+            succeeded_not_run += 1;
+        }
+    }
+    let no_reason = accepted
+        .iter()
+        .filter(|(_, t, _, _)| matches!(status(t).as_str(), "Failed" | "Cancelled" | "Timeout"))
+        .filter(|(_, t, _, _)| last[t]["data"]["task"]["errDesc"].as_str().is_none_or(str::is_empty))
+        .count();
+    // Results of the jobs that succeeded are where any instance finds them.
+    let mut results_lost = 0;
+    for (user, t, _, n) in accepted.iter().filter(|(_, t, _, _)| status(t) == "Succeed").take(40) {
+        let loc = last[t]["data"]["task"]["resultLocation"].as_str().unwrap_or_default().to_string();
+        let path = format!("/filesystem/openFile?path={}", common::enc(&format!("{loc}/_0.dolphin")));
+        let f = client.call("GET", &path, user, None, *t as usize).await;
+        if !f.is_some_and(|f| f["data"]["fileContent"].to_string().contains(&format!("job {n}"))) {
+            results_lost += 1;
+        }
+    }
+    // Idle engines exit (max_free_time_ms); then the ECMs hold nothing.
+    let mut resources_left = i64::MAX;
+    let quiet = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < quiet {
+        let ems = client.call("GET", "/linkisManager/listAllEMs", "admin", None, 0).await.unwrap_or_default();
+        let engines = client.call("GET", "/linkisManager/listAllEngines", "admin", None, 0).await.unwrap_or_default();
+        let held: Option<i64> = ems["data"]["EMs"].as_array().map(|v| {
+            v.iter()
+                .map(|e| {
+                    e["usedResource"]["instance"].as_i64().unwrap_or(0)
+                        + e["lockedResource"]["instance"].as_i64().unwrap_or(0)
+                })
+                .sum()
+        });
+        let listed = engines["data"]["engines"].as_array().map(Vec::len);
+        if let (Some(h), Some(0)) = (held, listed) {
+            resources_left = h;
+            if h == 0 && engine_processes(&[&ecms[0].data_dir, &ecms[1].data_dir]) == 0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let orphans = engine_processes(&[&ecms[0].data_dir, &ecms[1].data_dir]);
+    let by_instance: BTreeMap<String, usize> = accepted.iter().fold(BTreeMap::new(), |mut m, (_, _, exec, _)| {
+        let inst = urls.iter().position(|u| exec.contains(u.trim_start_matches("http://"))).map_or(0, |i| i + 1);
+        *m.entry(format!("instance {inst}")).or_default() += 1;
+        m
+    });
+    let rows = [
+        ("submitted (accepted)", accepted.len()),
+        ("refused at submit (no instance answered)", refused.load(std::sync::atomic::Ordering::Relaxed)),
+        ("Succeed", count("Succeed")),
+        ("Failed", count("Failed")),
+        ("Cancelled", count("Cancelled")),
+        ("Timeout", count("Timeout")),
+        ("stuck", stuck),
+        ("ran twice", twice),
+        ("Succeed but did not run exactly once", succeeded_not_run),
+        ("results lost (of 40 checked)", results_lost),
+        ("Failed/Cancelled without a reason", no_reason),
+        ("orphan engine processes", orphans),
+        ("resources left on the ECMs after quiescence (engines)", resources_left.max(0) as usize),
+    ];
+    let mut table = format!(
+        "control-plane run: {jobs} jobs, 3 instances + 2 ECMs on PostgreSQL, {:.0} s; {}\n\naccepted by {by_instance:?}\n\n| measure | count |\n|---|---|\n",
+        started.elapsed().as_secs_f64(),
+        kills.join("; ")
+    );
+    for (k, v) in rows {
+        table.push_str(&format!("| {k} | {v} |\n"));
+    }
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    for (_, t, _, _) in accepted.iter().filter(|(_, t, _, _)| matches!(status(t).as_str(), "Failed" | "Cancelled" | "Timeout")) {
+        let d = last[t]["data"]["task"]["errDesc"].as_str().unwrap_or_default();
+        let short: String = d.lines().next().unwrap_or_default().chars().take(100).collect();
+        let short = short.split(|c: char| c.is_ascii_digit()).collect::<Vec<_>>().join("#");
+        *reasons.entry(short).or_default() += 1;
+    }
+    let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    table.push_str("\n| why a job did not succeed (digits as #) | jobs |\n|---|---|\n");
+    for (r, n) in reasons.iter().take(8) {
+        table.push_str(&format!("| {} | {n} |\n", r.replace('|', "/")));
+    }
+    println!("{table}");
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("control-planes-table.md"), &table);
+    if stuck + twice + succeeded_not_run + results_lost + no_reason + orphans > 0 || resources_left != 0 {
+        for (i, p) in planes.iter().enumerate() {
+            let log = p.server_log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- instance {} log tail:\n{}", i + 1, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    }
+    assert_eq!((stuck, twice, succeeded_not_run, results_lost, no_reason, orphans), (0, 0, 0, 0, 0, 0), "{table}");
+    assert_eq!(resources_left, 0, "{table}");
+    assert!(count("Succeed") * 10 >= accepted.len() * 9, "at least 90% succeed: {table}");
+    drop(ecms);
+}
+
+fn is_final(v: &Value) -> bool {
+    matches!(v["data"]["task"]["status"].as_str(), Some("Succeed" | "Failed" | "Cancelled" | "Timeout"))
+}
