@@ -3,7 +3,7 @@
 //! mixed shell/Python load submitted to any live instance while the
 //! instances are killed -9 one at a time and restarted. Every accepted job
 //! ends, none runs twice, no engine process is left, the ECMs hold nothing
-//! once the engines are gone. `HANGAR_CP_JOBS` sets the job count (300).
+//! once the engines are gone. `HANGAR_TEST_CP_JOBS` sets the job count (300).
 
 mod common;
 
@@ -85,7 +85,7 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
         eprintln!("skipped: HANGAR_TEST_POSTGRES_URL is not set (scripts/test sets it)");
         return;
     };
-    let jobs: usize = std::env::var("HANGAR_CP_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let jobs: usize = std::env::var("HANGAR_TEST_CP_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
     let shared = tempfile::tempdir().expect("shared dir");
     // Each job notes here that it ran (a job run twice notes it twice).
     let runs = tempfile::tempdir().expect("runs dir");
@@ -125,6 +125,8 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     let accepted: Arc<Mutex<Vec<(String, i64, String, usize)>>> = Default::default();
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
+    // The submissions span the faults (about 24 s).
+    let pace = Duration::from_millis((24_000 / jobs.max(1)) as u64);
     let load = {
         let (client, accepted, refused) = (client.clone(), accepted.clone(), refused.clone());
         let runs = runs.path().to_path_buf();
@@ -141,7 +143,7 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
                 } else {
                     (
                         json!({"engineType": "shell-1", "userCreator": format!("{user}-IDE")}),
-                        format!("echo x >> {}\nsleep 0.{}\necho job {n}", mark.display(), n % 7),
+                        format!("echo x >> {}\nsleep {}.{}\necho job {n}", mark.display(), n % 2, n % 7),
                         "shell",
                     )
                 };
@@ -156,7 +158,7 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
                         refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(40)).await;
+                tokio::time::sleep(pace).await;
             }
         })
     };
@@ -166,13 +168,18 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     for round in 0..3 {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let i = round % 3;
-        let leader = client.call("GET", "/linkisManager/listAllEMs", "admin", None, 0).await.is_some();
+        let leader = std::process::Command::new("psql")
+            .args([store.as_str(), "-tAc", "select url from hangar_leader where until_ms > 0"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let role = if leader == planes[i].base { " (the elected manager)" } else { "" };
         planes[i].kill9();
-        kills.push(format!("instance {} killed -9 at {:.1} s", i + 1, started.elapsed().as_secs_f64()));
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        kills.push(format!("instance {}{role} killed -9 at {:.1} s", i + 1, started.elapsed().as_secs_f64()));
+        // Down shorter than a job lease (it takes its jobs back), then longer (the others take them over).
+        tokio::time::sleep(Duration::from_secs(if round == 0 { 2 } else { 5 })).await;
         let p = planes.remove(i);
         planes.insert(i, p.restart().await);
-        let _ = leader;
     }
     load.await.expect("load");
     let accepted = accepted.lock().expect("accepted").clone();
@@ -248,6 +255,15 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let orphans = engine_processes(&[&ecms[0].data_dir, &ecms[1].data_dir]);
+    // How the jobs of killed instances went on: their job logs say.
+    let (mut taken_over, mut reclaimed) = (0, 0);
+    for (_, t, _, _) in &accepted {
+        let log_path = last.get(t).and_then(|v| v["data"]["task"]["logPath"].as_str()).unwrap_or_default().to_string();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        taken_over += usize::from(log.contains("took it over"));
+        reclaimed += usize::from(log.contains("the server restarted"));
+    }
+    let reused = accepted.iter().filter(|(_, t, _, _)| last[t]["data"]["task"]["isReuse"] == json!(true)).count();
     let by_instance: BTreeMap<String, usize> = accepted.iter().fold(BTreeMap::new(), |mut m, (_, _, exec, _)| {
         let inst = urls.iter().position(|u| exec.contains(u.trim_start_matches("http://"))).map_or(0, |i| i + 1);
         *m.entry(format!("instance {inst}")).or_default() += 1;
@@ -263,6 +279,9 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
         ("stuck", stuck),
         ("ran twice", twice),
         ("Succeed but did not run exactly once", succeeded_not_run),
+        ("taken over by another instance (lease expired)", taken_over),
+        ("taken back by their restarted instance", reclaimed),
+        ("ran on a reused engine", reused),
         ("results lost (of 40 checked)", results_lost),
         ("Failed/Cancelled without a reason", no_reason),
         ("orphan engine processes", orphans),
@@ -301,6 +320,7 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     assert_eq!((stuck, twice, succeeded_not_run, results_lost, no_reason, orphans), (0, 0, 0, 0, 0, 0), "{table}");
     assert_eq!(resources_left, 0, "{table}");
     assert!(count("Succeed") * 10 >= accepted.len() * 9, "at least 90% succeed: {table}");
+    assert!(taken_over > 0 && reclaimed > 0, "the faults missed the load (no job outlived its instance): {table}");
     drop(ecms);
 }
 
