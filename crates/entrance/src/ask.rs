@@ -47,7 +47,17 @@ impl Entrance {
             let err = match self.manager.ask(attempt).await {
                 Ok(g) => {
                     if waiting_for.is_some() {
-                        self.store.update_status(task_id, &self.cfg.owner_id, JobStatus::Scheduled, None, None, None, now_ms()).await?;
+                        self.store
+                            .update_status(
+                                task_id,
+                                &self.cfg.owner_id,
+                                JobStatus::Scheduled,
+                                None,
+                                None,
+                                None,
+                                now_ms(),
+                            )
+                            .await?;
                         feed.send(json!({"type": "status", "status": "Scheduled"}));
                         log.line(Level::Info, "an engine can be had now").await;
                     }
@@ -59,7 +69,17 @@ impl Entrance {
             if shortage(err.code) && wait_more {
                 if waiting_for.as_deref() != Some(err.message.as_str()) {
                     if waiting_for.is_none() {
-                        self.store.update_status(task_id, &self.cfg.owner_id, JobStatus::WaitForRetry, None, None, None, now_ms()).await?;
+                        self.store
+                            .update_status(
+                                task_id,
+                                &self.cfg.owner_id,
+                                JobStatus::WaitForRetry,
+                                None,
+                                None,
+                                None,
+                                now_ms(),
+                            )
+                            .await?;
                         feed.send(json!({"type": "status", "status": "WaitForRetry"}));
                     }
                     let secs = deadline.saturating_duration_since(Instant::now()).as_secs();

@@ -319,7 +319,9 @@ impl Entrance {
             .map(|e| (e.code.number(), e.message.as_str()));
         let exit_code = metrics.get(crate::run::EXIT_CODE).cloned().unwrap_or(Value::Null);
         let metrics = Value::Object(metrics).to_string();
-        if let Err(e) = self.store.update_status(task_id, &self.cfg.owner_id, status, progress, err, Some(&metrics), now_ms()).await {
+        if let Err(e) =
+            self.store.update_status(task_id, &self.cfg.owner_id, status, progress, err, Some(&metrics), now_ms()).await
+        {
             // A job never stays unfinished in the store: keep trying (a full
             // disk that gets room again) while this process lives.
             tracing::error!(task_id, error = %e, "cannot store the final job status; retrying until it can");

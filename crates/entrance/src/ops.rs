@@ -263,7 +263,8 @@ async fn open_engine_log(State(e): State<Arc<Entrance>>, uri: Uri, headers: Head
             None => admin_only(&c)?,
         }
         let log_type = q.log_type.as_deref().unwrap_or("stdout");
-        let log = e.operator.engine_log(&ticket, log_type, q.from_line.unwrap_or(1), q.page_size.unwrap_or(100)).await?;
+        let log =
+            e.operator.engine_log(&ticket, log_type, q.from_line.unwrap_or(1), q.page_size.unwrap_or(100)).await?;
         Ok(EngineLogData { log_path: log.log_path, rows: log.logs.len(), logs: log.logs, end_line: log.end_line })
     }
     .await;

@@ -51,7 +51,9 @@ impl Entrance {
         }
         match self.store.release_leases(&self.cfg.owner_id).await {
             Ok(n) => tracing::info!(jobs = n, "handed this instance's jobs over to the other instances"),
-            Err(e) => tracing::warn!(error = %e, "cannot hand the jobs over: they are taken over when their leases end"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the jobs over: they are taken over when their leases end")
+            }
         }
     }
 

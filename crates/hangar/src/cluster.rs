@@ -44,7 +44,9 @@ impl ClusterView {
     pub fn live_url(&self, id: &str) -> Option<String> {
         let now = now_ms();
         let list = self.instances.lock().unwrap_or_else(|p| p.into_inner());
-        list.iter().find(|i| i.id == id && i.id != self.me && now - i.heartbeat_ms < INSTANCE_LIVE_MS).map(|i| i.url.clone())
+        list.iter()
+            .find(|i| i.id == id && i.id != self.me && now - i.heartbeat_ms < INSTANCE_LIVE_MS)
+            .map(|i| i.url.clone())
     }
 }
 
@@ -80,11 +82,7 @@ impl ControlPlane {
         let _ = self.store.instance_stopped(&self.me).await;
     }
 
-    async fn run(
-        self: Arc<Self>,
-        tx: watch::Sender<Option<Leader>>,
-        instances: Arc<Mutex<Vec<InstanceRecord>>>,
-    ) {
+    async fn run(self: Arc<Self>, tx: watch::Sender<Option<Leader>>, instances: Arc<Mutex<Vec<InstanceRecord>>>) {
         let holder = self.holder.clone();
         let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(5_000).max(400);
         let every = Duration::from_millis(u64::try_from(lease_ms / 4).unwrap_or(250)).min(HEARTBEAT);
@@ -114,15 +112,19 @@ impl ControlPlane {
                         }
                     }
                     leading_until = Some(l.until_ms);
-                    tx.send_if_modified(|cur| replace(cur, Some(Leader { url: self.url.clone(), me: true, epoch: l.epoch })));
+                    tx.send_if_modified(|cur| {
+                        replace(cur, Some(Leader { url: self.url.clone(), me: true, epoch: l.epoch }))
+                    });
                 }
                 Ok(other) => {
                     if leading_until.take().is_some() {
                         self.manager.step_down();
                     }
-                    let leader = other
-                        .filter(|l| l.until_ms >= now && !l.holder.is_empty())
-                        .map(|l| Leader { url: l.url, me: false, epoch: l.epoch });
+                    let leader = other.filter(|l| l.until_ms >= now && !l.holder.is_empty()).map(|l| Leader {
+                        url: l.url,
+                        me: false,
+                        epoch: l.epoch,
+                    });
                     tx.send_if_modified(|cur| replace(cur, leader));
                 }
                 Err(e) => {

@@ -274,7 +274,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     };
     let engineconn_home = dir_or(&cfg.materials.engineconn_home, &data_dir, "engineconn-plugins");
     // What every control-plane instance on this store must see.
-    let shared_dir = if cfg.server.shared_dir.is_empty() { data_dir.clone() } else { PathBuf::from(&cfg.server.shared_dir) };
+    let shared_dir =
+        if cfg.server.shared_dir.is_empty() { data_dir.clone() } else { PathBuf::from(&cfg.server.shared_dir) };
     if shared_dir != data_dir {
         private_dir(&shared_dir, 0o700)?;
     }

@@ -75,6 +75,9 @@ impl Client {
     }
 }
 
+/// An accepted job: user, taskID, execID, its number in the load.
+type Accepted = (String, i64, String, usize);
+
 fn engine_processes(dirs: &[&Path]) -> usize {
     dirs.iter().map(|d| common::engine_pids(d).len()).sum()
 }
@@ -122,7 +125,7 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     }
 
     // The load: submitted in the background to any live instance.
-    let accepted: Arc<Mutex<Vec<(String, i64, String, usize)>>> = Default::default();
+    let accepted: Arc<Mutex<Vec<Accepted>>> = Default::default();
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     // The submissions span the faults (about 24 s).
@@ -137,7 +140,11 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
                 let (labels, code, run_type) = if n % 3 == 2 {
                     (
                         json!({"engineType": "python-python3", "userCreator": format!("{user}-IDE")}),
-                        format!("open('{}', 'a').write('x\\n')\nimport time\ntime.sleep(0.{})\nprint('job', {n})", mark.display(), n % 5),
+                        format!(
+                            "open('{}', 'a').write('x\\n')\nimport time\ntime.sleep(0.{})\nprint('job', {n})",
+                            mark.display(),
+                            n % 5
+                        ),
                         "python",
                     )
                 } else {
@@ -296,7 +303,9 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
         table.push_str(&format!("| {k} | {v} |\n"));
     }
     let mut reasons: HashMap<String, usize> = HashMap::new();
-    for (_, t, _, _) in accepted.iter().filter(|(_, t, _, _)| matches!(status(t).as_str(), "Failed" | "Cancelled" | "Timeout")) {
+    for (_, t, _, _) in
+        accepted.iter().filter(|(_, t, _, _)| matches!(status(t).as_str(), "Failed" | "Cancelled" | "Timeout"))
+    {
         let d = last[t]["data"]["task"]["errDesc"].as_str().unwrap_or_default();
         let short: String = d.lines().next().unwrap_or_default().chars().take(100).collect();
         let short = short.split(|c: char| c.is_ascii_digit()).collect::<Vec<_>>().join("#");

@@ -36,11 +36,11 @@ use hangar_protocol::rpc::{EngineReply, EngineRequest};
 use hangar_protocol::{HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
 
+pub use api::serve_call;
+pub use client::{LocalManager, ManagerClient};
 pub use config::ManagerConfig;
 pub use engine_client::EngineClient;
 pub use nodes::{EcmInfo, EngineInfo, EngineView};
-pub use api::serve_call;
-pub use client::{LocalManager, ManagerClient};
 pub use remote_manager::{ClusterManager, Leader, Leadership};
 pub use rpc::router as rpc_router;
 
@@ -532,7 +532,11 @@ impl Manager {
         self.rm.clear();
         lock(&self.gates).clear();
         *lock(&self.expected) = Default::default();
-        tracing::warn!(engines = engines.len(), ecms = ecms.len(), "no longer the elected manager: records handed over");
+        tracing::warn!(
+            engines = engines.len(),
+            ecms = ecms.len(),
+            "no longer the elected manager: records handed over"
+        );
     }
 
     /// The ECM saw an engine's process exit.

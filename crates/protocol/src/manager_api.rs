@@ -49,9 +49,13 @@ pub struct EngineGrant {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "state")]
 pub enum EngineState {
-    Live { status: NodeStatus },
+    Live {
+        status: NodeStatus,
+    },
     /// The manager ended it (its resources are released), for this reason.
-    Ended { reason: String },
+    Ended {
+        reason: String,
+    },
     /// Not known: after a manager restart or failover, until it rejoins.
     Unknown,
 }

@@ -176,7 +176,6 @@ pub(crate) mod tests {
         v
     }
 
-
     #[tokio::test]
     async fn an_instance_claims_its_own_unowned_and_expired_jobs_never_a_live_lease() {
         for (s, _dir, tag) in stores().await {
@@ -196,7 +195,11 @@ pub(crate) mod tests {
             // Finished jobs are nobody's concern.
             let done = hangar_protocol::JobStatus::Succeed;
             for (id, o) in [(mine, &a), (live, &b), (expired, &a)] {
-                assert!(s.update_status(id, o, hangar_protocol::JobStatus::Scheduled, None, None, None, 3).await.expect("s"));
+                assert!(
+                    s.update_status(id, o, hangar_protocol::JobStatus::Scheduled, None, None, None, 3)
+                        .await
+                        .expect("s")
+                );
                 assert!(s.update_status(id, o, done, Some(1.0), None, None, 4).await.expect("done"));
             }
             // A fenced write: b no longer owns the expired job, so it cannot end it.
@@ -297,7 +300,12 @@ pub(crate) mod tests {
                             seed >> 33
                         };
                         for _ in 0..6 {
-                            let new = NewJob { owner: me.clone(), lease_until: i64::MAX / 2, group: g.clone(), ..crate::tests::job() };
+                            let new = NewJob {
+                                owner: me.clone(),
+                                lease_until: i64::MAX / 2,
+                                group: g.clone(),
+                                ..crate::tests::job()
+                            };
                             let (id, _) = st.insert_job(&new, paths).await.expect("job");
                             let mut waited = 0;
                             loop {
@@ -313,7 +321,9 @@ pub(crate) mod tests {
                                 waited += 1;
                                 if waited > 3 && next() % 5 == 0 {
                                     // Killed while it waited: it never held a slot.
-                                    st.update_status(id, &me, JobStatus::Cancelled, None, None, None, 2).await.expect("kill");
+                                    st.update_status(id, &me, JobStatus::Cancelled, None, None, None, 2)
+                                        .await
+                                        .expect("kill");
                                     break;
                                 }
                                 tokio::time::sleep(std::time::Duration::from_millis(1 + next() % 3)).await;

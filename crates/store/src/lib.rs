@@ -22,8 +22,8 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 pub use bml::{MaterialVersion, version_name};
 pub use cluster::{InstanceRecord, LeaderRecord};
-pub use lease::Renewed;
 pub use history::JobFilter;
+pub use lease::Renewed;
 pub use migrate::latest_version as schema_version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -427,7 +427,9 @@ pub(crate) mod tests {
             };
             assert!(s.set_running(id, "a", &engine, "{\"isReuse\":true}", 3).await.expect("running"));
             assert!(
-                s.update_status(id, "a", JobStatus::Failed, None, Some((30004, "engine died")), None, 4).await.expect("u")
+                s.update_status(id, "a", JobStatus::Failed, None, Some((30004, "engine died")), None, 4)
+                    .await
+                    .expect("u")
             );
             assert!(
                 !s.update_status(id, "a", JobStatus::Succeed, Some(1.0), None, None, 5).await.expect("u"),
