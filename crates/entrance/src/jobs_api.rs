@@ -153,6 +153,11 @@ async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Pa
     // Subscribe before reading the status so no transition falls in between;
     // then the output printed before this subscriber came.
     let feed = crate::lock(&e.jobs).get(&job.id).map(|h| h.feed.clone());
+    if feed.is_none() && !job.status.is_completed() {
+        // Run by no live instance right now (its owner died; another takes
+        // it over soon): its status from the store, until it ends.
+        return Sse::new(store_events(e.clone(), job)).keep_alive(KeepAlive::default()).into_response();
+    }
     let rx = feed.as_ref().map(|f| f.subscribe());
     let first: Vec<Value> = match (&feed, job.status.is_completed()) {
         (Some(f), false) => {
@@ -181,6 +186,38 @@ async fn events(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap, Pa
         Some((Ok(event(&v)), (first, rx, end)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The events of a job no instance runs right now: its status as the store
+/// has it, every 500 ms, until it ends.
+fn store_events(
+    e: Arc<Entrance>,
+    job: JobRecord,
+) -> impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> {
+    use axum::response::sse::Event;
+    let event = |v: Value| Event::default().event(v["type"].as_str().unwrap_or("message")).data(v.to_string());
+    futures_util::stream::unfold(
+        (e, job.id, None::<hangar_protocol::JobStatus>, false),
+        move |(e, id, seen, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let j = e.store.get_job(id).await.ok().flatten()?;
+                if j.status.is_completed() {
+                    let metrics: Value = serde_json::from_str(&j.metrics).unwrap_or_default();
+                    let exit_code = metrics.get(crate::run::EXIT_CODE).cloned().unwrap_or(Value::Null);
+                    let end = json!({"type": "end", "status": j.status.as_str(), "errDesc": j.err_desc, "exitCode": exit_code});
+                    return Some((Ok(event(end)), (e, id, Some(j.status), true)));
+                }
+                if seen != Some(j.status) {
+                    let v = json!({"type": "status", "status": j.status.as_str()});
+                    return Some((Ok(event(v)), (e, id, Some(j.status), false)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        },
+    )
 }
 
 /// A job's status.

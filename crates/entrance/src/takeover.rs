@@ -96,7 +96,7 @@ impl Entrance {
             Ok(jobs) if !jobs.is_empty() => {
                 let from: HashSet<String> = jobs.iter().map(|j| j.owner.clone()).collect();
                 let cause = format!(
-                    "the instance running it ({}) stopped renewing its lease; instance {} took it over",
+                    "the instance running it ({}) is gone (stopped, or silent past its lease); instance {} took it over",
                     from.into_iter().collect::<Vec<_>>().join(", "),
                     self.cfg.instance
                 );

@@ -83,7 +83,17 @@ pub(crate) async fn route(State(f): State<Arc<Forwarder>>, req: Request, next: N
         && let Some(exec) = owner_call(&path)
         && let Some(url) = f.owner_url(exec).await
     {
-        return f.proxy(&url, req).await;
+        // Small bodies (a kill has none): kept, to answer here if the owner cannot be reached.
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+            return unavailable(&path, "the request body is too large to forward");
+        };
+        let copy = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+        match f.send(&url, copy).await {
+            Ok(resp) => return resp,
+            Err(e) => tracing::info!(%path, error = %e, "the job's owner cannot be reached; answering here"),
+        }
+        return next.run(Request::from_parts(parts, Body::from(bytes))).await;
     }
     next.run(req).await
 }
@@ -103,6 +113,15 @@ impl Forwarder {
     }
 
     async fn proxy(&self, base: &str, req: Request) -> Response {
+        let path = req.uri().path().to_string();
+        match self.send(base, req).await {
+            Ok(r) => r,
+            Err(e) => unavailable(&path, &e),
+        }
+    }
+
+    /// Send the request on to `base`; Err: it cannot be reached.
+    async fn send(&self, base: &str, req: Request) -> Result<Response, String> {
         let path = req.uri().path().to_string();
         let url = format!(
             "{}{}",
@@ -127,10 +146,10 @@ impl Forwarder {
                         b = b.header(name, value);
                     }
                 }
-                b.body(Body::from_stream(resp.bytes_stream()))
-                    .unwrap_or_else(|e| unavailable(&path, &format!("cannot relay the answer of {base}: {e}")))
+                Ok(b.body(Body::from_stream(resp.bytes_stream()))
+                    .unwrap_or_else(|e| unavailable(&path, &format!("cannot relay the answer of {base}: {e}"))))
             }
-            Err(e) => unavailable(&path, &format!("the instance at {base} that answers this cannot be reached: {e}")),
+            Err(e) => Err(format!("the instance at {base} that answers this cannot be reached: {e}")),
         }
     }
 }

@@ -336,3 +336,110 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
 fn is_final(v: &Value) -> bool {
     matches!(v["data"]["task"]["status"].as_str(), Some("Succeed" | "Failed" | "Cancelled" | "Timeout"))
 }
+
+/// Two instances and one ECM: every call about a job answered by the
+/// instance that does not own it (status, progress, log, events, results,
+/// kill), the operator API on both, a consumer group's running limit held
+/// across the two, and a clean stop that hands its running job to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_instance_answers_any_call_and_a_clean_stop_hands_jobs_over() {
+    let Some(store) = fresh_database() else {
+        eprintln!("skipped: HANGAR_TEST_POSTGRES_URL is not set (scripts/test sets it)");
+        return;
+    };
+    let shared = tempfile::tempdir().expect("shared dir");
+    let keys = format!(
+        "roles = \"entrance,manager\"\nstore_url = \"{store}\"\nshared_dir = \"{}\"",
+        shared.path().join("jobs").display()
+    );
+    let auth = format!("rpc_token = \"{RPC_SECRET}\"\necm_token = \"{ECM_TOKEN}\"");
+    let extra = PLANE.replace("max_running_per_group = 3", "max_running_per_group = 1");
+    let mut a = Server::start_custom(&keys, &auth, &extra).await;
+    let b = Server::start_custom(&keys, &auth, &extra).await;
+    let ecm_keys = format!("roles = \"ecm\"\nmanager_url = \"{},{}\"", a.base, b.base);
+    let ecm = Server::start_custom(
+        &ecm_keys,
+        &format!("ecm_token = \"{ECM_TOKEN}\""),
+        "[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\n",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while b.call("GET", "/linkisManager/listAllEMs", "admin", None).await["data"]["EMs"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(Instant::now() < deadline, "the ECM did not register");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A long job on a, looked at through b.
+    let (long, long_task) = a.shell("alice", "echo started; sleep 60").await;
+    assert_eq!(b.wait_status("alice", &long, &["Running"], Duration::from_secs(30)).await, "Running");
+    let progress = b.call("GET", &format!("/entrance/{long}/progress"), "alice", None).await;
+    assert_eq!(progress["status"], 0, "{progress}");
+    let log = b.call("GET", &format!("/entrance/{long}/log?fromLine=0&size=-1"), "alice", None).await;
+    assert!(log.to_string().contains("Your job is accepted"), "{log}");
+    // The events stream through b comes from a (the owner), output included.
+    let http = reqwest::Client::new();
+    let mut resp = http
+        .get(format!("{}/api/rest_j/v1/entrance/{long}/events", b.base))
+        .header("Token-User", "alice")
+        .header("Token-Code", TOKEN)
+        .send()
+        .await
+        .expect("events");
+    let mut seen = String::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("started") && Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await {
+            Ok(Ok(Some(c))) => seen.push_str(&String::from_utf8_lossy(&c)),
+            _ => break,
+        }
+    }
+    assert!(seen.contains("event: status") && seen.contains("started"), "{seen}");
+    drop(resp);
+
+    // The group allows one running job across both instances: bob's does not wait, alice's second one does.
+    let (second, second_task) = b.shell("alice", "echo second").await;
+    let (bobs, _) = b.shell("bob", "echo bob").await;
+    assert_eq!(b.wait_done("bob", &bobs).await, "Succeed");
+    assert_eq!(b.status("alice", &second).await, "Inited", "alice's second job waits for the group's one slot");
+
+    // A kill sent to b reaches the job on a.
+    let t0 = Instant::now();
+    let killed = b.call("GET", &format!("/entrance/{long}/kill"), "alice", None).await;
+    assert_eq!(killed["status"], 0, "{killed}");
+    assert_eq!(
+        a.wait_status("alice", &long, &["Cancelled", "Failed", "Succeed"], Duration::from_secs(10)).await,
+        "Cancelled"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "kill took {:?}", t0.elapsed());
+    assert_eq!(a.wait_done("alice", &second).await, "Succeed");
+    assert_eq!(a.results("alice", second_task).await[0]["fileContent"], json!([["second"]]));
+    let _ = long_task;
+
+    // The operator API answers the same on both (the non-manager forwards it).
+    let (la, lb) = (engine_tickets(&a).await, engine_tickets(&b).await);
+    assert!(!la.is_empty() && la == lb, "{la:?} vs {lb:?}");
+
+    // A clean stop of a while its job runs: b takes it over at once, and it succeeds.
+    let (handed, handed_task) = a.shell("carol", "sleep 3; echo handed").await;
+    a.wait_status("carol", &handed, &["Running"], Duration::from_secs(30)).await;
+    let t0 = Instant::now();
+    assert!(a.stop().success(), "a clean stop");
+    assert_eq!(b.wait_done("carol", &handed).await, "Succeed", "{}", b.full_log("carol", &handed).await);
+    assert!(t0.elapsed() < Duration::from_secs(20), "hand-over took {:?}", t0.elapsed());
+    assert_eq!(b.results("carol", handed_task).await[0]["fileContent"], json!([["handed"]]));
+    let log = b.full_log("carol", &handed).await;
+    assert!(log.contains("took it over"), "{log}");
+    drop(ecm);
+}
+
+async fn engine_tickets(s: &Server) -> Vec<String> {
+    let v = s.call("GET", "/linkisManager/listAllEngines", "admin", None).await;
+    let mut t: Vec<String> = v["data"]["engines"]
+        .as_array()
+        .map_or(vec![], |a| a.iter().map(|e| e["ticketId"].as_str().unwrap_or_default().to_string()).collect());
+    t.sort();
+    t
+}
