@@ -29,6 +29,28 @@ impl Client {
         Ok(Self { http, conn })
     }
 
+    /// A client of the first of the servers in `conn.server` (several
+    /// control-plane instances, joined by commas) that answers; any instance
+    /// serves any call. With none answering, the first (the call says so).
+    pub async fn connect(mut conn: Connection) -> anyhow::Result<Self> {
+        let servers: Vec<String> =
+            conn.server.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        anyhow::ensure!(!servers.is_empty(), "no server given: set HANGAR_SERVER or --server");
+        conn.server = servers[0].clone();
+        let mut client = Self::new(conn)?;
+        if servers.len() > 1 {
+            for s in &servers {
+                let url = format!("{}/health", s.trim_end_matches('/'));
+                let up = client.http.get(&url).timeout(Duration::from_secs(2)).send().await;
+                if up.is_ok_and(|r| r.status().is_success()) {
+                    client.conn.server = s.clone();
+                    break;
+                }
+            }
+        }
+        Ok(client)
+    }
+
     pub(crate) async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
         let resp = self.authed(req).send().await.with_context(|| {
             format!("cannot reach the Hangar server at {} (is `hangar serve` running?)", self.conn.server)

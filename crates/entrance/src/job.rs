@@ -107,11 +107,11 @@ impl Entrance {
                 format!("label userCreator names user '{}' but the job runs as '{execute_user}'", uc.user),
             ));
         }
-        self.operator.validate(&labels)?;
+        hangar_engineconn_plugin::find_plugin(&self.plugins, &labels)?;
         label_seconds(&labels, "jobQueuingTimeout")?;
         label_seconds(&labels, "jobRunningTimeout")?;
         let et = labels.engine_type()?;
-        let plugin = hangar_engineconn_plugin_run_types(&self.operator, &et.engine);
+        let plugin = self.run_types(&et.engine);
         if !plugin.iter().any(|r| *r == run_type) {
             return Err(HangarError::invalid(format!(
                 "engine type {et} does not run codeType '{run_type}'; it runs {}",
@@ -448,6 +448,9 @@ pub(crate) fn label_seconds(labels: &LabelSet, key: &str) -> Result<Option<Durat
     }
 }
 
-fn hangar_engineconn_plugin_run_types(m: &hangar_manager::Manager, engine: &str) -> Vec<&'static str> {
-    m.plugins().iter().find(|p| p.engine_type() == engine).map(|p| p.run_types().to_vec()).unwrap_or_default()
+impl Entrance {
+    /// The run types engine type `engine` takes.
+    fn run_types(&self, engine: &str) -> Vec<&'static str> {
+        self.plugins.iter().find(|p| p.engine_type() == engine).map(|p| p.run_types().to_vec()).unwrap_or_default()
+    }
 }

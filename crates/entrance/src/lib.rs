@@ -73,6 +73,8 @@ pub struct Entrance {
     /// and `/metrics`: served here only while this instance is the elected
     /// manager (the other instances forward those calls to it).
     pub(crate) operator: Arc<Manager>,
+    /// The engine plugins (what a job may ask for, which run types each takes).
+    pub(crate) plugins: Vec<Arc<dyn hangar_engineconn_plugin::EngineConnPlugin>>,
     /// Requests to engines (each with that engine's key).
     pub(crate) engines: EngineClient,
     pub(crate) jobs: Mutex<HashMap<i64, JobHandle>>,
@@ -94,6 +96,7 @@ impl Entrance {
         store: Store,
         manager: Arc<dyn ManagerClient>,
         operator: Arc<Manager>,
+        plugins: Vec<Arc<dyn hangar_engineconn_plugin::EngineConnPlugin>>,
     ) -> Result<Arc<Self>, hangar_protocol::HangarError> {
         Ok(Arc::new(Self {
             sessions: session::Sessions::new(store.clone(), cfg.session_timeout),
@@ -103,6 +106,7 @@ impl Entrance {
             // The manager's own connections when it runs in this process.
             engines: operator.engine_client().clone(),
             operator,
+            plugins,
             jobs: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,

@@ -202,7 +202,7 @@ pub(crate) struct EnginesArgs {
 
 pub(crate) async fn cmd_material(a: MaterialArgs) -> anyhow::Result<i32> {
     use hangar_cli::MaterialCmd;
-    let client = client(&a.conn)?;
+    let client = client(&a.conn).await?;
     let cmd = match &a.action {
         MaterialAction::Upload { file, update } => MaterialCmd::Upload { file, update: update.as_deref() },
         MaterialAction::List => MaterialCmd::List,
@@ -216,14 +216,14 @@ pub(crate) async fn cmd_material(a: MaterialArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub(crate) fn client(c: &ConnArgs) -> anyhow::Result<Client> {
+pub(crate) async fn client(c: &ConnArgs) -> anyhow::Result<Client> {
     let user = c
         .user
         .clone()
         .filter(|u| !u.is_empty())
         .or_else(hangar_cli::default_user)
         .ok_or_else(|| anyhow::anyhow!("cannot tell which user you are: pass --user NAME or set HANGAR_USER"))?;
-    Client::new(Connection { server: c.server.clone(), user, token: c.token.clone(), cookie: None })
+    Client::connect(Connection { server: c.server.clone(), user, token: c.token.clone(), cookie: None }).await
 }
 
 fn pairs(v: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
@@ -263,18 +263,18 @@ pub(crate) async fn cmd_run(a: RunArgs) -> anyhow::Result<i32> {
         startup: json_map(pairs(&a.startup, "startup")?),
         runtime: json_map(pairs(&a.runtime, "runtime")?),
     };
-    hangar_cli::run(&client(&a.conn)?, &spec, a.detach, a.verbose).await
+    hangar_cli::run(&client(&a.conn).await?, &spec, a.detach, a.verbose).await
 }
 
 pub(crate) async fn cmd_status(a: ShowArgs) -> anyhow::Result<i32> {
-    let c = client(&a.conn)?;
+    let c = client(&a.conn).await?;
     let (_, task_id) = c.resolve(&a.id).await?;
     hangar_cli::status(&c, task_id, a.out.format(), &mut std::io::stdout().lock()).await?;
     Ok(0)
 }
 
 pub(crate) async fn cmd_jobs(a: JobsArgs) -> anyhow::Result<i32> {
-    let c = client(&a.conn)?;
+    let c = client(&a.conn).await?;
     let q = hangar_cli::JobsQuery {
         status: a.status,
         engine: a.engine,
@@ -290,7 +290,7 @@ pub(crate) async fn cmd_jobs(a: JobsArgs) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn cmd_log(a: LogArgs) -> anyhow::Result<i32> {
-    let c = client(&a.conn)?;
+    let c = client(&a.conn).await?;
     let (exec, task_id) = c.resolve(&a.id).await?;
     if a.follow {
         let mode = hangar_cli::FollowMode { verbose: true, live_output: false, ctrl_c_kills: false };
@@ -304,7 +304,7 @@ pub(crate) async fn cmd_log(a: LogArgs) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn cmd_result(a: ShowArgs) -> anyhow::Result<i32> {
-    let c = client(&a.conn)?;
+    let c = client(&a.conn).await?;
     let (exec, task_id) = c.resolve(&a.id).await?;
     let status = c.status(&exec).await?;
     if !matches!(status.as_str(), "Succeed" | "Failed" | "Cancelled" | "Timeout") {
@@ -328,7 +328,7 @@ pub(crate) async fn cmd_result(a: ShowArgs) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn cmd_kill(a: IdArgs) -> anyhow::Result<i32> {
-    let c = client(&a.conn)?;
+    let c = client(&a.conn).await?;
     let (exec, _) = c.resolve(&a.id).await?;
     c.kill(&exec).await?;
     eprintln!("kill requested for {exec}");
@@ -336,6 +336,6 @@ pub(crate) async fn cmd_kill(a: IdArgs) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn cmd_ops(conn: &ConnArgs, out: &OutputArgs, view: hangar_cli::OpsView) -> anyhow::Result<i32> {
-    hangar_cli::ops(&client(conn)?, view, out.format(), &mut std::io::stdout().lock()).await?;
+    hangar_cli::ops(&client(conn).await?, view, out.format(), &mut std::io::stdout().lock()).await?;
     Ok(0)
 }

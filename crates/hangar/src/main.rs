@@ -199,7 +199,7 @@ fn main() -> ExitCode {
         Command::Material(a) => client_runtime().and_then(|rt| rt.block_on(cmd_material(a))),
         Command::KillEngine(a) => client_runtime().and_then(|rt| {
             rt.block_on(async {
-                hangar_cli::kill_engine(&client(&a.conn)?, &a.id).await?;
+                hangar_cli::kill_engine(&client(&a.conn).await?, &a.id).await?;
                 eprintln!("engine {} stopped", a.id);
                 Ok(0)
             })

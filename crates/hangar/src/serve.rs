@@ -359,7 +359,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     } else {
         (Arc::new(hangar_manager::LocalManager(manager.clone())), None)
     };
-    let entrance = Entrance::new(ecfg, store.clone(), client, manager.clone())?;
+    let entrance = Entrance::new(ecfg, store.clone(), client, manager.clone(), manager.plugins().to_vec())?;
     let (reattached, requeued, ended) = entrance.recover().await?;
     if reattached + requeued + ended > 0 {
         tracing::warn!(
