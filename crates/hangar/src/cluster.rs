@@ -101,7 +101,7 @@ impl ControlPlane {
                 self.manager.set_control_plane_urls(&live);
                 *instances.lock().unwrap_or_else(|p| p.into_inner()) = list;
             }
-            match self.store.acquire_lease(MANAGER_ROLE, &holder, &self.url, now, now + lease_ms).await {
+            match self.store.acquire_lease(MANAGER_ROLE, &holder, &self.url, now, now + lease_ms, &self.me).await {
                 Ok(Some(l)) if l.holder == holder => {
                     if leading_until.is_none() {
                         tracing::warn!(epoch = l.epoch, "this instance is now the elected LinkisManager");

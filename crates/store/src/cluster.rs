@@ -94,7 +94,10 @@ impl Store {
 
     /// Take or keep `role`'s lease for `holder` (reached at `url`) until
     /// `until`: granted when `holder` has it, or it is free or expired at
-    /// `now`. Returns the lease as it stands after the attempt.
+    /// `now`, or held by an earlier process of the same instance (a holder
+    /// named `<instance>/...`, passed as `instance`: that process is gone,
+    /// since one data dir runs one process). Returns the lease as it stands
+    /// after the attempt.
     pub async fn acquire_lease(
         &self,
         role: &str,
@@ -102,6 +105,7 @@ impl Store {
         url: &str,
         now: i64,
         until: i64,
+        instance: &str,
     ) -> Result<Option<LeaderRecord>> {
         sqlx::query(
             "INSERT INTO hangar_leader (role, holder, url, until_ms, epoch) VALUES ($1, '', '', 0, 0)
@@ -114,7 +118,7 @@ impl Store {
             "UPDATE hangar_leader SET
                  epoch = CASE WHEN holder = $2 THEN epoch ELSE epoch + 1 END,
                  holder = $2, url = $3, until_ms = $5
-             WHERE role = $1 AND (holder = $2 OR until_ms < $4)
+             WHERE role = $1 AND (holder = $2 OR until_ms < $4 OR (holder LIKE $6 AND $6 <> '/%'))
              RETURNING holder, url, until_ms, epoch",
         )
         .bind(role)
@@ -122,6 +126,7 @@ impl Store {
         .bind(url)
         .bind(now)
         .bind(until)
+        .bind(format!("{instance}/%"))
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -158,23 +163,29 @@ mod tests {
     async fn one_holder_at_a_time_and_a_new_epoch_per_holder() {
         for (s, _dir, tag) in crate::lease::tests::stores().await {
             let role = format!("manager-{tag}");
-            let a = s.acquire_lease(&role, "a", "http://a", 100, 1_100).await.expect("a").expect("row");
-            assert_eq!((a.holder.as_str(), a.epoch), ("a", 1));
+            let a = s.acquire_lease(&role, "a/1", "http://a", 100, 1_100, "a").await.expect("a").expect("row");
+            assert_eq!((a.holder.as_str(), a.epoch), ("a/1", 1));
             // b cannot take a live lease; it sees a's.
-            let b = s.acquire_lease(&role, "b", "http://b", 500, 1_500).await.expect("b").expect("row");
-            assert_eq!((b.holder.as_str(), b.url.as_str()), ("a", "http://a"));
+            let b = s.acquire_lease(&role, "b/1", "http://b", 500, 1_500, "b").await.expect("b").expect("row");
+            assert_eq!((b.holder.as_str(), b.url.as_str()), ("a/1", "http://a"));
             // a renews and keeps its epoch.
-            let a2 = s.acquire_lease(&role, "a", "http://a", 900, 1_900).await.expect("a2").expect("row");
-            assert_eq!((a2.holder.as_str(), a2.epoch, a2.until_ms), ("a", 1, 1_900));
+            let a2 = s.acquire_lease(&role, "a/1", "http://a", 900, 1_900, "a").await.expect("a2").expect("row");
+            assert_eq!((a2.holder.as_str(), a2.epoch, a2.until_ms), ("a/1", 1, 1_900));
             // Expired: b takes it, with a new epoch; a's renewal now fails.
-            let b2 = s.acquire_lease(&role, "b", "http://b", 2_000, 3_000).await.expect("b2").expect("row");
-            assert_eq!((b2.holder.as_str(), b2.epoch), ("b", 2));
-            let a3 = s.acquire_lease(&role, "a", "http://a", 2_100, 3_100).await.expect("a3").expect("row");
-            assert_eq!(a3.holder, "b");
+            let b2 = s.acquire_lease(&role, "b/1", "http://b", 2_000, 3_000, "b").await.expect("b2").expect("row");
+            assert_eq!((b2.holder.as_str(), b2.epoch), ("b/1", 2));
+            let a3 = s.acquire_lease(&role, "a/1", "http://a", 2_100, 3_100, "a").await.expect("a3").expect("row");
+            assert_eq!(a3.holder, "b/1");
             // A clean stop hands it over at once.
-            s.release_lease(&role, "b").await.expect("release");
-            let a4 = s.acquire_lease(&role, "a", "http://a", 2_200, 3_200).await.expect("a4").expect("row");
-            assert_eq!((a4.holder.as_str(), a4.epoch), ("a", 3));
+            s.release_lease(&role, "b/1").await.expect("release");
+            let a4 = s.acquire_lease(&role, "a/1", "http://a", 2_200, 3_200, "a").await.expect("a4").expect("row");
+            assert_eq!((a4.holder.as_str(), a4.epoch), ("a/1", 3));
+            // A restarted a (a new process of the same instance) takes its old process's live lease at once.
+            let a5 = s.acquire_lease(&role, "a/2", "http://a", 2_300, 3_300, "a").await.expect("a5").expect("row");
+            assert_eq!((a5.holder.as_str(), a5.epoch), ("a/2", 4));
+            // ...which b still cannot.
+            let b3 = s.acquire_lease(&role, "b/2", "http://b", 2_400, 3_400, "b").await.expect("b3").expect("row");
+            assert_eq!(b3.holder, "a/2");
         }
     }
 
