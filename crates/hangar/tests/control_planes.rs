@@ -33,6 +33,7 @@ const PLANE: &str = r#"
 engine_heartbeat_interval_ms = 200
 engine_start_timeout_ms = 30000
 leader_lease_ms = 1500
+user_max_instances = 2
 [engineconn]
 heartbeat_interval_ms = 200
 running_info_interval_ms = 200
@@ -170,6 +171,30 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
         })
     };
 
+    // The manager's ledger, sampled through any instance: never more engines
+    // of one user and engine type than `user_max_instances` (2), across failovers.
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (client, stop) = (client.clone(), stop_sampling.clone());
+        tokio::spawn(async move {
+            let (mut most, mut samples) = (0usize, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(v) = client.call("GET", "/linkisManager/listAllEngines", "admin", None, samples).await
+                    && let Some(list) = v["data"]["engines"].as_array()
+                {
+                    let mut per: HashMap<String, usize> = HashMap::new();
+                    for e in list {
+                        *per.entry(format!("{}/{}", e["owner"], e["engineType"])).or_default() += 1;
+                    }
+                    most = most.max(per.values().copied().max().unwrap_or(0));
+                    samples += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            (most, samples)
+        })
+    };
+
     // The faults: each instance in turn killed -9, then restarted, while the load runs.
     let mut kills = Vec::new();
     for round in 0..3 {
@@ -190,6 +215,8 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     }
     load.await.expect("load");
     let accepted = accepted.lock().expect("accepted").clone();
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (most_engines, samples) = sampler.await.expect("sampler");
 
     // Every accepted job ends.
     let mut last: HashMap<i64, Value> = HashMap::new();
@@ -289,6 +316,8 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
         ("taken over by another instance (lease expired)", taken_over),
         ("taken back by their restarted instance", reclaimed),
         ("ran on a reused engine", reused),
+        ("most engines of one user and type at once (max 2)", most_engines),
+        ("ledger samples taken", samples),
         ("results lost (of 40 checked)", results_lost),
         ("Failed/Cancelled without a reason", no_reason),
         ("orphan engine processes", orphans),
@@ -328,6 +357,7 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     }
     assert_eq!((stuck, twice, succeeded_not_run, results_lost, no_reason, orphans), (0, 0, 0, 0, 0, 0), "{table}");
     assert_eq!(resources_left, 0, "{table}");
+    assert!(most_engines <= 2 && samples > 20, "{table}");
     assert!(count("Succeed") * 10 >= accepted.len() * 9, "at least 90% succeed: {table}");
     assert!(taken_over > 0 && reclaimed > 0, "the faults missed the load (no job outlived its instance): {table}");
     drop(ecms);
