@@ -121,14 +121,14 @@ async fn task_events(State(e): State<Arc<Entrance>>, headers: HeaderMap, body: a
     };
     // Events come from one engine, with its own key, about its own tasks.
     let presented = headers.get(RPC_TOKEN_HEADER).and_then(|v| v.to_str().ok());
-    match e.check_engine_key(&batch.ticket_id, presented) {
+    match e.check_engine_key(&batch.ticket_id, presented).await {
         Some(true) => {}
         Some(false) => {
             tracing::warn!(ticket = %batch.ticket_id, "task events refused: wrong key for this ticket");
             return (StatusCode::UNAUTHORIZED, "bad engine key for this ticket").into_response();
         }
-        // Sent again later: by then the job is followed here, or its new owner is told.
-        None => return (StatusCode::SERVICE_UNAVAILABLE, "no task of this engine is followed here").into_response(),
+        // Sent again later.
+        None => return (StatusCode::SERVICE_UNAVAILABLE, "the engine's key cannot be checked now").into_response(),
     }
     e.store_inline_results(&batch.ticket_id, &mut batch.events).await;
     match e.on_task_events(&batch.ticket_id, batch.events) {

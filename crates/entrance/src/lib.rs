@@ -115,15 +115,26 @@ impl Entrance {
         }))
     }
 
-    /// Whether `presented` is the key of engine `ticket`, as the jobs whose
-    /// tasks went to it know it. None: no job here knows that engine's key
-    /// (yet: a job being re-attached learns it from the manager first).
-    pub(crate) fn check_engine_key(&self, ticket: &str, presented: Option<&str>) -> Option<bool> {
-        let jobs = lock(&self.jobs);
-        let key = jobs.values().find_map(|h| match h.ticket.get() {
-            Some(t) if t == ticket => h.key.get().cloned(),
-            _ => None,
-        })?;
+    /// Whether `presented` is the key of engine `ticket`: as the jobs whose
+    /// tasks went to it know it, else as the manager does (an engine no job
+    /// here follows, or one being re-attached). None: that cannot be told now
+    /// (the manager cannot be reached); the engine sends again later.
+    pub(crate) async fn check_engine_key(&self, ticket: &str, presented: Option<&str>) -> Option<bool> {
+        let known = {
+            let jobs = lock(&self.jobs);
+            jobs.values().find_map(|h| match h.ticket.get() {
+                Some(t) if t == ticket => h.key.get().cloned(),
+                _ => None,
+            })
+        };
+        let key = match known {
+            Some(k) => k,
+            None => match self.manager.engine_key(ticket).await {
+                Ok(Some(k)) => k,
+                Ok(None) => return Some(false),
+                Err(_) => return None,
+            },
+        };
         Some(hangar_protocol::credential::matches(key.expose(), presented))
     }
 

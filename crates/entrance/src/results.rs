@@ -34,13 +34,13 @@ pub(crate) async fn receive(
 ) -> Response {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let ticket = text(TICKET_HEADER).unwrap_or_default().to_string();
-    match e.check_engine_key(&ticket, text(RPC_TOKEN_HEADER)) {
+    match e.check_engine_key(&ticket, text(RPC_TOKEN_HEADER)).await {
         Some(true) => {}
         Some(false) => {
             tracing::warn!(%ticket, task_id, "result set refused: wrong key for this ticket");
             return refuse(StatusCode::UNAUTHORIZED, "bad engine key for this ticket");
         }
-        None => return refuse(StatusCode::SERVICE_UNAVAILABLE, "no task of this engine is followed here"),
+        None => return refuse(StatusCode::SERVICE_UNAVAILABLE, "the engine's key cannot be checked now"),
     }
     let dir = match e.result_dir_for(task_id, &ticket) {
         Ok(dir) => dir,
