@@ -252,7 +252,9 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
     } else {
         cfg.server.store_url.clone()
     };
-    let store = Store::open(&store_url).await.with_context(|| format!("cannot open the store at {store_url}"))?;
+    // Its password never reaches a log line.
+    let shown_store = hangar_protocol::mask_url_credentials(&store_url).into_owned();
+    let store = Store::open(&store_url).await.with_context(|| format!("cannot open the store at {shown_store}"))?;
     let mcfg = ManagerConfig {
         user_max: Resource::new(
             parse_bytes(&cfg.manager.user_max_memory)?,
@@ -378,7 +380,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         app = app.layer(axum::middleware::from_fn_with_state(f, crate::forward::route));
     }
     let server = spawn_http(listener, app);
-    tracing::info!(%base_url, data_dir = %data_dir.display(), store = %store_url, ?roles, "Hangar is serving");
+    tracing::info!(%base_url, data_dir = %data_dir.display(), store = %shown_store, ?roles, "Hangar is serving");
     eprintln!("Hangar listening on {base_url} (data in {}); stop with Ctrl-C", data_dir.display());
 
     wait_for_signal().await;
