@@ -9,9 +9,9 @@ export class ApiError extends Error {
     this.status = status; // the envelope's status (-1: not logged in)
     this.data = data;
   }
-  /** The server has no such API (yet). */
+  /** The server has no such API (yet): HTTP 404, or its "no such API" envelope. */
   get missing() {
-    return this.httpStatus === 404 && /no such API/i.test(this.message);
+    return this.httpStatus === 404 || /no such API/i.test(this.message);
   }
 }
 

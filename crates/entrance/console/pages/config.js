@@ -11,7 +11,7 @@ const FALLBACK = { [GLOBAL]: [], IDE: ['spark-3.2.1', 'python-python3', 'shell-1
 function unavailable(what) {
   return h('div', { class: 'notice', id: 'config-unavailable' },
     h('strong', {}, 'Parameter configuration is not available on this server. '),
-    `It answered 404 to ${what}; this page works once the server offers configuration/getFullTreesByAppName and saveFullTree.`);
+    `It has no ${what} API (404); this page works once the server offers configuration/getFullTreesByAppName and saveFullTree.`);
 }
 
 export async function render(main) {
