@@ -14,6 +14,22 @@ use serde_json::Value;
 
 const ADMIN: &str = "ops";
 const PASSWORD: &str = "console-test-pw";
+/// A user who is not an admin (from `auth.users`).
+const USER: &str = "bob";
+const USER_PASSWORD: &str = "bob-console-pw";
+
+fn hash(pw: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(format!("{pw}\n").as_bytes()).expect("write");
+    String::from_utf8(child.wait_with_output().expect("wait").stdout).expect("utf8").trim().to_string()
+}
 
 fn admin_env() -> [(&'static str, &'static str); 2] {
     [("HANGAR_ADMIN_USER", ADMIN), ("HANGAR_ADMIN_PASSWORD", PASSWORD)]
@@ -78,7 +94,8 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(node.is_ok_and(|o| o.status.success()), "node is missing: run scripts/test-deps");
 
-    let s = Server::start_env("", "", FAST, &admin_env()).await;
+    let users = format!("users = [\"{USER}:{}\"]", hash(USER_PASSWORD));
+    let s = Server::start_env("", &users, FAST, &admin_env()).await;
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).expect("screenshot dir");
@@ -89,6 +106,7 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
         .arg(&shots)
         .env("HANGAR_CONSOLE_NODE", &node_dir)
         .env("HANGAR_CHROMIUM", &chromium)
+        .env("HANGAR_CONSOLE_USER2", format!("{USER}:{USER_PASSWORD}"))
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser run took over 5 min").expect("node");
@@ -101,7 +119,7 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
         shots.display()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-    for name in ["01-login", "03-job-python", "05-history", "08-admin-ecms", "10-admin-config", "11-engines"] {
+    for name in ["01-login", "03-job-python", "05-history", "08-admin-ecms", "10-admin-config", "11-engines", "13-non-admin"] {
         assert!(shots.join(format!("{name}.png")).exists(), "no screenshot {name}.png:\n{stdout}");
     }
     println!("{stdout}\nscreenshots: {}", shots.display());

@@ -51,7 +51,7 @@ export async function render(main, { admin }) {
       { title: 'Labels', cell: (e) => labels(e.labels) },
       { title: 'Started', cell: (e) => fmtTime(e.startTime) },
       {
-        title: '', cell: (e) => h('div', { class: 'row' },
+        title: '', cell: (e) => h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary', onclick: () => showLog(e, 'stdout') }, 'stdout'),
           h('button', { type: 'button', class: 'secondary', onclick: () => showLog(e, 'stderr') }, 'stderr'),
           h('button', { type: 'button', class: 'danger', 'data-action': 'kill-engine', onclick: (ev) => kill(e, ev.currentTarget) }, 'Kill')),

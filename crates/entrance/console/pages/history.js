@@ -4,6 +4,11 @@ import { get, post } from '../api.js';
 import { COMPLETED, JOB_STATUSES, act, badge, clear, errorBox, flash, fmtDuration, fmtTime, h, pager, progressBar, table } from '../ui.js';
 
 const PAGE_SIZE = 20;
+
+function engineType(r) {
+  const l = (r.labels || []).find((x) => x.startsWith('engineType:'));
+  return l ? l.slice('engineType:'.length) : r.executeApplicationName;
+}
 // Kept while the console is open, so coming back from a job keeps the filters.
 const filters = { status: '', creator: '', engineType: '', startDate: '', endDate: '', taskID: '', allUsers: false, page: 1 };
 
@@ -92,7 +97,7 @@ export async function render(main, { session }) {
         { title: 'Task ID', cell: (r) => h('a', { href: `#/job/${r.taskID}`, class: 'task-link' }, String(r.taskID)) },
         { title: 'Status', cell: (r) => badge(r.status) },
         { title: 'Code', class: 'code', cell: (r) => h('span', { title: r.executionCode }, (r.executionCode || '').slice(0, 120)) },
-        { title: 'Engine', cell: (r) => `${r.executeApplicationName}${r.runType ? ` / ${r.runType}` : ''}` },
+        { title: 'Engine', cell: (r) => `${engineType(r)}${r.runType ? ` / ${r.runType}` : ''}` },
         { title: 'Creator', cell: (r) => r.requestApplicationName },
         { title: 'User', cell: (r) => r.executeUser },
         { title: 'Progress', cell: (r) => progressBar(r.status === 'Succeed' ? 1 : r.progress) },

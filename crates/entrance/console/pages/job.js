@@ -10,6 +10,21 @@ const RESULT_PAGE = 50;
 const LEVELS = ['ALL', 'ERROR', 'WARN', 'INFO', 'OUTPUT'];
 const LEVEL_RE = /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (?:SYSTEM-)?(ERROR|WARN|INFO|DEBUG)\b/;
 
+/** The engine type with its version, from the `engineType:` label. */
+function engineType(task) {
+  const l = (task.labels || []).find((x) => x.startsWith('engineType:'));
+  return l ? l.slice('engineType:'.length) : task.executeApplicationName;
+}
+
+/** A metric's value as text: times as dates, durations in units. */
+function metric(k, v) {
+  if (v !== null && typeof v === 'object') return JSON.stringify(v);
+  if (typeof v === 'number' && /Time$/.test(k) && v > 1e12) return fmtTime(v);
+  if (typeof v === 'number' && /(TimeMills|TimeMs|ECTime)$/.test(k)) return fmtDuration(v);
+  if (typeof v === 'number' && /^rssKb$/i.test(k)) return `${(v / 1024).toFixed(1)} MB`;
+  return String(v);
+}
+
 function levelOf(line) {
   const m = LEVEL_RE.exec(line);
   return m ? m[1] : 'INFO';
@@ -67,7 +82,7 @@ export async function mountJob(box, taskID) {
       ? h('a', { href: '#/engines', title: 'your engines' }, task.engineInstance) : '—';
     clear(info,
       kv('execID', task.execId), kv('User', task.executeUser), kv('Creator', task.requestApplicationName),
-      kv('Engine type', task.executeApplicationName), kv('Run type', task.runType),
+      kv('Engine type', engineType(task)), kv('Run type', task.runType),
       kv('Engine', engineLink), kv('Engine reused', task.isReuse === null || task.isReuse === undefined ? '—' : String(task.isReuse)),
       kv('ECM', task.ecmInstance), kv('Entrance', task.instance),
       kv('Created', fmtTime(task.createdTime)), kv('Cost', fmtDuration(task.costTime)),
@@ -96,8 +111,8 @@ export async function mountJob(box, taskID) {
     const other = Object.entries(m).filter(([k]) => k !== 'engineMetrics' && k !== 'resource');
     clear(metricsEl,
       h('div', { class: 'grid' }, kv('Resource', fmtResource(resource)),
-        other.map(([k, v]) => kv(k, typeof v === 'object' ? JSON.stringify(v) : String(v)))),
-      rows.length ? h('div', { class: 'grid' }, rows.map(([k, v]) => kv(k, typeof v === 'object' ? JSON.stringify(v) : String(v)))) : null);
+        other.map(([k, v]) => kv(k, metric(k, v)))),
+      rows.length ? h('div', {}, h('h2', {}, 'Engine metrics'), h('div', { class: 'grid' }, rows.map(([k, v]) => kv(k, metric(k, v))))) : null);
   }
 
   let logQueued = false;

@@ -199,6 +199,25 @@ try {
   await page.waitForSelector('#login-form');
   await go('/history', '#login-form');
   step('logged out');
+
+  // A user who is not an admin: no admin pages, and only their own jobs.
+  const [user2, password2] = (process.env.HANGAR_CONSOLE_USER2 || '').split(':');
+  if (user2) {
+    await page.fill('input[name=userName]', user2);
+    await page.fill('input[name=password]', password2);
+    await page.click('#login-form button[type=submit]');
+    await page.waitForSelector('#history-count');
+    check(!(await page.isVisible('a[data-page="admin-ecms"]')), 'a non-admin sees no admin pages');
+    check((await page.textContent('#history-count')).startsWith('0 jobs'), `a non-admin sees others' jobs: ${await page.textContent('#history-count')}`);
+    await shot('13-non-admin');
+    await go('/admin/ecms', 'main h1');
+    check((await page.textContent('main h1')) === 'Admins only', 'admin pages are refused to a non-admin');
+    await go(`/job/${pyId}`, 'main .error');
+    step(`another user's job: ${await page.textContent('main .error')}`);
+    await page.click('#logout');
+    await page.waitForSelector('#login-form');
+    step(`non-admin ${user2} checked`);
+  }
   check(problems.length === 0, `browser problems:\n${problems.join('\n')}`);
   step('all checks passed');
 } catch (e) {
