@@ -67,7 +67,9 @@ fn etags() -> &'static [String] {
         ASSETS
             .iter()
             .map(|(_, _, bytes)| {
-                let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+                let h = bytes
+                    .iter()
+                    .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
                 format!("\"{h:016x}\"")
             })
             .collect()
@@ -76,8 +78,9 @@ fn etags() -> &'static [String] {
 
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|(name, _, _)| *name == path) else {
-        return with_security((StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "not found")
-            .into_response());
+        return with_security(
+            (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "not found").into_response(),
+        );
     };
     let (_, mime, bytes) = ASSETS[i];
     let tag = etags().get(i).cloned().unwrap_or_default();
@@ -86,8 +89,11 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let mut resp =
-        if fresh { StatusCode::NOT_MODIFIED.into_response() } else { ([(header::CONTENT_TYPE, mime)], bytes).into_response() };
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, mime)], bytes).into_response()
+    };
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&tag) {

@@ -68,7 +68,11 @@ async fn console_files_are_served_with_their_types_a_strict_csp_and_revalidation
     let r = http.get(format!("{}/api/rest_j/v1/no/such/thing", s.base)).send().await.expect("get");
     assert!(r.headers().get("content-security-policy").is_none(), "API answers are not console pages");
     let v: Value = r.json().await.expect("json");
-    assert!(v["status"].as_i64().is_some_and(|s| s != 0) && v["message"].as_str().is_some_and(|m| m.contains("no such API")), "{v}");
+    assert!(
+        v["status"].as_i64().is_some_and(|s| s != 0)
+            && v["message"].as_str().is_some_and(|m| m.contains("no such API")),
+        "{v}"
+    );
 }
 
 fn workspace() -> PathBuf {
@@ -109,7 +113,10 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
         .env("HANGAR_CONSOLE_USER2", format!("{USER}:{USER_PASSWORD}"))
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser run took over 5 min").expect("node");
+    let out = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the browser run took over 5 min")
+        .expect("node");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let log = s.server_log();
     let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
@@ -119,7 +126,9 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
         shots.display()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-    for name in ["01-login", "03-job-python", "05-history", "08-admin-ecms", "10-admin-config", "11-engines", "13-non-admin"] {
+    for name in
+        ["01-login", "03-job-python", "05-history", "08-admin-ecms", "10-admin-config", "11-engines", "13-non-admin"]
+    {
         assert!(shots.join(format!("{name}.png")).exists(), "no screenshot {name}.png:\n{stdout}");
     }
     println!("{stdout}\nscreenshots: {}", shots.display());
