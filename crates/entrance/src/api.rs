@@ -40,7 +40,8 @@ pub fn router(entrance: Arc<Entrance>) -> Router {
     let max_upload = entrance.operator.material_library().map_or(0, |l| l.max_upload());
     let (router, doc) = documented(body_limit, max_upload).split_for_parts();
     let doc = Arc::new(crate::openapi::finish(doc).to_pretty_json().unwrap_or_default());
-    router
+    // The console's files (not part of the documented API).
+    crate::console_assets::routes(router)
         .route(OPENAPI_PATH, get(move || async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }))
         .route("/metrics", get(crate::metrics::metrics))
         .route(ENTRANCE_RPC_PATH, post(task_events))
