@@ -34,6 +34,8 @@ pub struct JobFilter {
     pub run_type: Option<String>,
     /// Only jobs not in a final state.
     pub undone: bool,
+    /// Only this taskID and later ones.
+    pub min_task_id: Option<i64>,
     /// 1-based.
     pub page: u32,
     pub page_size: u32,
@@ -92,6 +94,9 @@ impl Store {
         }
         if let Some(r) = &f.run_type {
             clauses.push(format!("run_type = {}", next(Arg::Text(r.clone()), &mut args)));
+        }
+        if let Some(id) = f.min_task_id {
+            clauses.push(format!("id >= {}", next(Arg::Int(id), &mut args)));
         }
         if f.undone {
             clauses.push(format!("status NOT IN {}", crate::TERMINAL));
