@@ -61,11 +61,9 @@ pub(crate) fn console_date(v: &str, name: &str) -> Result<i64, HangarError> {
     let t = chrono::NaiveDateTime::parse_from_str(v.trim(), "%Y-%m-%d %H:%M:%S").map_err(|e| {
         HangarError::invalid(format!("query parameter {name} must be yyyy-MM-dd HH:mm:ss, got '{v}' ({e})"))
     })?;
-    chrono::Local
-        .from_local_datetime(&t)
-        .earliest()
-        .map(|d| d.timestamp_millis())
-        .ok_or_else(|| HangarError::invalid(format!("query parameter {name}: '{v}' does not exist in the server's time zone")))
+    chrono::Local.from_local_datetime(&t).earliest().map(|d| d.timestamp_millis()).ok_or_else(|| {
+        HangarError::invalid(format!("query parameter {name}: '{v}' does not exist in the server's time zone"))
+    })
 }
 
 /// How full a label is: the largest share of its maximum held.
@@ -504,9 +502,10 @@ mod tests {
         assert_eq!(b - a, 1000);
         let err = console_date("2024-03-01", "startDate").expect_err("no time");
         assert!(err.message.contains("startDate"), "{err}");
-        let uri: Uri = "/x?creator=bob&startDate=2024-03-01%2010%3A00%3A00&endDate=2024-03-01%2010%3A00%3A00&status=Success"
-            .parse()
-            .expect("uri");
+        let uri: Uri =
+            "/x?creator=bob&startDate=2024-03-01%2010%3A00%3A00&endDate=2024-03-01%2010%3A00%3A00&status=Success"
+                .parse()
+                .expect("uri");
         let q = |uri: &Uri| crate::wire::query::<EcrHistoryQuery>(uri).expect("query");
         let admin = crate::auth::Caller { user: "admin".into(), admin: true };
         let f = ecr_filter(q(&uri), &admin).expect("filter");

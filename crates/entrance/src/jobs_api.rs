@@ -490,8 +490,8 @@ mod tests {
         assert_eq!(f.user.as_deref(), Some("a"));
         let f = job_filter(q("startDate=1000&endDate=1000"), None).expect("f");
         assert_eq!((f.since_ms, f.until_ms), (Some(1000), Some(1000 + 86_400_000)));
-        let f = job_filter(q("startDate=1000&endDate=2000&runType=shell&engineInstance=h:1&instance=i1"), None)
-            .expect("f");
+        let f =
+            job_filter(q("startDate=1000&endDate=2000&runType=shell&engineInstance=h:1&instance=i1"), None).expect("f");
         assert_eq!((f.until_ms, f.run_type.as_deref()), (Some(2000), Some("shell")));
         assert_eq!((f.engine_instance.as_deref(), f.instance.as_deref()), (Some("h:1"), Some("i1")));
         let f = job_filter(q("creator=all&executeApplicationName=shell"), None).expect("f");

@@ -98,15 +98,9 @@ async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
         let req: ListEcmEnginesRequest = crate::wire::body(&body)?;
         let si = req.em.and_then(|em| em.service_instance);
         crate::console::ecm_application(si.as_ref().and_then(|s| s.application_name.as_deref()))?;
-        let instance = si
-            .and_then(|si| si.instance)
-            .or(req.em_instance)
-            .or(req.instance)
-            .ok_or_else(|| {
-                HangarError::invalid(
-                    "body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}",
-                )
-            })?;
+        let instance = si.and_then(|si| si.instance).or(req.em_instance).or(req.instance).ok_or_else(|| {
+            HangarError::invalid("body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}")
+        })?;
         let type_ok = |x: &EngineInfo| match (&req.engine_type, x.labels.engine_type()) {
             (None, _) => true,
             (Some(want), Ok(t)) => *want == t.engine || *want == t.to_string(),

@@ -279,9 +279,8 @@ mod tests {
             .await
             .expect("window");
         assert_eq!(n, 2);
-        let (_, n) = all(EngineHistoryFilter { engine_type: Some("python".into()), ..Default::default() })
-            .await
-            .expect("type");
+        let (_, n) =
+            all(EngineHistoryFilter { engine_type: Some("python".into()), ..Default::default() }).await.expect("type");
         assert_eq!(n, 0);
         let (v, n) = s
             .list_engine_history(&EngineHistoryFilter { page: 2, page_size: 2, ..Default::default() })
