@@ -354,7 +354,7 @@ fn task_vo(job: &JobRecord) -> TaskVo {
     let end = if running { hangar_protocol::now_ms() } else { job.updated_ms };
     TaskVo {
         task_id: job.id,
-        instance: None,
+        instance: Some(job.owner.clone()).filter(|o| !o.is_empty()),
         exec_id: job.exec_id.clone(),
         stronger_exec_id: job.exec_id.clone(),
         um_user: job.submit_user.clone(),
@@ -411,25 +411,11 @@ async fn job_list(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) 
     let result = async {
         let caller = e.caller(&headers).await?;
         let q: JobListQuery = crate::wire::query(&uri)?;
-        let user = match (caller.admin && q.is_admin_view == Some(true), q.proxy_user) {
+        let user = match (caller.admin && q.is_admin_view == Some(true), q.proxy_user.clone()) {
             (true, proxy) => proxy.filter(|p| !p.is_empty()),
             (false, _) => Some(caller.user.clone()),
         };
-        let until = match (q.start_date, q.end_date) {
-            (Some(s), Some(e)) if s == e => Some(e + 24 * 3600 * 1000),
-            (_, e) => e,
-        };
-        let filter = hangar_store::JobFilter {
-            user,
-            status: q.status,
-            creator: q.creator.filter(|c| !c.is_empty()),
-            engine: q.execute_application_name.filter(|c| !c.is_empty()),
-            since_ms: q.start_date,
-            until_ms: until,
-            task_id: q.task_id,
-            page: q.page_now.unwrap_or(1).max(1),
-            page_size: q.page_size.unwrap_or(20).clamp(1, 1000),
-        };
+        let filter = job_filter(q, user)?;
         let (jobs, total) = e.store.list_jobs(&filter).await?;
         let tasks = jobs
             .iter()
@@ -447,9 +433,72 @@ async fn job_list(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) 
     reply(&uri, result)
 }
 
+/// A creator or engine type as the history filters take them (Linkis error 21304 otherwise).
+fn history_name(v: Option<String>, what: &str) -> Result<Option<String>, HangarError> {
+    match v.filter(|c| !c.is_empty() && c != "all") {
+        Some(c) if !c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) => Err(HangarError::invalid(
+            format!("invalid {what} '{c}': letters, digits, '-', '_' and '.' only (Linkis error 21304)"),
+        )),
+        v => Ok(v),
+    }
+}
+
+/// The store filter of a `jobhistory/list` query: `taskID` drops every other
+/// filter but the user; start == end covers that whole day.
+pub(crate) fn job_filter(q: JobListQuery, user: Option<String>) -> Result<hangar_store::JobFilter, HangarError> {
+    let page = q.page_now.unwrap_or(1).max(1);
+    let page_size = q.page_size.unwrap_or(20).clamp(1, 1000);
+    if let Some(id) = q.task_id {
+        return Ok(hangar_store::JobFilter { user, task_id: Some(id), page, page_size, ..Default::default() });
+    }
+    let until = match (q.start_date, q.end_date) {
+        (Some(s), Some(e)) if s == e => Some(e + 24 * 3600 * 1000),
+        (_, e) => e,
+    };
+    let text = |v: Option<String>| v.filter(|c| !c.is_empty() && c != "all");
+    Ok(hangar_store::JobFilter {
+        user,
+        status: q.status,
+        creator: history_name(q.creator, "creator")?,
+        engine: history_name(q.execute_application_name, "executeApplicationName")?,
+        since_ms: q.start_date,
+        until_ms: until,
+        task_id: None,
+        instance: text(q.instance),
+        engine_instance: text(q.engine_instance),
+        run_type: text(q.run_type),
+        undone: false,
+        min_task_id: None,
+        page,
+        page_size,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn q(s: &str) -> JobListQuery {
+        let uri: Uri = format!("/x?{s}").parse().expect("uri");
+        crate::wire::query(&uri).expect("query")
+    }
+
+    #[test]
+    fn history_filters() {
+        let f = job_filter(q("taskID=7&creator=IDE&status=Running&pageSize=5"), Some("a".into())).expect("f");
+        assert_eq!((f.task_id, f.creator, f.status, f.page_size), (Some(7), None, None, 5));
+        assert_eq!(f.user.as_deref(), Some("a"));
+        let f = job_filter(q("startDate=1000&endDate=1000"), None).expect("f");
+        assert_eq!((f.since_ms, f.until_ms), (Some(1000), Some(1000 + 86_400_000)));
+        let f =
+            job_filter(q("startDate=1000&endDate=2000&runType=shell&engineInstance=h:1&instance=i1"), None).expect("f");
+        assert_eq!((f.until_ms, f.run_type.as_deref()), (Some(2000), Some("shell")));
+        assert_eq!((f.engine_instance.as_deref(), f.instance.as_deref()), (Some("h:1"), Some("i1")));
+        let f = job_filter(q("creator=all&executeApplicationName=shell"), None).expect("f");
+        assert_eq!((f.creator, f.engine.as_deref(), f.page, f.page_size), (None, Some("shell"), 1, 20));
+        let err = job_filter(q("creator=a%27%20or%201"), None).expect_err("bad creator");
+        assert!(err.message.contains("creator"), "{err}");
+    }
 
     #[test]
     fn log_paging() {

@@ -7,6 +7,7 @@ mod ask;
 pub mod auth;
 mod bml;
 mod config;
+mod console;
 mod console_assets;
 mod feed;
 mod files;

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use hangar_manager::{EcmInfo, EngineInfo, ResourceHolder};
+use hangar_manager::{EngineInfo, ResourceHolder};
 use hangar_protocol::{Envelope, ErrorCode, HangarError, NodeStatus};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,8 +16,7 @@ use crate::api::reply;
 use crate::wire::manager::*;
 
 pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entrance>> {
-    r.routes(routes!(list_ecms))
-        .routes(routes!(list_user_engines))
+    r.routes(routes!(list_user_engines))
         .routes(routes!(list_all_engines))
         .routes(routes!(list_ecm_engines))
         .routes(routes!(kill_engine))
@@ -26,7 +25,7 @@ pub(crate) fn routes(r: OpenApiRouter<Arc<Entrance>>) -> OpenApiRouter<Arc<Entra
         .routes(routes!(open_engine_log))
 }
 
-fn engine_vo(e: &EngineInfo) -> EngineVo {
+pub(crate) fn engine_vo(e: &EngineInfo) -> EngineVo {
     EngineVo {
         application_name: "linkis-cg-engineconn".into(),
         instance: e.instance.clone(),
@@ -52,22 +51,7 @@ fn engine_vo(e: &EngineInfo) -> EngineVo {
     }
 }
 
-fn ecm_vo(e: &EcmInfo) -> EcmVo {
-    EcmVo {
-        application_name: "linkis-cg-engineconnmanager".into(),
-        instance: e.instance.clone(),
-        labels: labels_vo(&e.labels),
-        node_status: e.status,
-        node_healthy: if e.status == NodeStatus::Running { NodeHealthy::Healthy } else { NodeHealthy::UnHealthy },
-        max_resource: e.resource.max.into(),
-        used_resource: e.resource.used.into(),
-        locked_resource: e.resource.locked.into(),
-        left_resource: e.resource.left().into(),
-        engine_count: e.engines,
-    }
-}
-
-fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
+pub(crate) fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
     if c.admin {
         Ok(())
     } else {
@@ -79,18 +63,6 @@ fn admin_only(c: &crate::auth::Caller) -> Result<(), HangarError> {
             ),
         ))
     }
-}
-
-/// Every EngineConnManager (admins).
-#[utoipa::path(get, path = "/api/rest_j/v1/linkisManager/listAllEMs", tag = "linkisManager",
-    responses((status = 200, description = "The ECMs", body = Envelope<EcmsData>)))]
-async fn list_ecms(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMap) -> Response {
-    let r = e
-        .caller(&headers)
-        .await
-        .and_then(|c| admin_only(&c))
-        .map(|()| EcmsData { ems: e.operator.list_ecms().iter().map(ecm_vo).collect() });
-    reply(&uri, r)
 }
 
 /// The caller's engines.
@@ -124,13 +96,26 @@ async fn list_ecm_engines(State(e): State<Arc<Entrance>>, uri: Uri, headers: Hea
         let c = e.caller(&headers).await?;
         admin_only(&c)?;
         let req: ListEcmEnginesRequest = crate::wire::body(&body)?;
-        let instance =
-            req.em.and_then(|em| em.service_instance).and_then(|si| si.instance).or(req.instance).ok_or_else(|| {
-                HangarError::invalid(
-                    "body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}",
-                )
-            })?;
-        let engines = e.operator.list_engines().iter().filter(|x| x.ecm_instance == instance).map(engine_vo).collect();
+        let si = req.em.and_then(|em| em.service_instance);
+        crate::console::ecm_application(si.as_ref().and_then(|s| s.application_name.as_deref()))?;
+        let instance = si.and_then(|si| si.instance).or(req.em_instance).or(req.instance).ok_or_else(|| {
+            HangarError::invalid("body must name the ECM: {\"em\":{\"serviceInstance\":{\"instance\":\"host:port\"}}}")
+        })?;
+        let type_ok = |x: &EngineInfo| match (&req.engine_type, x.labels.engine_type()) {
+            (None, _) => true,
+            (Some(want), Ok(t)) => *want == t.engine || *want == t.to_string(),
+            (Some(_), Err(_)) => false,
+        };
+        let engines = e
+            .operator
+            .list_engines()
+            .iter()
+            .filter(|x| x.ecm_instance == instance)
+            .filter(|x| req.node_status.is_none_or(|s| s == x.status))
+            .filter(|x| req.owner.as_ref().is_none_or(|o| *o == x.user))
+            .filter(|x| type_ok(x))
+            .map(engine_vo)
+            .collect();
         Ok(EnginesData { engines })
     }
     .await;

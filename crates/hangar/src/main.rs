@@ -13,6 +13,7 @@ mod commands;
 mod config;
 mod datadir;
 mod ecm_link;
+mod engine_history;
 mod exposure;
 mod forward;
 mod serve;

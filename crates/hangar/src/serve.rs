@@ -313,6 +313,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         None
     };
     tokio::spawn(manager.clone().monitor());
+    let history = crate::engine_history::start(&manager, store.clone());
 
     let ecfg = EntranceConfig {
         instance: instance.clone(),
@@ -400,6 +401,7 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         ecm.kill_all().await;
     }
     server.stop().await;
+    crate::engine_history::stop(&manager, history).await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -91,6 +91,24 @@ call("POST", "/linkisManager/rm/userresources", user="admin")
 call("GET", "/linkisManager/rm/queueresources")
 call("POST", "/linkisManager/rm/queueresources", user="admin")
 call("GET", f"/linkisManager/openEngineLog?ticketId={enc(ticket)}&logType=stderr&fromLine=1&pageSize=10")
+# The management console.
+call("GET", "/jobhistory/listundone?creator=IDE&engineType=shell")
+call("GET", "/jobhistory/governanceStationAdmin")
+apps = call("POST", "/linkisManager/rm/applicationlist", json={"userCreator": "alice-IDE", "engineType": "shell"})
+assert apps["data"]["applications"][0]["applicationList"]["engineInstances"], apps
+call("GET", "/linkisManager/rm/allUserResource?username=alice&page=1&size=10", user="admin")
+call("GET", "/linkisManager/rm/engineType")
+call("GET", "/linkisManager/listAllEMs?nodeHealthy=Healthy&instance=:", user="admin")
+call("PUT", "/linkisManager/modifyEMInfo", user="admin",
+     json={"applicationName": "linkis-cg-engineconnmanager", "instance": ems[0]["instance"], "emStatus": "Healthy",
+           "description": "contract"})
+call("GET", "/linkisManager/listAllECMHealthyStatus?onlyEditable=true")
+call("GET", "/linkisManager/listAllNodeHealthyStatus")
+call("POST", "/linkisManager/rm/enginekill", json=[])
+call(
+    "POST", "/linkisManager/rm/enginekill", ok=False,
+    json=[{"engineType": "linkis-cg-engineconn", "engineInstance": engines[0]["instance"]}], user="bob",
+)
 call("GET", f"/entrance/{running}/kill", template="/entrance/{id}/kill")
 assert wait_done(running) == "Cancelled"
 again = call("POST", "/entrance/submit", json=slow)["data"]["execID"]
@@ -99,6 +117,13 @@ killed = call("POST", f"/entrance/{again}/killJobs", template="/entrance/{id}/ki
 assert killed[0]["status"] == 0 and killed[1]["status"] != 0, killed
 call("POST", f"/entrance/{again}/kill", template="/entrance/{id}/kill", ok=False)
 call("POST", "/linkisManager/killEngineConn", json={"ticketId": ticket})
+call("POST", "/linkisManager/rm/killUnlockEngineByEM", user="admin", json={"instance": ems[0]["instance"]})
+for _ in range(100):
+    ended = call("GET", "/linkisManager/ecinfo/ecrHistoryList?pageNow=1&pageSize=5")["data"]
+    if ended["totalPage"] >= 1:
+        break
+    time.sleep(0.05)
+assert ended["engineList"], ended
 
 # The material library.
 up = call("POST", "/bml/upload", files={"file": ("a.txt", io.BytesIO(b"one"))})["data"]

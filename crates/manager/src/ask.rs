@@ -207,6 +207,10 @@ impl Manager {
                 ));
                 continue;
             }
+            if e.admin.unhealthy {
+                reasons.push(format!("{} is marked UnHealthy by an admin (linkisManager/modifyEMInfo)", e.instance));
+                continue;
+            }
             if e.protected {
                 reasons.push(format!("{} is protecting its host (short of memory or CPU)", e.instance));
                 continue;

@@ -10,6 +10,7 @@
 //! report (or its death, or the start deadline), confirm the resource and
 //! lock the engine for the caller.
 
+mod admin;
 mod api;
 mod ask;
 mod client;
@@ -36,6 +37,7 @@ use hangar_protocol::rpc::{EngineReply, EngineRequest};
 use hangar_protocol::{HangarError, LabelSet, NodeStatus, Resource};
 use tokio::sync::{Semaphore, watch};
 
+pub use admin::{EcmChange, EndedEngine};
 pub use api::serve_call;
 pub use client::{LocalManager, ManagerClient};
 pub use config::ManagerConfig;
@@ -151,6 +153,8 @@ pub struct Manager {
     /// When the monitor last ran: after a stall of this process, silence
     /// is its own, not the hosts'.
     last_monitor: Mutex<Option<Instant>>,
+    /// Where ended engines are sent to be recorded (engine history).
+    history: Mutex<Option<tokio::sync::mpsc::Sender<EndedEngine>>>,
 }
 
 const ECM_LABEL_PREFIX: &str = "emInstance:";
@@ -207,6 +211,7 @@ impl Manager {
             control_plane_urls: Mutex::new(cfg.manager_url.clone()),
             expected: Mutex::new(Default::default()),
             last_monitor: Mutex::new(None),
+            history: Mutex::new(None),
             client: EngineClient::new()?,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
@@ -347,8 +352,11 @@ impl Manager {
     pub fn register_ecm(&self, instance: &str, labels: LabelSet, max: Resource, client: Arc<dyn EcmClient>) {
         self.rm.set_max(&Self::ecm_label(instance), max);
         let mut ecms = lock(&self.ecms);
+        let admin = ecms.iter().find(|e| e.instance == instance).map(|e| e.admin.clone()).unwrap_or_default();
         ecms.retain(|e| e.instance != instance);
         ecms.push(EcmNode {
+            registered_ms: hangar_protocol::now_ms(),
+            admin,
             instance: instance.to_string(),
             labels,
             max,
@@ -461,7 +469,8 @@ impl Manager {
         let final_status =
             if status.is_completed() && status != NodeStatus::ShuttingDown { status } else { NodeStatus::Failed };
         node.set_status(NodeStatus::ShuttingDown, Some(reason.clone()));
-        node.set_status(final_status, Some(reason));
+        node.set_status(final_status, Some(reason.clone()));
+        self.record_ended(&node, final_status, reason);
         if kill {
             let ecm = lock(&self.ecms).iter().find(|e| e.instance == node.ecm_instance).map(|e| e.client.clone());
             if let Some(ecm) = ecm {
@@ -576,7 +585,10 @@ impl Manager {
                 let lr = self.rm.label(&Self::ecm_label(&e.instance)).unwrap_or_default();
                 EcmInfo {
                     instance: e.instance.clone(),
-                    labels: e.labels.clone(),
+                    labels: e.labels().clone(),
+                    admin_unhealthy: e.admin.unhealthy,
+                    description: e.admin.description.clone(),
+                    registered_ms: e.registered_ms,
                     status: e.status,
                     resource: lr,
                     engines: engines.values().filter(|n| n.ecm_instance == e.instance).count(),

@@ -48,6 +48,10 @@ pub(crate) struct EngineNode {
     pub key: String,
     /// The OS account it runs as, as it reported.
     pub account: Option<hangar_protocol::rpc::OsAccount>,
+    /// When it first reported ready (epoch ms).
+    pub ready_ms: Option<i64>,
+    /// How many times it was taken for work (Locked or Busy after being free).
+    pub used_times: u32,
 }
 
 impl EngineNode {
@@ -81,6 +85,8 @@ impl EngineNode {
             watch,
             key,
             account: None,
+            ready_ms: None,
+            used_times: 0,
         }
     }
 
@@ -88,6 +94,13 @@ impl EngineNode {
     pub(crate) fn set_status(&mut self, to: NodeStatus, reason: Option<String>) -> bool {
         if !self.status.can_transition(to) {
             return false;
+        }
+        let was_free = matches!(self.status, NodeStatus::Unlock | NodeStatus::Idle | NodeStatus::Starting);
+        if was_free && matches!(to, NodeStatus::Locked | NodeStatus::Busy | NodeStatus::Running) {
+            self.used_times += 1;
+        }
+        if to == NodeStatus::Unlock && self.ready_ms.is_none() {
+            self.ready_ms = Some(now_ms());
         }
         self.status = to;
         let instance = self.instance.clone();
@@ -166,6 +179,20 @@ pub(crate) struct EcmNode {
     pub health: Option<EcmHealth>,
     pub last_heartbeat: Instant,
     pub client: Arc<dyn EcmClient>,
+    /// When it (last) registered (epoch ms).
+    pub registered_ms: i64,
+    /// What an admin set (`modifyEMInfo`); kept across re-registrations.
+    pub admin: EcmAdmin,
+}
+
+/// What an admin set on an ECM.
+#[derive(Debug, Clone, Default)]
+pub struct EcmAdmin {
+    /// Labels set by an admin replace the ECM's own.
+    pub labels: Option<LabelSet>,
+    /// Marked UnHealthy: no new engine is placed on it.
+    pub unhealthy: bool,
+    pub description: String,
 }
 
 impl EcmNode {
@@ -173,12 +200,18 @@ impl EcmNode {
     /// ask with the same value, and an ask for a tenant only goes to that
     /// tenant's ECMs.
     pub(crate) fn matches(&self, ask: &LabelSet) -> bool {
-        let own_ok = self.labels.iter().filter(|(k, _)| *k != EM_INSTANCE).all(|(k, v)| ask.get(k) == Some(v));
+        let labels = self.labels();
+        let own_ok = labels.iter().filter(|(k, _)| *k != EM_INSTANCE).all(|(k, v)| ask.get(k) == Some(v));
         let tenant_ok = match ask.get(TENANT) {
-            Some(t) => self.labels.get(TENANT) == Some(t),
+            Some(t) => labels.get(TENANT) == Some(t),
             None => true,
         };
         own_ok && tenant_ok
+    }
+
+    /// Its labels in effect: an admin's, else its own.
+    pub(crate) fn labels(&self) -> &LabelSet {
+        self.admin.labels.as_ref().unwrap_or(&self.labels)
     }
 }
 
@@ -191,4 +224,9 @@ pub struct EcmInfo {
     pub resource: LabelResource,
     pub engines: usize,
     pub health: Option<EcmHealth>,
+    /// Marked UnHealthy by an admin: no new engine is placed on it.
+    pub admin_unhealthy: bool,
+    pub description: String,
+    /// When it registered (epoch ms).
+    pub registered_ms: i64,
 }

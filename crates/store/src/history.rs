@@ -27,6 +27,15 @@ pub struct JobFilter {
     /// Created before (epoch ms).
     pub until_ms: Option<i64>,
     pub task_id: Option<i64>,
+    /// The Entrance instance that owns (runs or queues) it.
+    pub instance: Option<String>,
+    /// The engine it ran on (`host:port`).
+    pub engine_instance: Option<String>,
+    pub run_type: Option<String>,
+    /// Only jobs not in a final state.
+    pub undone: bool,
+    /// Only this taskID and later ones.
+    pub min_task_id: Option<i64>,
     /// 1-based.
     pub page: u32,
     pub page_size: u32,
@@ -38,6 +47,12 @@ enum Arg {
 }
 
 impl Store {
+    /// How many jobs match (paging ignored).
+    pub async fn count_jobs(&self, f: &JobFilter) -> Result<i64> {
+        let f = JobFilter { page: 1, page_size: 1, ..f.clone() };
+        Ok(self.list_jobs(&f).await?.1)
+    }
+
     /// One page of matching jobs (newest first) and how many match in all.
     pub async fn list_jobs(&self, f: &JobFilter) -> Result<(Vec<JobRecord>, i64)> {
         let mut clauses: Vec<String> = Vec::new();
@@ -70,6 +85,21 @@ impl Store {
         }
         if let Some(id) = f.task_id {
             clauses.push(format!("id = {}", next(Arg::Int(id), &mut args)));
+        }
+        if let Some(i) = &f.instance {
+            clauses.push(format!("owner = {}", next(Arg::Text(i.clone()), &mut args)));
+        }
+        if let Some(i) = &f.engine_instance {
+            clauses.push(format!("engine_instance = {}", next(Arg::Text(i.clone()), &mut args)));
+        }
+        if let Some(r) = &f.run_type {
+            clauses.push(format!("run_type = {}", next(Arg::Text(r.clone()), &mut args)));
+        }
+        if let Some(id) = f.min_task_id {
+            clauses.push(format!("id >= {}", next(Arg::Int(id), &mut args)));
+        }
+        if f.undone {
+            clauses.push(format!("status NOT IN {}", crate::TERMINAL));
         }
         let filter = if clauses.is_empty() { String::new() } else { format!(" WHERE {}", clauses.join(" AND ")) };
         let bind = |sql: String, args: &[Arg]| {

@@ -6,6 +6,7 @@
 
 mod bml;
 mod cluster;
+mod engine_history;
 mod history;
 mod lease;
 mod migrate;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 pub use bml::{MaterialVersion, version_name};
 pub use cluster::{InstanceRecord, LeaderRecord};
+pub use engine_history::{EngineHistoryFilter, EngineRecord};
 pub use history::JobFilter;
 pub use lease::Renewed;
 pub use migrate::latest_version as schema_version;

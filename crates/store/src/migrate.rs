@@ -13,7 +13,7 @@
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use crate::{Backend, Result, StoreError, bml, history};
+use crate::{Backend, Result, StoreError, bml, engine_history, history};
 
 /// The advisory lock key migrations hold on PostgreSQL.
 const LOCK_KEY: i64 = 7_262_024;
@@ -118,6 +118,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "sessions, instances, manager lease, group slots, kill requests",
         statements: control_planes,
     },
+    Migration { version: 4, name: "engine history", statements: engine_history::ddl },
 ];
 
 /// The newest schema version this build knows.

@@ -221,6 +221,14 @@ pub struct JobListQuery {
     /// Admins: every user's jobs.
     #[serde(rename = "isAdminView")]
     pub is_admin_view: Option<bool>,
+    /// The Entrance instance that runs (ran) the job.
+    pub instance: Option<String>,
+    /// The engine it ran on (`host:port`).
+    #[serde(rename = "engineInstance")]
+    pub engine_instance: Option<String>,
+    /// The code's run type, e.g. `shell`.
+    #[serde(rename = "runType")]
+    pub run_type: Option<String>,
 }
 
 /// One page of job history, newest first.

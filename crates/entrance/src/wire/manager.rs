@@ -96,6 +96,12 @@ pub struct EcmVo {
     pub locked_resource: ResourceVo,
     pub left_resource: ResourceVo,
     pub engine_count: usize,
+    /// The account the server runs as.
+    pub owner: String,
+    /// When it registered (epoch ms).
+    pub start_time: i64,
+    /// An admin's note (`modifyEMInfo`).
+    pub description: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -109,12 +115,20 @@ pub struct EnginesData {
     pub engines: Vec<EngineVo>,
 }
 
-/// `listEMEngines`: the ECM, as Linkis's console sends it or as `{"instance": "host:port"}`.
+/// `listEMEngines`: the ECM, as Linkis's console sends it, as `emInstance`,
+/// or as `{"instance": "host:port"}`; and optional filters.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(expecting = "a JSON object")]
+#[serde(rename_all = "camelCase", expecting = "a JSON object")]
 pub struct ListEcmEnginesRequest {
     pub em: Option<EmRef>,
     pub instance: Option<String>,
+    pub em_instance: Option<String>,
+    /// Only engines in this status.
+    pub node_status: Option<NodeStatus>,
+    /// Only this user's engines.
+    pub owner: Option<String>,
+    /// Only engines of this type (`shell`) or type and version (`shell-1`).
+    pub engine_type: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -125,7 +139,9 @@ pub struct EmRef {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(expecting = "a JSON object")]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceInstance {
+    pub application_name: Option<String>,
     pub instance: Option<String>,
 }
 

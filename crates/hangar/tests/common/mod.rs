@@ -256,6 +256,7 @@ impl Server {
         let url = format!("{}/api/rest_j/v1{path}", self.base);
         let mut req = match method {
             "GET" => self.http.get(&url),
+            "PUT" => self.http.put(&url).header("Content-Type", "application/json"),
             _ => self.http.post(&url).header("Content-Type", "application/json"),
         };
         if let Some((u, t)) = auth {
