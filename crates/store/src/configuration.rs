@@ -178,7 +178,12 @@ mod tests {
             assert_eq!(s.config_generation().await.expect("g"), 0);
             let alice = scope("alice", "IDE", "spark-3.4.4");
             let g1 = s
-                .save_config(alice, &[set("spark.executor.memory", "2g"), set("wds.linkis.rm.instance", "3")], "alice", 10)
+                .save_config(
+                    alice,
+                    &[set("spark.executor.memory", "2g"), set("wds.linkis.rm.instance", "3")],
+                    "alice",
+                    10,
+                )
                 .await
                 .expect("save");
             assert_eq!(g1, 1);
@@ -187,7 +192,10 @@ mod tests {
             assert_eq!(s.config_generation().await.expect("g"), 2);
             let at = s.config_values_at(alice).await.expect("at");
             assert_eq!(at.len(), 2);
-            assert_eq!((at[0].key.as_str(), at[0].value.as_str(), at[0].updated_ms), ("spark.executor.memory", "4g", 20));
+            assert_eq!(
+                (at[0].key.as_str(), at[0].value.as_str(), at[0].updated_ms),
+                ("spark.executor.memory", "4g", 20)
+            );
             s.save_config(alice, &[("wds.linkis.rm.instance".into(), None)], "alice", 30).await.expect("clear");
             let at = s.config_values_at(alice).await.expect("at");
             assert_eq!(at.iter().map(|v| v.key.as_str()).collect::<Vec<_>>(), ["spark.executor.memory"]);
