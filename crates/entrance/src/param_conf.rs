@@ -31,11 +31,13 @@ use crate::{Entrance, lock};
 const MAX_ENTRIES: usize = 4096;
 
 type Key = (String, String, String);
+/// A generation and the resolved values read at it.
+type Entries = (i64, HashMap<Key, Arc<BTreeMap<String, String>>>);
 
 /// Resolved values per (user, creator, engine type), valid for one generation.
 #[derive(Default)]
 pub(crate) struct Cache {
-    state: std::sync::Mutex<(i64, HashMap<Key, Arc<BTreeMap<String, String>>>)>,
+    state: std::sync::Mutex<Entries>,
 }
 
 /// The levels of the module doc, most specific first.

@@ -60,6 +60,7 @@ pub(crate) struct Setting {
     pub advanced: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn s(
     key: &'static str,
     name: &'static str,
