@@ -1,8 +1,9 @@
 //! The `hangar` client: a typed client of the Linkis-compatible REST API and
 //! the user commands built on it (`run`, `status`, `log`, `result`, `kill`,
-//! `jobs`, the operator tables, materials) and `linkis-cli`.
+//! `jobs`, the operator tables, materials, parameter configuration) and `linkis-cli`.
 
 mod client;
+mod config;
 mod follow;
 mod history;
 pub mod linkis_cli;
@@ -10,6 +11,7 @@ mod materials;
 mod tables;
 
 pub use client::{Client, Connection, EventStream, ResultSet};
+pub use config::{ConfigCmd, ConfigScope, config};
 pub use follow::{FollowMode, Outcome, follow, run};
 pub use history::{JobsQuery, human_ms, jobs, parse_age, status};
 pub use materials::{MaterialCmd, material};

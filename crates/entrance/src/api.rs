@@ -31,7 +31,7 @@ pub(crate) fn documented(body_limit: usize, max_upload: u64) -> OpenApiRouter<Ar
     // Bodies may exceed the code limit by the JSON around the code; beyond
     // that they are refused with a clear message rather than buffered.
     let r = crate::jobs_api::routes(OpenApiRouter::with_openapi(crate::openapi::base()));
-    let r = crate::console::routes(crate::ops::routes(r));
+    let r = crate::configuration::routes(crate::console::routes(crate::ops::routes(r)));
     let r = crate::files::routes(crate::login::routes(r)).layer(DefaultBodyLimit::max(body_limit));
     r.merge(crate::bml::routes(max_upload))
 }

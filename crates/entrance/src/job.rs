@@ -371,7 +371,9 @@ impl Entrance {
         let mut shutdown = self.shutting_down.subscribe();
         let cancelled =
             |why: &str| Ok((JobStatus::Cancelled, Some(HangarError::new(ErrorCode::InvalidRequest, why.to_string()))));
-        let _permit = match self.wait_for_slot(job, &mut kill, &mut shutdown).await? {
+        // The parameter configuration, read once: the group's maximum and the ask's startup parameters.
+        let applied = self.applied(&job.labels, &job.startup).await?;
+        let _permit = match self.wait_for_slot(job, applied.max_running, &mut kill, &mut shutdown).await? {
             crate::schedule::SlotWait::Got(permit) => permit,
             crate::schedule::SlotWait::End(status, why) => return Ok((status, why)),
         };
@@ -389,7 +391,7 @@ impl Entrance {
         let ask = AskRequest {
             user: job.user.clone(),
             labels: job.labels.clone(),
-            properties: job.startup.clone(),
+            properties: applied.startup,
             timeout: self.cfg.ask_timeout,
         };
         let asked_at = Instant::now();

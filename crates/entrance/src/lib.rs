@@ -7,6 +7,7 @@ mod ask;
 pub mod auth;
 mod bml;
 mod config;
+mod configuration;
 mod console;
 mod console_assets;
 mod feed;
@@ -20,11 +21,13 @@ mod login;
 mod metrics;
 pub mod openapi;
 mod ops;
+mod param_conf;
 mod recover;
 mod results;
 mod run;
 mod schedule;
 pub mod session;
+mod settings;
 mod takeover;
 mod throttle;
 mod vars;
@@ -63,7 +66,24 @@ pub(crate) struct JobHandle {
 /// A consumer group: running slots and a count of waiting jobs.
 pub(crate) struct Group {
     pub slots: Arc<Semaphore>,
+    /// How many permits `slots` has in all (the group's running maximum).
+    pub size: usize,
     pub queued: usize,
+}
+
+impl Group {
+    /// Make the group's running maximum `want` (its `wds.linkis.rm.instance`
+    /// may change): permits added, or free ones taken away (busy ones are
+    /// taken on a later call; the store's slot count holds the maximum meanwhile).
+    pub(crate) fn resize(&mut self, want: usize) {
+        let want = want.max(1);
+        if want > self.size {
+            self.slots.add_permits(want - self.size);
+            self.size = want;
+        } else if want < self.size {
+            self.size -= self.slots.forget_permits(self.size - want);
+        }
+    }
 }
 
 pub struct Entrance {
@@ -86,6 +106,8 @@ pub struct Entrance {
     pub(crate) handing_over: std::sync::atomic::AtomicBool,
     pub(crate) sessions: session::Sessions,
     pub(crate) login_throttle: throttle::LoginThrottle,
+    /// Parameter configuration as resolved per user, creator and engine type.
+    pub(crate) conf_cache: param_conf::Cache,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,6 +136,7 @@ impl Entrance {
             shutting_down: watch::channel(false).0,
             handing_over: Default::default(),
             login_throttle: throttle::LoginThrottle::default(),
+            conf_cache: Default::default(),
         }))
     }
 
@@ -145,6 +168,7 @@ impl Entrance {
         let mut groups = lock(&self.groups);
         let g = groups.entry(name.to_string()).or_insert_with(|| Group {
             slots: Arc::new(Semaphore::new(self.cfg.max_running_per_group.max(1))),
+            size: self.cfg.max_running_per_group.max(1),
             queued: 0,
         });
         f(g)

@@ -37,6 +37,7 @@ const ERROR_ENVELOPE: &str = "ErrorEnvelope";
         (name = "linkisManager", description = "Engines, ECMs and resources"),
         (name = "bml", description = "The material library"),
         (name = "engineplugin", description = "Engine plugins"),
+        (name = "configuration", description = "Parameter configuration per user, creator and engine type"),
     ),
 )]
 struct ApiDoc;

@@ -1,6 +1,6 @@
 //! A queued job's wait for a running slot of its consumer group
-//! (`creator_user_engineType`, at most `entrance.max_running_per_group`
-//! running): first one of this instance's (its FIFO queue), then one of the
+//! (`creator_user_engineType`, at most its configured `wds.linkis.rm.instance`,
+//! else `entrance.max_running_per_group`, running): first one of this instance's (its FIFO queue), then one of the
 //! group's in the store, which every instance sharing it counts (so the
 //! maximum holds across instances); the store's slot is held until the job
 //! ends.
@@ -55,10 +55,11 @@ impl Entrance {
     pub(crate) async fn wait_for_slot(
         &self,
         job: &Prepared,
+        max_running: usize,
         kill: &mut watch::Receiver<bool>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<SlotWait, HangarError> {
-        let r = self.wait_for_slot_inner(job, kill, shutdown).await;
+        let r = self.wait_for_slot_inner(job, max_running, kill, shutdown).await;
         self.dequeue(&job.group);
         r
     }
@@ -66,6 +67,7 @@ impl Entrance {
     async fn wait_for_slot_inner(
         &self,
         job: &Prepared,
+        max_running: usize,
         kill: &mut watch::Receiver<bool>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<SlotWait, HangarError> {
@@ -95,7 +97,10 @@ impl Entrance {
             )
         };
         let down = || HangarError::new(ErrorCode::ShuttingDown, "the server shut down before the job was scheduled");
-        let slots = lock(&self.groups).get(&job.group).map(|g| g.slots.clone());
+        let slots = lock(&self.groups).get_mut(&job.group).map(|g| {
+            g.resize(max_running);
+            g.slots.clone()
+        });
         let permit = match slots {
             Some(s) => tokio::select! {
                 p = s.acquire_owned() => p.ok(),
@@ -105,7 +110,7 @@ impl Entrance {
             },
             None => None,
         };
-        let max = i64::try_from(self.cfg.max_running_per_group.max(1)).unwrap_or(i64::MAX);
+        let max = i64::try_from(max_running.max(1)).unwrap_or(i64::MAX);
         let mut backoff = Duration::from_millis(50);
         let mut told = false;
         loop {

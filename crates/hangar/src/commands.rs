@@ -1,5 +1,5 @@
 //! The client commands (`run`, `status`, `jobs`, `log`, `result`, `kill`,
-//! the operator views, materials): their flags and their calls into `hangar_cli`.
+//! the operator views, materials, `config`): their flags and their calls into `hangar_cli`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -55,6 +55,33 @@ pub(crate) enum MaterialAction {
         #[arg(long)]
         version: Option<String>,
     },
+}
+
+#[derive(Args)]
+pub(crate) struct ConfigArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    #[command(subcommand)]
+    pub(crate) action: ConfigAction,
+    /// Creator (IDE, nodeexecution, ...); default IDE with --engine, else the global settings.
+    #[arg(long, global = true)]
+    pub(crate) creator: Option<String>,
+    /// Engine type and version, e.g. spark-3.4.4 (reads also take `spark`).
+    #[arg(long, short = 'e', global = true)]
+    pub(crate) engine: Option<String>,
+    /// Admins: another user's values, or `*` for the creator's or the global defaults.
+    #[arg(long = "for-user", global = true)]
+    pub(crate) for_user: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ConfigAction {
+    /// The value that applies (yours, else the default).
+    Get { key: String },
+    /// Save a value (an empty VALUE clears yours: the default applies again).
+    Set { key: String, value: String },
+    /// Every setting with your value, the default and what is allowed.
+    List,
 }
 
 #[derive(Args)]
@@ -213,6 +240,20 @@ pub(crate) async fn cmd_material(a: MaterialArgs) -> anyhow::Result<i32> {
         MaterialAction::Delete { id, version } => MaterialCmd::Delete { id, version: version.as_deref() },
     };
     hangar_cli::material(&client, cmd, &mut std::io::stdout().lock()).await?;
+    Ok(0)
+}
+
+pub(crate) async fn cmd_config(a: ConfigArgs) -> anyhow::Result<i32> {
+    use hangar_cli::ConfigCmd;
+    let client = client(&a.conn).await?;
+    let scope =
+        hangar_cli::ConfigScope { creator: a.creator.clone(), engine: a.engine.clone(), for_user: a.for_user.clone() };
+    let cmd = match &a.action {
+        ConfigAction::Get { key } => ConfigCmd::Get { key },
+        ConfigAction::Set { key, value } => ConfigCmd::Set { key, value },
+        ConfigAction::List => ConfigCmd::List,
+    };
+    hangar_cli::config(&client, &scope, cmd, &mut std::io::stdout().lock()).await?;
     Ok(0)
 }
 

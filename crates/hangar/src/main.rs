@@ -72,6 +72,8 @@ enum Command {
     KillEngine(IdArgs),
     /// Your files in the material library (upload, list, versions, download, delete).
     Material(MaterialArgs),
+    /// Parameter configuration: get, set and list settings per creator and engine type.
+    Config(ConfigArgs),
     /// Linkis's `linkis-cli`, flag for flag (also run when this binary is called `linkis-cli`).
     #[command(name = "linkis-cli", disable_help_flag = true)]
     LinkisCli {
@@ -198,6 +200,7 @@ fn main() -> ExitCode {
             client_runtime().and_then(|rt| rt.block_on(cmd_ops(&a.conn, &a.out, hangar_cli::OpsView::Resources)))
         }
         Command::Material(a) => client_runtime().and_then(|rt| rt.block_on(cmd_material(a))),
+        Command::Config(a) => client_runtime().and_then(|rt| rt.block_on(cmd_config(a))),
         Command::KillEngine(a) => client_runtime().and_then(|rt| {
             rt.block_on(async {
                 hangar_cli::kill_engine(&client(&a.conn).await?, &a.id).await?;

@@ -140,6 +140,16 @@ call("POST", "/bml/deleteResources", json={"resourceIds": [other]})
 call("GET", "/engineplugin/refreshAll", user="admin")
 call("POST", "/engineplugin/refreshAll", user="admin")
 
+# Parameter configuration: the tree, a save and read back, the engine types.
+call("GET", "/configuration/getCategory")
+call("GET", "/configuration/engineType")
+call("POST", "/configuration/saveFullTree",
+     json={"creator": "IDE", "engineType": "shell-1",
+           "fullTree": [{"name": "Engine resources", "settings": [{"key": "hangar.engineconn.cores", "configValue": "1"}]}]})
+tree = call("GET", "/configuration/getFullTreesByAppName?creator=IDE&engineType=shell&version=1")["data"]["fullTree"]
+assert any(s["configValue"] == "1" for t in tree for s in t["settings"] if s["key"] == "hangar.engineconn.cores"), tree
+call("GET", "/configuration/getFullTreesByAppName?creator=GlobalSettings")
+
 # Users and sessions; then the errors every operation may answer with.
 call("GET", "/user/userInfo")
 assert call("POST", "/user/login", user=None, json={"userName": "alice", "password": "nope"}, ok=False)["status"] != 0

@@ -109,6 +109,32 @@ fn control_planes(_: Backend) -> Vec<String> {
     ]
 }
 
+/// Parameter configuration (the console's settings): one value per user,
+/// creator, engine type (`spark-3.4.4`, or `*`) and key, `*` standing for
+/// every user / creator / engine; and a generation every save bumps, so each
+/// instance's cache sees a save made on any of them.
+fn parameter_configuration(_: Backend) -> Vec<String> {
+    vec![
+        "CREATE TABLE IF NOT EXISTS hangar_config_value (
+            user_name TEXT NOT NULL,
+            creator TEXT NOT NULL,
+            engine_type TEXT NOT NULL,
+            config_key TEXT NOT NULL,
+            config_value TEXT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            updated_by TEXT NOT NULL,
+            PRIMARY KEY (user_name, creator, engine_type, config_key)
+        )"
+        .into(),
+        "CREATE TABLE IF NOT EXISTS hangar_config_generation (
+            id BIGINT PRIMARY KEY,
+            generation BIGINT NOT NULL
+        )"
+        .into(),
+        "INSERT INTO hangar_config_generation (id, generation) VALUES (1, 0) ON CONFLICT (id) DO NOTHING".into(),
+    ]
+}
+
 /// Every migration, in order. Append only.
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "jobs, material versions, job history indexes", statements: baseline },
@@ -119,11 +145,19 @@ const MIGRATIONS: &[Migration] = &[
         statements: control_planes,
     },
     Migration { version: 4, name: "engine history", statements: engine_history::ddl },
+    Migration { version: 5, name: "parameter configuration values", statements: parameter_configuration },
 ];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The versions of every migration, in order (numbers may skip: a migration
+/// numbered on another branch arrives with it).
+#[cfg(test)]
+pub(crate) fn versions() -> Vec<i64> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
 }
 
 /// Bring the store to [`latest_version`]; returns the versions applied now.
@@ -152,8 +186,17 @@ pub(crate) async fn migrate(pool: &AnyPool, backend: Backend, now_ms: i64) -> Re
              {latest}: run the newer Hangar (or a backup of the store from before it)"
         )));
     }
+    // Every migration not recorded yet (not only those above the newest
+    // recorded): a store migrated by a build that lacked a lower-numbered one
+    // gets it later.
+    let recorded: Vec<i64> = sqlx::query("SELECT version FROM hangar_schema_version")
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<std::result::Result<_, _>>()?;
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    for m in MIGRATIONS.iter().filter(|m| !recorded.contains(&m.version)) {
         for statement in (m.statements)(backend) {
             sqlx::query(AssertSqlSafe(statement))
                 .execute(&mut *tx)

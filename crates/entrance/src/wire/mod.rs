@@ -3,6 +3,7 @@
 //! (`crate::openapi`) is derived from the same types, so the two cannot drift.
 
 pub(crate) mod bml;
+pub(crate) mod configuration;
 pub(crate) mod console;
 pub(crate) mod files;
 pub(crate) mod jobs;
