@@ -1,7 +1,8 @@
 //! `hangar run` and following a job: what the task prints, live (stdout to
 //! stdout, stderr to stderr); the job's log when asked for (`-v`; warnings
 //! always); one message for a failure; the job's own exit code; and Ctrl-C
-//! that kills the job (a second Ctrl-C leaves it running).
+//! that kills the job (a second Ctrl-C leaves it running); on a terminal, a
+//! status line with the job's state and progress (`progress.rs`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -66,7 +67,14 @@ pub async fn run(client: &Client, spec: &JobSpec, detach: bool, verbose: bool) -
 
 /// Follow a job until it ends (or the user leaves it running).
 pub async fn follow(client: &Client, exec: &str, task_id: i64, mode: FollowMode) -> anyhow::Result<Outcome> {
-    let mut printer = Printer { mode, next_log: 0, next_out: 0, outcome: Outcome::default() };
+    let mut printer = Printer {
+        mode,
+        next_log: 0,
+        next_out: 0,
+        outcome: Outcome::default(),
+        line: crate::progress::StatusLine::new(),
+    };
+    let mut spin = tokio::time::interval(Duration::from_millis(150));
     let mut sigint = if mode.ctrl_c_kills { Some(signal(SignalKind::interrupt())?) } else { None };
     // Subscribe first, then print what was logged before: `next_log` is the
     // first line not printed yet, so nothing is missed or printed twice.
@@ -80,7 +88,12 @@ pub async fn follow(client: &Client, exec: &str, task_id: i64, mode: FollowMode)
     loop {
         let next = tokio::select! {
             ev = events.next() => ev?,
+            _ = spin.tick(), if printer.line.enabled() => {
+                printer.line.tick();
+                continue;
+            }
             _ = interrupted(&mut sigint) => {
+                printer.line.clear();
                 if printer.outcome.interrupted {
                     eprintln!("\njob {task_id} left running; `hangar kill {task_id}` stops it");
                     printer.outcome.left_running = true;
@@ -94,8 +107,13 @@ pub async fn follow(client: &Client, exec: &str, task_id: i64, mode: FollowMode)
                 continue;
             }
         };
-        let Some(v) = next else { return follow_polling(client, exec, task_id, printer).await };
+        let Some(v) = next else {
+            printer.line.clear();
+            return follow_polling(client, exec, task_id, printer).await;
+        };
         match v["type"].as_str() {
+            Some("status") => printer.line.status(v["status"].as_str().unwrap_or("")),
+            Some("progress") => printer.line.progress(v["progress"].as_f64().unwrap_or(0.0)),
             Some("log") => {
                 let from = v["fromLine"].as_u64().unwrap_or(0);
                 if from > printer.next_log {
@@ -113,6 +131,7 @@ pub async fn follow(client: &Client, exec: &str, task_id: i64, mode: FollowMode)
             Some("output") => printer.output(&v),
             Some("lagged") => printer.outcome.missed_output = true,
             Some("end") => {
+                printer.line.clear();
                 let (tail, _) = client.log(exec, printer.next_log).await?;
                 printer.log_text(&tail);
                 let o = &mut printer.outcome;
@@ -140,16 +159,20 @@ struct Printer {
     next_log: u64,
     next_out: u64,
     outcome: Outcome,
+    /// The status line on a terminal.
+    line: crate::progress::StatusLine,
 }
 
 impl Printer {
-    fn log_line(&self, line: &str) {
+    fn log_line(&mut self, line: &str) {
         if self.mode.verbose || logline::level_of(line) == Level::Warn {
+            self.line.clear();
             eprintln!("{line}");
+            self.line.redraw();
         }
     }
 
-    fn log_text(&self, text: &str) {
+    fn log_text(&mut self, text: &str) {
         text.lines().for_each(|l| self.log_line(l));
     }
 
@@ -159,6 +182,7 @@ impl Printer {
             return;
         }
         let from = v["fromLine"].as_u64().unwrap_or(0);
+        self.line.clear();
         let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         for (i, l) in v["lines"].as_array().into_iter().flatten().enumerate() {
             let n = from + i as u64;
@@ -183,6 +207,8 @@ impl Printer {
             self.outcome.streamed = true;
         }
         let _ = out.flush();
+        drop((out, err));
+        self.line.redraw();
     }
 }
 

@@ -8,6 +8,7 @@ mod follow;
 mod history;
 pub mod linkis_cli;
 mod materials;
+mod progress;
 mod tables;
 
 pub use client::{Client, Connection, EventStream, ResultSet};

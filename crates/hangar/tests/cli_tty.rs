@@ -28,6 +28,11 @@ fn shell_quote(s: &str) -> String {
 
 impl Tty {
     fn spawn(s: &Server, args: &[&str]) -> Tty {
+        Self::spawn_term(s, args, "dumb")
+    }
+
+    /// As [`Tty::spawn`] with `TERM` set to `term`.
+    fn spawn_term(s: &Server, args: &[&str], term: &str) -> Tty {
         let bin = env!("CARGO_BIN_EXE_hangar");
         let cmd: Vec<String> = std::iter::once(bin).chain(args.iter().copied()).map(shell_quote).collect();
         // `exec`: the client itself is the pty's foreground process. Without
@@ -39,7 +44,7 @@ impl Tty {
             .env("HANGAR_SERVER", &s.base)
             .env("HANGAR_USER", "alice")
             .env("HANGAR_TOKEN", TOKEN)
-            .env("TERM", "dumb")
+            .env("TERM", term)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -161,6 +166,24 @@ async fn output_is_live_and_ctrl_c_kills_the_job() {
     assert_eq!(code, Some(255), "{text}");
     assert!(text.contains("Execute Error"), "{text}");
     assert_eq!(job_status(&s, "4"), "Cancelled");
+}
+
+/// On a terminal that can move the cursor, `hangar run` keeps a status line
+/// (spinner, state, time) while it waits and runs, clears it for each line
+/// of output, and leaves none behind; on `TERM=dumb` (above) there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_line_shows_the_state_while_the_job_waits_and_runs() {
+    let s = Server::start(FAST).await;
+    let mut t = Tty::spawn_term(&s, &["run", "--code", "sleep 1; echo out; sleep 1"], "xterm");
+    t.expect("out", Duration::from_secs(20));
+    let (code, text) = t.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(" running ") && text.contains("\x1b[2K"), "no status line: {text:?}");
+    // The output line itself is whole once the status line is cleared.
+    let out = text.lines().find(|l| l.contains("out")).unwrap_or_default();
+    assert!(out.rsplit("\x1b[2K").next() == Some("out"), "{out:?}");
+    // Nothing of it is left after the end: the last thing written clears it.
+    assert!(!text.trim_end().ends_with(" s"), "{text:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
