@@ -1,9 +1,12 @@
 // Parameter configuration (admins), as Linkis's console: categories from
 // `configuration/getCategory`, a creator's and engine's settings from
-// `configuration/getFullTreesByAppName`, saved with `configuration/saveFullTree`.
+// `configuration/getFullTreesByAppName` (each with its value at this scope,
+// the default that applies without one, its unit and allowed range), saved
+// with `configuration/saveFullTree`; the server's refusal (it names the key
+// and the range) is shown beside the form and marks that setting.
 // A server without these APIs (404) gets a clear notice instead.
 import { get, post } from '../api.js';
-import { act, clear, errorBox, flash, h } from '../ui.js';
+import { clear, errorBox, flash, h, table } from '../ui.js';
 
 const GLOBAL = 'GlobalSettings';
 const FALLBACK = { [GLOBAL]: [], IDE: ['spark-3.2.1', 'python-python3', 'shell-1', 'jdbc-4', 'datafusion-1'] };
@@ -12,6 +15,11 @@ function unavailable(what) {
   return h('div', { class: 'notice', id: 'config-unavailable' },
     h('strong', {}, 'Parameter configuration is not available on this server. '),
     `It has no ${what} API (404); this page works once the server offers configuration/getFullTreesByAppName and saveFullTree.`);
+}
+
+function allowed(s) {
+  const range = s.validateType && s.validateType !== 'None' ? `${s.validateType} ${s.validateRange || ''}` : '';
+  return h('span', { class: 'muted', title: range }, s.specialLimit || range || 'any');
 }
 
 export async function render(main) {
@@ -43,45 +51,79 @@ export async function render(main) {
     load();
   }
   creator.addEventListener('change', creatorChanged);
-  engine.addEventListener('change', load);
+  engine.addEventListener('change', () => load());
 
-  async function load() {
+  function scope() {
     const global = creator.value === GLOBAL;
     const [type, ...rest] = (engine.value || '').split('-');
-    const q = global ? { creator: '*', engineType: '*', version: '*' } : { creator: creator.value, engineType: type, version: rest.join('-') };
-    clear(tree, h('p', { class: 'muted' }, 'Loading…'));
+    return global
+      ? { query: { creator: GLOBAL }, creator: GLOBAL, engineType: null }
+      : { query: { creator: creator.value, engineType: type, version: rest.join('-') }, creator: creator.value, engineType: engine.value || null };
+  }
+
+  async function load(keepMessage) {
+    const sc = scope();
+    if (!keepMessage) clear(tree, h('p', { class: 'muted' }, 'Loading…'));
     let data;
     try {
-      data = await get('configuration/getFullTreesByAppName', q);
+      data = await get('configuration/getFullTreesByAppName', sc.query);
     } catch (e) {
       clear(tree, e.missing ? unavailable('configuration/getFullTreesByAppName') : errorBox(e));
       return;
     }
     const full = data.fullTree || [];
-    const inputs = [];
+    const inputs = new Map();
+    const message = h('div', { id: 'config-message', role: 'status', 'aria-live': 'polite' });
     const groups = full.map((g) => h('div', { class: 'card' }, h('h2', {}, g.name),
-      g.description ? h('p', { class: 'muted' }, g.description) : null,
-      (g.settings || []).filter((s) => !s.isHidden).map((s) => {
-        const input = h('input', { name: s.key, value: s.configValue ?? '', placeholder: s.defaultValue ?? '' });
-        inputs.push([s, input]);
-        return h('div', { class: 'row setting-row' },
-          h('label', { title: s.description || '' }, `${s.name || s.key} (${s.key})${s.unit ? ` [${s.unit}]` : ''}`, input),
-          h('span', { class: 'muted' }, s.validateType && s.validateType !== 'None' ? `${s.validateType} ${s.validateRange || ''}` : ''));
-      })));
-    const save = h('button', {
-      type: 'button', id: 'config-save',
-      onclick: (ev) => act(ev.currentTarget, async () => {
-        for (const [s, input] of inputs) s.configValue = input.value;
-        try {
-          await post('configuration/saveFullTree', { fullTree: full, creator: global ? '*' : creator.value, engineType: global ? null : engine.value || null });
-          flash('Saved.');
-        } catch (e) {
-          if (e.missing) clear(tree, unavailable('configuration/saveFullTree'));
-          else throw e;
+      g.description && g.description !== g.name ? h('p', { class: 'muted' }, g.description) : null,
+      table([
+        { title: 'Setting', cell: (s) => h('span', { title: s.description || '' }, h('strong', {}, s.name || s.key), h('br'), h('code', {}, s.key)) },
+        {
+          title: 'Value', cell: (s) => {
+            const input = h('input', { name: s.key, value: s.configValue ?? '', placeholder: s.defaultValue || '(server default)', 'data-key': s.key, 'aria-label': s.key });
+            input.addEventListener('input', () => input.classList.remove('invalid'));
+            inputs.set(s.key, input);
+            return input;
+          },
+        },
+        { title: 'Default', cell: (s) => h('span', { class: 'setting-default' }, s.defaultValue || '—') },
+        { title: 'Unit', cell: (s) => s.unit || '' },
+        { title: 'Allowed', cell: allowed },
+      ], (g.settings || []).filter((s) => !s.isHidden), { rowAttrs: (s) => ({ 'data-key': s.key }) })));
+
+    async function save(button) {
+      button.disabled = true;
+      for (const i of inputs.values()) i.classList.remove('invalid');
+      clear(message);
+      const fullTree = full.map((g) => ({
+        name: g.name,
+        settings: (g.settings || []).filter((s) => inputs.has(s.key)).map((s) => ({ key: s.key, configValue: inputs.get(s.key).value.trim() })),
+      }));
+      try {
+        const r = await post('configuration/saveFullTree', { fullTree, creator: sc.creator, engineType: sc.engineType });
+        const saved = (r && r.saved) || [];
+        await load(true);
+        clear(document.getElementById('config-message') || message,
+          h('p', { class: 'ok' }, saved.length ? `Saved ${saved.join(', ')}.` : 'Saved: every setting is at its default.'));
+      } catch (e) {
+        if (e.missing) {
+          clear(tree, unavailable('configuration/saveFullTree'));
+          return;
         }
-      }),
-    }, 'Save');
-    clear(tree, groups.length ? groups : h('p', { class: 'muted' }, 'No settings.'), groups.length ? save : null);
+        clear(message, h('p', { class: 'error', id: 'config-error' }, e.message));
+        const key = [...inputs.keys()].sort((a, b) => b.length - a.length).find((k) => e.message.includes(k));
+        if (key) {
+          inputs.get(key).classList.add('invalid');
+          inputs.get(key).focus();
+        }
+      } finally {
+        button.disabled = false;
+      }
+    }
+    const actions = h('div', { class: 'row config-actions' },
+      h('button', { type: 'button', id: 'config-save', onclick: (ev) => save(ev.currentTarget) }, 'Save'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => load() }, 'Reset'), message);
+    clear(tree, groups.length ? [actions, groups] : h('p', { class: 'muted' }, 'No settings.'));
   }
   creatorChanged();
 }

@@ -56,6 +56,6 @@ export async function render(main, { admin }) {
           h('button', { type: 'button', class: 'secondary', onclick: () => showLog(e, 'stderr') }, 'stderr'),
           h('button', { type: 'button', class: 'danger', 'data-action': 'kill-engine', onclick: (ev) => kill(e, ev.currentTarget) }, 'Kill')),
       },
-    ], engines, { empty: 'No engines running.', rowAttrs: (e) => ({ 'data-ticket': e.ticketId, 'data-instance': e.instance || '' }) }));
+    ], engines, { empty: 'No engines running.', rowAttrs: (e) => ({ 'data-ticket': e.ticketId, 'data-instance': e.instance || '', 'data-engine-type': e.engineType || e.applicationName || '', 'data-status': e.nodeStatus || '' }) }));
   }
 }

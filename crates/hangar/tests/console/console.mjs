@@ -1,7 +1,9 @@
 // Drives the Hangar console in a real browser (Debian's chromium through
 // playwright-core): log in, run a shell and a Python job and watch them end,
 // read the result table and its CSV, kill a running job, kill an engine from
-// the engines page, visit every page and save a screenshot of each.
+// the engines page, set the shell engine's memory on the configuration page
+// (a value out of range is refused with the server's words) and see the next
+// engine get it, visit every page and save a screenshot of each.
 //
 // node console.mjs <base-url> <user> <password> <screenshot-dir>
 // playwright-core is found in $HANGAR_CONSOLE_NODE (default target/console-node).
@@ -59,13 +61,19 @@ async function waitStatus(want, timeout = 90000) {
   }, want, { timeout });
   return page.$eval('#job-status [data-status]', (s) => s.dataset.status);
 }
+let lastJob = 0;
 async function run(engine, code) {
   await go('/editor', '#editor-form');
   await page.selectOption('#editor-engine', engine);
   await page.fill('#editor-code', code);
   await page.click('#editor-submit');
-  await page.waitForSelector('#editor-task');
+  // The previous job's link may still be on the page: wait for this one's.
+  await page.waitForFunction((last) => {
+    const a = document.querySelector('#editor-task');
+    return a && Number(a.textContent.replace(/\D/g, '')) > last;
+  }, lastJob);
   const id = Number((await page.textContent('#editor-task')).replace(/\D/g, ''));
+  lastJob = id;
   await page.waitForSelector('#job-status');
   return id;
 }
@@ -164,19 +172,81 @@ try {
   await go('/admin/ecms', '#ecms-list table');
   await page.click('button[data-action=ecm-engines]');
   await page.waitForSelector('#ecm-engines table');
+  // An ECM's description edited (modifyEMInfo) and listed.
+  const note = `console note ${Date.now()}`;
+  await page.click('button[data-action=ecm-edit]');
+  await page.waitForSelector('#ecm-edit-form');
+  check((await page.$eval('#ecm-edit-labels', (t) => t.value)).includes('='), 'the ECM\'s labels are shown for editing');
+  await page.fill('#ecm-edit-description', note);
+  await page.click('#ecm-edit-save');
+  await page.waitForFunction((n) => [...document.querySelectorAll('#ecms-list .ecm-description')].some((d) => d.textContent === n), note);
+  step(`ECM description set to '${note}'`);
+  await page.click('button[data-action=ecm-edit]');
+  await page.waitForSelector('#ecm-edit-form');
+  check((await page.$eval('#ecm-edit-description', (i) => i.value)) === note, 'the edit form reads the new description');
   await shot('08-admin-ecms');
   await go('/admin/engines', '#engines-list table');
   await shot('09-admin-engines');
 
-  // Parameter configuration: a clear notice while the server has no such API.
-  await go('/admin/config', '#config-tree');
-  await page.waitForFunction(() => !document.querySelector('#config-tree').textContent.includes('Loading'));
-  const cfg = await page.textContent('#config-tree');
-  // Until the server has the configuration API the page says so; once it has, settings show.
-  const unavailable = !!(await page.$('#config-unavailable'));
-  check(unavailable || (await page.$('#config-save, #config-tree .card')), `configuration page: ${cfg}`);
-  step(`configuration page (${unavailable ? 'API not on this server' : 'settings shown'}): ${cfg.slice(0, 120)}`);
+  // Parameter configuration: the shell engine's memory for the admin's IDE
+  // jobs. An out-of-range value is refused with the server's words beside
+  // the form; 300m is saved and the next shell engine is started with it.
+  const MEMORY_KEY = 'wds.linkis.engineconn.java.driver.memory';
+  await go('/admin/config', '#config-creator option');
+  await page.selectOption('#config-creator', 'IDE');
+  const shellType = await page.$$eval('#config-engine option', (os) => os.map((o) => o.value).find((v) => v.startsWith('shell-')));
+  check(shellType, 'the IDE creator lists a shell engine');
+  await page.selectOption('#config-engine', shellType);
+  const memInput = `#config-tree input[data-key="${MEMORY_KEY}"]`;
+  await page.waitForSelector(memInput);
+  const memRow = await page.textContent(`#config-tree tr[data-key="${MEMORY_KEY}"]`);
+  check(/256m/.test(memRow) && /64\.0 MB|64 MB/.test(memRow), `the memory setting shows its default and range: ${memRow}`);
+  await page.fill(memInput, '100g');
+  await page.click('#config-save');
+  await page.waitForSelector('#config-error');
+  const refusal = await page.textContent('#config-error');
+  check(refusal.includes(MEMORY_KEY) && refusal.includes('100g'), `the refusal names the key and the value: ${refusal}`);
+  check(await page.$eval(memInput, (i) => i.classList.contains('invalid')), 'the refused setting is marked');
+  step(`an out-of-range value is refused: ${refusal}`);
+  await shot('10a-admin-config-refused');
+  await page.fill(memInput, '300m');
+  await page.click('#config-save');
+  await page.waitForFunction((k) => document.querySelector('#config-message .ok')?.textContent.includes(k), MEMORY_KEY);
+  check((await page.$eval(memInput, (i) => i.value)) === '300m', 'the saved value is read back');
+  step(`${MEMORY_KEY} = 300m saved for IDE ${shellType}`);
   await shot('10-admin-config');
+
+  // The admin's shell engines are killed from the engines page, so the next
+  // shell job needs a new engine, which gets the configured memory.
+  const shellRows = '#engines-list tbody tr[data-engine-type^="shell"]';
+  const killDeadline = Date.now() + 30000;
+  for (;;) {
+    await go('/engines', '#engines-list');
+    await page.waitForSelector('#engines-list table, #engines-list .empty');
+    const tickets = await page.$$eval(shellRows, (trs) => trs.map((tr) => tr.dataset.ticket));
+    if (tickets.length === 0) break;
+    for (const t of tickets) {
+      const b = await page.$(`#engines-list tbody tr[data-ticket="${t}"] button[data-action=kill-engine]`);
+      if (b) await b.click();
+    }
+    check(Date.now() < killDeadline, `shell engines still listed after 30 s: ${tickets}`);
+    await page.waitForTimeout(1000);
+  }
+  step('the admin\'s shell engines are killed');
+  const cfgJob = await run('shell-1', 'echo configured-engine');
+  st = await waitStatus(COMPLETED);
+  check(st === 'Succeed', `shell job after the configuration ended ${st}: ${await logText()}`);
+  const engines = await page.evaluate(async () => {
+    const r = await fetch('/api/rest_j/v1/linkisManager/listAllEngines', { credentials: 'same-origin' });
+    return (await r.json()).data.engines;
+  });
+  const fresh = engines.filter((e) => e.owner === user && (e.engineType || '').startsWith('shell'));
+  check(fresh.length >= 1 && fresh.every((e) => e.resource.memory === '300.0 MB'),
+    `the new shell engine has the configured memory: ${JSON.stringify(fresh.map((e) => [e.ticketId, e.resource]))}`);
+  await go('/engines', shellRows);
+  const shown = await page.textContent(shellRows);
+  check(shown.includes('300.0 MB'), `the engines page shows the configured memory: ${shown}`);
+  step(`job ${cfgJob} ran on a new shell engine with ${fresh[0].resource.memory}`);
 
   // My engines: kill one.
   await go('/engines', '#engines-list table');
