@@ -126,9 +126,16 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
         shots.display()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-    for name in
-        ["01-login", "03-job-python", "05-history", "08-admin-ecms", "10a-admin-config-refused", "10-admin-config", "11-engines", "13-non-admin"]
-    {
+    for name in [
+        "01-login",
+        "03-job-python",
+        "05-history",
+        "08-admin-ecms",
+        "10a-admin-config-refused",
+        "10-admin-config",
+        "11-engines",
+        "13-non-admin",
+    ] {
         assert!(shots.join(format!("{name}.png")).exists(), "no screenshot {name}.png:\n{stdout}");
     }
     println!("{stdout}\nscreenshots: {}", shots.display());
