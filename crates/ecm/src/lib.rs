@@ -57,6 +57,8 @@ pub struct EcmConfig {
     pub adopt_on_restart: bool,
     /// Below this much free memory the ECM reports itself protected.
     pub protected_memory: u64,
+    /// Protected (no new engines) above this 1-minute load average per core.
+    pub protected_load: f64,
     /// Which OS account each engine runs as.
     pub identity: Identity,
     /// Further variables engines inherit from the ECM's environment.
@@ -271,7 +273,7 @@ impl Ecm {
             cores,
             engines: self.running() as u32,
             launch_failures: self.launch_failures.load(std::sync::atomic::Ordering::Relaxed),
-            protected: free_memory < self.cfg.protected_memory || load1 / f64::from(cores) > 4.0,
+            protected: free_memory < self.cfg.protected_memory || load1 / f64::from(cores) > self.cfg.protected_load,
             material_fetches: self.materials.stats.fetches.load(std::sync::atomic::Ordering::Relaxed),
             material_refetches: self.materials.stats.refetches.load(std::sync::atomic::Ordering::Relaxed),
         }

@@ -104,6 +104,8 @@ pub struct Ecm {
     /// Empty: the host's memory minus `protected_memory`.
     pub memory: String,
     pub protected_memory: String,
+    /// No new engines while the host's 1-minute load average per core is above this.
+    pub protected_load: f64,
     pub cores: u32,
     pub instances: u32,
     pub kill_grace_ms: u64,
@@ -201,6 +203,7 @@ impl Default for Config {
             ecm: Ecm {
                 memory: String::new(),
                 protected_memory: "1g".into(),
+                protected_load: 4.0,
                 cores: 100,
                 instances: 50,
                 kill_grace_ms: 5_000,

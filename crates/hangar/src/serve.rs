@@ -187,6 +187,7 @@ fn build_ecm(
             launch_queue_timeout: ms(cfg.ecm.launch_queue_timeout_ms),
             adopt_on_restart: cfg.ecm.adopt_on_restart,
             protected_memory: protected,
+            protected_load: cfg.ecm.protected_load,
             identity,
             env_passthrough: cfg.ecm.engine_env_passthrough.clone(),
             material_cache_dir: cache_dir,

@@ -105,7 +105,8 @@ async fn three_instances_lose_nothing_while_killed_one_at_a_time() {
     }
     let urls: Vec<String> = planes.iter().map(|p| p.base.clone()).collect();
     let ecm_keys = format!("roles = \"ecm\"\nmanager_url = \"{}\"", urls.join(","));
-    let ecm_extra = "[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\ninstances = 40\n";
+    let ecm_extra =
+        "[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\ninstances = 40\nprotected_load = 1000.0\n";
     let mut ecms = Vec::new();
     for _ in 0..2 {
         ecms.push(Server::start_custom(&ecm_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), ecm_extra).await);
@@ -390,7 +391,7 @@ async fn any_instance_answers_any_call_and_a_clean_stop_hands_jobs_over() {
     let ecm = Server::start_custom(
         &ecm_keys,
         &format!("ecm_token = \"{ECM_TOKEN}\""),
-        "[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\n",
+        "[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\nprotected_load = 1000.0\n",
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -60,6 +60,8 @@ log_push_interval_ms = 20
 orphan_timeout_ms = 2000
 [ecm]
 kill_grace_ms = 1000
+# A loaded CI machine (a Spark suite just before) is no reason to refuse engines here.
+protected_load = 1000.0
 "#;
 
 impl Server {
@@ -144,7 +146,8 @@ impl Server {
     /// An ECM process registered with `manager`.
     pub async fn ecm(manager: &Server, ecm_keys: &str) -> Server {
         let server_keys = format!("roles = \"ecm\"\nmanager_url = \"{}\"", manager.base);
-        let extra = format!("[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\n{ecm_keys}\n");
+        let extra =
+            format!("[ecm]\nheartbeat_interval_ms = 200\nkill_grace_ms = 1000\nprotected_load = 1000.0\n{ecm_keys}\n");
         Self::start_custom(&server_keys, &format!("ecm_token = \"{ECM_TOKEN}\""), &extra).await
     }
 
