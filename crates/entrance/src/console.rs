@@ -252,30 +252,14 @@ async fn engine_kill(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
     let r = async {
         let c = e.caller(&headers).await?;
         let targets: Vec<EngineKillTarget> = crate::wire::body(&body)?;
-        let engines = e.operator.list_engines();
-        let mut chosen = Vec::new();
-        for (i, t) in targets.into_iter().enumerate() {
-            // The console sends the service's name under `engineType`; either key is the engines' service.
-            let _service = t.application_name.or(t.engine_type);
-            let id = required(t.engine_instance, &format!("[{i}].engineInstance"))?;
-            let engine = engines
-                .iter()
-                .find(|x| x.instance.as_deref() == Some(id.as_str()))
-                .ok_or_else(|| HangarError::not_found(format!("no engine {id}")))?;
-            if !c.admin && engine.user != c.user {
-                return Err(HangarError::new(
-                    ErrorCode::PermissionDenied,
-                    format!("engine {id} belongs to another user"),
-                ));
-            }
-            chosen.push((engine.ticket_id.clone(), id));
-        }
-        let mut killed = Vec::new();
-        for (ticket, id) in chosen {
-            e.operator.finish(&ticket, NodeStatus::Failed, format!("killed by {}", c.user), true);
-            killed.push(id);
-        }
-        Ok(KillEngineData { killed })
+        // The console sends the service's name under `engineType`, the API under `applicationName`:
+        // either names the engines' service; the instance names the engine.
+        let ids = targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| required(t.engine_instance, &format!("[{i}].engineInstance")))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::ops::kill_engines(&e, &c, ids)
     }
     .await;
     reply(&uri, r)

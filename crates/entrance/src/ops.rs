@@ -133,35 +133,45 @@ async fn kill_engine(State(e): State<Arc<Entrance>>, uri: Uri, headers: HeaderMa
             KillEngineRequest::One(t) => vec![t],
             KillEngineRequest::Many(ts) => ts,
         };
-        let engines = e.operator.list_engines();
-        // Every target is checked before any engine ends.
-        let mut chosen = Vec::new();
-        for t in targets {
-            let id = t
-                .instance
-                .or(t.ticket_id)
-                .ok_or_else(|| HangarError::invalid("each target needs an instance (host:port) or a ticketId"))?;
-            let engine = engines
-                .iter()
-                .find(|x| x.instance.as_deref() == Some(id.as_str()) || x.ticket_id == id)
-                .ok_or_else(|| HangarError::not_found(format!("no engine {id}")))?;
-            if !c.admin && engine.user != c.user {
-                return Err(HangarError::new(
-                    ErrorCode::PermissionDenied,
-                    format!("engine {id} belongs to another user"),
-                ));
-            }
-            chosen.push((engine.ticket_id.clone(), id));
-        }
-        let mut killed = Vec::new();
-        for (ticket, id) in chosen {
-            e.operator.finish(&ticket, NodeStatus::Failed, format!("killed by {}", c.user), true);
-            killed.push(id);
-        }
-        Ok(KillEngineData { killed })
+        let ids = targets
+            .into_iter()
+            .map(|t| {
+                t.instance
+                    .or(t.ticket_id)
+                    .ok_or_else(|| HangarError::invalid("each target needs an instance (host:port) or a ticketId"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        kill_engines(&e, &c, ids)
     }
     .await;
     reply(&uri, r)
+}
+
+/// End engines named by instance (`host:port`) or ticket: the caller's own, or
+/// for admins anyone's. Every one is checked before any ends.
+pub(crate) fn kill_engines(
+    e: &Entrance,
+    c: &crate::auth::Caller,
+    ids: Vec<String>,
+) -> Result<KillEngineData, HangarError> {
+    let engines = e.operator.list_engines();
+    let mut chosen = Vec::new();
+    for id in ids {
+        let engine = engines
+            .iter()
+            .find(|x| x.instance.as_deref() == Some(id.as_str()) || x.ticket_id == id)
+            .ok_or_else(|| HangarError::not_found(format!("no engine {id}")))?;
+        if !c.admin && engine.user != c.user {
+            return Err(HangarError::new(ErrorCode::PermissionDenied, format!("engine {id} belongs to another user")));
+        }
+        chosen.push((engine.ticket_id.clone(), id));
+    }
+    let mut killed = Vec::new();
+    for (ticket, id) in chosen {
+        e.operator.finish(&ticket, NodeStatus::Failed, format!("killed by {}", c.user), true);
+        killed.push(id);
+    }
+    Ok(KillEngineData { killed })
 }
 
 /// Resources per user, creator and engine type (the caller's; admins: everyone's or `user`'s).

@@ -163,7 +163,12 @@ pub struct EngineTypesData {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", expecting = "a JSON object")]
 pub struct EngineKillTarget {
+    /// The engines' service name (`linkis-cg-engineconn`): accepted as Linkis
+    /// clients send it, not needed (the instance names the engine).
+    #[allow(dead_code)]
     pub application_name: Option<String>,
+    /// The console's key for the same.
+    #[allow(dead_code)]
     pub engine_type: Option<String>,
     /// The engine's `host:port`.
     pub engine_instance: Option<String>,
