@@ -2,20 +2,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{FAST, Server, TOKEN, engine_pids, wait_until};
 
-fn hangar(s: &Server, user: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env("HANGAR_SERVER", &s.base)
-        .env("HANGAR_USER", user)
-        .env("HANGAR_TOKEN", TOKEN)
-        .output()
-        .expect("run hangar")
-}
+use common::hangar_cli as hangar;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{FAST, Server, TOKEN};
+use common::{FAST, Server};
 use serde_json::{Value, json};
 
 const MEMORY: &str = "wds.linkis.engineconn.java.driver.memory";
@@ -55,15 +54,7 @@ async fn run(s: &Server, user: &str, creator: &str, code: &str, startup: Value) 
     s.submit_json(user, &body).await.0
 }
 
-fn hangar(s: &Server, user: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(args)
-        .env("HANGAR_SERVER", &s.base)
-        .env("HANGAR_USER", user)
-        .env("HANGAR_TOKEN", TOKEN)
-        .output()
-        .expect("run hangar")
-}
+use common::hangar_cli as hangar;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_are_saved_validated_and_applied_to_the_next_ask() {

@@ -18,18 +18,7 @@ const PASSWORD: &str = "console-test-pw";
 const USER: &str = "bob";
 const USER_PASSWORD: &str = "bob-console-pw";
 
-fn hash(pw: &str) -> String {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(format!("{pw}\n").as_bytes()).expect("write");
-    String::from_utf8(child.wait_with_output().expect("wait").stdout).expect("utf8").trim().to_string()
-}
+use common::hash_password as hash;
 
 fn admin_env() -> [(&'static str, &'static str); 2] {
     [("HANGAR_ADMIN_USER", ADMIN), ("HANGAR_ADMIN_PASSWORD", PASSWORD)]

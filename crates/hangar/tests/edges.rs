@@ -11,17 +11,7 @@ use std::time::{Duration, Instant};
 use common::{FAST, Server, TOKEN};
 use serde_json::{Value, json};
 
-fn hash(pw: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(format!("{pw}\n").as_bytes()).expect("write");
-    String::from_utf8(child.wait_with_output().expect("wait").stdout).expect("utf8").trim().to_string()
-}
+use common::hash_password as hash;
 
 /// `hangar serve --bind 0.0.0.0` with `HANGAR_TOKEN` = `token` (none: the default token).
 /// Returns its exit code (`None`: it was serving, and is stopped) and its stderr.

@@ -146,22 +146,7 @@ mod tests {
     /// `HANGAR_TEST_POSTGRES_URL` is set) a fresh database: the generation
     /// is store-wide, so tests must not share one.
     async fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
-        let dir = tempfile::tempdir().expect("tmp");
-        let url = format!("sqlite://{}", dir.path().join("c.db").display());
-        let mut v = vec![(Store::open(&url).await.expect("sqlite"), Some(dir))];
-        if let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") {
-            let admin = Store::open(&pg).await.expect("postgres");
-            let tag = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos();
-            let db = format!("hangar_config_{tag:x}_{}", std::process::id());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-                .execute(&admin.pool)
-                .await
-                .expect("create db");
-            admin.close().await;
-            let base = pg.rsplit_once('/').map(|(b, _)| b.to_string()).expect("url with a database");
-            v.push((Store::open(&format!("{base}/{db}")).await.expect("postgres db"), None));
-        }
-        v
+        crate::lease::tests::stores().await.into_iter().map(|(s, dir, _)| (s, dir)).collect()
     }
 
     fn scope<'a>(user: &'a str, creator: &'a str, engine_type: &'a str) -> ConfigScope<'a> {

@@ -159,8 +159,11 @@ pub(crate) mod tests {
     pub(crate) async fn store_urls() -> Vec<(String, Option<tempfile::TempDir>, String)> {
         let dir = tempfile::tempdir().expect("tmp");
         let url = format!("sqlite://{}", dir.path().join("l.db").display());
-        let tag =
-            format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos());
+        // Unique per call, also for tests of several modules starting at once.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("t").as_nanos();
+        let tag = format!("{now:x}_{n}");
         let mut v = vec![(url, Some(dir), tag.clone())];
         if let Ok(pg) = std::env::var("HANGAR_TEST_POSTGRES_URL") {
             let admin = Store::open(&pg).await.expect("postgres");

@@ -390,6 +390,30 @@ fn kill_engines_under(data_dir: &Path) {
     }
 }
 
+/// A `hangar hash-password` hash of `pw`, for `auth.users`.
+pub fn hash_password(pw: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(format!("{pw}\n").as_bytes()).expect("write");
+    String::from_utf8(child.wait_with_output().expect("wait").stdout).expect("utf8").trim().to_string()
+}
+
+/// The `hangar` client run against `s` as `user` (token auth).
+pub fn hangar_cli(s: &Server, user: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(args)
+        .env("HANGAR_SERVER", &s.base)
+        .env("HANGAR_USER", user)
+        .env("HANGAR_TOKEN", TOKEN)
+        .output()
+        .expect("run hangar")
+}
+
 pub async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
