@@ -176,6 +176,10 @@ impl Entrance {
                 drop(_slot);
                 lock(&this.jobs).remove(&j.id);
                 let (id, exec_id) = (j.id, j.exec_id.clone());
+                // Queued again: it waits for a slot of its group like any other job.
+                if let Err(e) = this.store.release_slot(id, &this.cfg.owner_id).await {
+                    tracing::warn!(task_id = id, error = %e, "cannot give back the slot of a job queued again");
+                }
                 match this.prepare_again(j) {
                     Ok(prepared) => {
                         log.line(

@@ -285,13 +285,8 @@ impl Manager {
         lock(&self.engines).get(ticket_id).map(|n| n.key.clone())
     }
 
-    /// Whether `presented` is the key of engine `ticket_id` (constant time).
-    pub fn verify_engine_key(&self, ticket_id: &str, presented: Option<&str>) -> bool {
-        self.check_engine_key(ticket_id, presented).unwrap_or(false)
-    }
-
     /// None: the ticket is unknown; else whether `presented` is its key.
-    /// One lookup, no copy (every heartbeat and event batch comes here).
+    /// One lookup, no copy (every heartbeat comes here).
     pub(crate) fn check_engine_key(&self, ticket_id: &str, presented: Option<&str>) -> Option<bool> {
         lock(&self.engines).get(ticket_id).map(|n| hangar_protocol::credential::matches(&n.key, presented))
     }
