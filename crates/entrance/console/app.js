@@ -6,6 +6,7 @@ import * as history from './pages/history.js';
 import * as job from './pages/job.js';
 import * as editor from './pages/editor.js';
 import * as engines from './pages/engines.js';
+import * as ended from './pages/ended.js';
 import * as resources from './pages/resources.js';
 import * as ecms from './pages/ecms.js';
 import * as config from './pages/config.js';
@@ -20,6 +21,7 @@ const ROUTES = [
   [/^\/job\/(\d+)$/, (m, [, id]) => job.render(m, { session, taskID: Number(id) }), 'history', false],
   [/^\/editor$/, (m) => editor.render(m, { session }), 'editor', false],
   [/^\/engines$/, (m) => engines.render(m, { session, admin: false }), 'engines', false],
+  [/^\/engine-history$/, (m) => ended.render(m, { session }), 'engine-history', false],
   [/^\/resources$/, (m) => resources.render(m, { session, admin: false }), 'resources', false],
   [/^\/admin\/resources$/, (m) => resources.render(m, { session, admin: true }), 'admin-resources', true],
   [/^\/admin\/ecms$/, (m) => ecms.render(m, { session }), 'admin-ecms', true],

@@ -39,6 +39,7 @@ const ASSETS: &[(&str, &str, &[u8])] = assets! {
     "pages/job.js" => "text/javascript; charset=utf-8",
     "pages/editor.js" => "text/javascript; charset=utf-8",
     "pages/engines.js" => "text/javascript; charset=utf-8",
+    "pages/ended.js" => "text/javascript; charset=utf-8",
     "pages/resources.js" => "text/javascript; charset=utf-8",
     "pages/ecms.js" => "text/javascript; charset=utf-8",
     "pages/config.js" => "text/javascript; charset=utf-8",

@@ -120,9 +120,12 @@ async fn the_console_runs_and_kills_jobs_and_engines_in_a_real_browser() {
         "03-job-python",
         "05-history",
         "08-admin-ecms",
+        "08b-job-waiting-for-ecm",
+        "08c-admin-ecms-unhealthy",
         "10a-admin-config-refused",
         "10-admin-config",
         "11-engines",
+        "12b-engine-history",
         "13-non-admin",
     ] {
         assert!(shots.join(format!("{name}.png")).exists(), "no screenshot {name}.png:\n{stdout}");

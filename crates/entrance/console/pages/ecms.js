@@ -82,7 +82,7 @@ export async function render(main) {
       clear(list, table([
         { title: 'Instance', cell: (e) => e.instance },
         { title: 'Status', cell: (e) => badge(e.nodeStatus) },
-        { title: 'Health', cell: (e) => badge(e.nodeHealthy) },
+        { title: 'Health', cell: (e) => h('span', { class: 'ecm-health' }, badge(e.nodeHealthy)) },
         { title: 'Capacity (used / locked / max)', cell: (e) => resourceBars(e.usedResource, e.lockedResource, e.maxResource) },
         { title: 'Left', cell: (e) => fmtResource(e.leftResource) },
         { title: 'Engines', class: 'num', cell: (e) => e.engineCount },

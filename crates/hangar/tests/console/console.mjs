@@ -3,7 +3,9 @@
 // read the result table and its CSV, kill a running job, kill an engine from
 // the engines page, set the shell engine's memory on the configuration page
 // (a value out of range is refused with the server's words) and see the next
-// engine get it, visit every page and save a screenshot of each.
+// engine get it, make the next job wait by an ECM label and by marking the ECM
+// UnHealthy and release it again, find a killed engine in the engine history,
+// visit every page and save a screenshot of each.
 //
 // node console.mjs <base-url> <user> <password> <screenshot-dir>
 // playwright-core is found in $HANGAR_CONSOLE_NODE (default target/console-node).
@@ -234,7 +236,54 @@ try {
     await page.waitForTimeout(1000);
   }
   step('the admin\'s shell engines are killed');
+
+  // The ECM's labels and health, edited on the ECMs page, decide where the
+  // next engine may go: with a label no ask carries, the shell job waits for
+  // an ECM; with the label gone but the ECM marked UnHealthy it still waits;
+  // once Healthy again it gets its engine and succeeds.
+  async function editEcm(change) {
+    await go('/admin/ecms', '#ecms-list table');
+    await page.click('button[data-action=ecm-edit]');
+    await page.waitForSelector('#ecm-edit-form');
+    await change();
+    await page.click('#ecm-edit-save');
+    await page.waitForSelector('#ecm-edit-form', { state: 'detached' });
+    await page.waitForSelector('#ecms-list table');
+  }
+  async function waitLog(what, timeout = 30000) {
+    const until = Date.now() + timeout;
+    for (;;) {
+      const t = await logText();
+      if (t.includes(what)) return t;
+      check(Date.now() < until, `the job's log never said '${what}': ${t}`);
+      await page.waitForTimeout(500);
+    }
+  }
+  await go('/admin/ecms', '#ecms-list table');
+  await page.click('button[data-action=ecm-edit]');
+  await page.waitForSelector('#ecm-edit-form');
+  const ownLabels = await page.$eval('#ecm-edit-labels', (t) => t.value);
+  await editEcm(() => page.fill('#ecm-edit-labels', `${ownLabels}\nteam=console`.trim()));
+  const labelled = await page.textContent('#ecms-list tbody tr .labels');
+  check(labelled.includes('team=console'), `the ECM lists its new label: ${labelled}`);
+  step('ECM label team=console added');
   const cfgJob = await run('shell-1', 'echo configured-engine');
+  await waitLog('no EngineConnManager matches');
+  check((await page.$eval('#job-status [data-status]', (s) => s.dataset.status)) === 'WaitForRetry', 'the job waits for an ECM');
+  step(`job ${cfgJob} waits: no ECM carries its labels`);
+  await shot('08b-job-waiting-for-ecm');
+  await editEcm(async () => {
+    await page.fill('#ecm-edit-labels', ownLabels);
+    await page.selectOption('#ecm-edit-health', 'UnHealthy');
+  });
+  check((await page.textContent('#ecms-list tbody tr .ecm-health')) === 'UnHealthy', 'the ECM is listed UnHealthy');
+  await shot('08c-admin-ecms-unhealthy');
+  await go(`/job/${cfgJob}`, '#job-status');
+  await waitLog('marked UnHealthy by an admin');
+  check((await page.$eval('#job-status [data-status]', (s) => s.dataset.status)) === 'WaitForRetry', 'the job waits while the ECM is UnHealthy');
+  step(`job ${cfgJob} waits: its ECM is UnHealthy`);
+  await editEcm(() => page.selectOption('#ecm-edit-health', 'Healthy'));
+  await go(`/job/${cfgJob}`, '#job-status');
   st = await waitStatus(COMPLETED);
   check(st === 'Succeed', `shell job after the configuration ended ${st}: ${await logText()}`);
   const engines = await page.evaluate(async () => {
@@ -265,6 +314,16 @@ try {
   step(`engine ${ticket} killed`);
   await shot('12-engines-after-kill');
 
+  // The killed engine in the engine history, with who ended it.
+  await go('/engine-history', '#ended-results');
+  await page.fill('#ended-filters input[name=creator]', user);
+  await page.click('#ended-filters button[type=submit]');
+  await page.waitForSelector(`#ended-results tbody tr[data-ticket="${ticket}"]`);
+  const ended = await page.textContent(`#ended-results tbody tr[data-ticket="${ticket}"]`);
+  check(ended.includes(`killed by ${user}`), `the engine history says who killed ${ticket}: ${ended}`);
+  step(`engine history: ${ticket} ${await page.$eval(`#ended-results tbody tr[data-ticket="${ticket}"]`, (tr) => tr.dataset.status)}, killed by ${user}`);
+  await shot('12b-engine-history');
+
   // Logging out ends the session.
   await page.click('#logout');
   await page.waitForSelector('#login-form');
@@ -283,6 +342,9 @@ try {
     await shot('13-non-admin');
     await go('/admin/ecms', 'main h1');
     check((await page.textContent('main h1')) === 'Admins only', 'admin pages are refused to a non-admin');
+    await go('/engine-history', '#ended-count');
+    check((await page.textContent('#ended-count')).startsWith('0 ended'), `a non-admin sees others' engines: ${await page.textContent('#ended-count')}`);
+    check(!(await page.$('#ended-filters input[name=creator]')), 'a non-admin has no user filter');
     await go(`/job/${pyId}`, 'main .error');
     step(`another user's job: ${await page.textContent('main .error')}`);
     await page.click('#logout');
