@@ -68,7 +68,8 @@ struct Queued {
 }
 
 enum Out {
-    Event(Box<Queued>),
+    /// Several events of one task, queued at once so they leave in one request.
+    Events(Vec<Queued>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -138,9 +139,14 @@ impl Outbound {
             .await
     }
 
-    /// Queue an event for a task's Entrance; events leave in queue order.
-    pub(crate) fn event(&self, callback_url: &str, event: TaskEvent) {
-        let _ = self.queue.send(Out::Event(Box::new(Queued { callback_url: callback_url.to_string(), event })));
+    /// Queue several events at once: they leave together (one request, when
+    /// nothing else is waiting), in this order, after those queued before.
+    pub(crate) fn events(&self, callback_url: &str, events: Vec<TaskEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let batch = events.into_iter().map(|event| Queued { callback_url: callback_url.to_string(), event }).collect();
+        let _ = self.queue.send(Out::Events(batch));
     }
 
     /// From now on `task_id`'s events and result sets go to `callback_url`
@@ -173,7 +179,7 @@ impl Outbound {
             for out in pending {
                 match out {
                     Out::Flush(done) => flushes.push(done),
-                    Out::Event(q) => events.push(*q),
+                    Out::Events(qs) => events.extend(qs),
                 }
             }
             if !events.is_empty() {

@@ -147,9 +147,9 @@ async fn a_redirected_task_s_waiting_events_go_to_its_new_entrance() {
     let (old_url, new_url) = (entrance(old.clone()).await, entrance(new.clone()).await);
     let (manager_url, _) = manager(StatusCode::OK).await;
     let out = Outbound::with_budget(&manager_url, "k".into(), Duration::from_secs(30)).expect("outbound");
-    out.event(&old_url, log(1, "one-a"));
-    out.event(&old_url, log(2, "two-a"));
-    out.event(&old_url, log(1, "one-b"));
+    out.events(&old_url, vec![log(1, "one-a")]);
+    out.events(&old_url, vec![log(2, "two-a")]);
+    out.events(&old_url, vec![log(1, "one-b")]);
     // The old Entrance refuses them; the batch waits to be retried.
     let deadline = Instant::now() + Duration::from_secs(5);
     while old.refused.load(Ordering::SeqCst) == 0 {
@@ -168,8 +168,8 @@ async fn a_redirected_task_s_waiting_events_go_to_its_new_entrance() {
     assert!(old.taken().is_empty());
     old.down.store(false, Ordering::SeqCst);
     // Later events of task 1 go to the new Entrance, task 2's to the old one.
-    out.event(&old_url, log(1, "one-c"));
-    out.event(&old_url, log(2, "two-b"));
+    out.events(&old_url, vec![log(1, "one-c")]);
+    out.events(&old_url, vec![log(2, "two-b")]);
     tokio::time::timeout(Duration::from_secs(20), out.flush()).await.expect("flushed");
     assert_eq!(old.taken(), [(2, "two-a".to_string()), (2, "two-b".to_string())]);
     assert_eq!(new.taken().last(), Some(&(1, "one-c".to_string())));

@@ -16,6 +16,9 @@ use crate::options::EngineOptions;
 use crate::outbound::Outbound;
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A status change is reported once the engine stayed in it this long (or
+/// moved on: then where it is).
+const STATUS_SETTLE: Duration = Duration::from_millis(50);
 
 pub(crate) struct Engine {
     pub(crate) ctx: EngineCreationContext,
@@ -410,7 +413,17 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                changed = rx.changed() => if changed.is_err() { return },
+                changed = rx.changed() => {
+                    if changed.is_err() { return }
+                    // A busy engine changes status several times a task (locked,
+                    // Busy, Unlock): one report of where it settled, not one each.
+                    // The manager knows its own locks and unlocks already.
+                    let s = *rx.borrow_and_update();
+                    if !s.is_completed() && s != NodeStatus::ShuttingDown {
+                        tokio::time::sleep(STATUS_SETTLE).await;
+                        rx.borrow_and_update();
+                    }
+                }
             }
             let (status, metrics) = self.metrics();
             if status.is_completed() {

@@ -1,6 +1,11 @@
 //! One task's life inside the engine (Linkis TaskExecutionService): run the
-//! executor, forward its logs in batches, send the combined running-info
-//! report on an interval and on progress, then the final status.
+//! executor, forward its events in batches, send the combined running-info
+//! report on an interval, then the final status.
+//!
+//! Events wait in the task's own buffer and leave together on the log push
+//! interval, when enough lines are buffered, before a result set is uploaded,
+//! and at the end with the final status: a task shorter than the interval
+//! sends one request in all. Live output has its own, shorter, interval.
 
 use std::sync::Arc;
 
@@ -19,6 +24,7 @@ pub(crate) async fn run(
     cancel: CancelSignal,
 ) {
     let task_id = req.task_id;
+    let (lock, unlock_when_done) = (req.lock.clone(), req.unlock_when_done);
     let cb = req.callback_url.clone();
     let (tx, rx) = mpsc::unbounded_channel();
     // Result sets are written here first, then streamed to the Entrance
@@ -34,9 +40,9 @@ pub(crate) async fn run(
         cancel.clone(),
     );
     ctx.set_max_result_bytes(req.max_result_set_bytes);
-    engine.out.event(&cb, TaskEvent::Status { task_id, status: JobStatus::Running, error: None, exit_code: None });
     ctx.info(&format!("engine {} (ticket {}) runs task {task_id}", engine.instance, engine.ctx.ticket_id));
-    let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, rx));
+    let first = TaskEvent::Status { task_id, status: JobStatus::Running, error: None, exit_code: None };
+    let forwarder = tokio::spawn(forward(engine.clone(), cb.clone(), task_id, rx, first));
 
     let code = req.code;
     let outcome = tokio::spawn(async move {
@@ -86,10 +92,9 @@ pub(crate) async fn run(
             (Err(msg.clone()), Some(logline::format(Level::Error, &msg)), None)
         }
     };
-    let (progress, not_sent) = forwarder.await.unwrap_or((0.0, None));
-    let _ = tokio::fs::remove_dir_all(&spool).await;
+    let Forwarded { progress, not_sent, mut pending } = forwarder.await.unwrap_or_default();
     if let Some(line) = error_line {
-        engine.out.event(&cb, TaskEvent::Log { task_id, lines: vec![line] });
+        pending.push(TaskEvent::Log { task_id, lines: vec![line] });
     }
     // A result set that did not reach the Entrance fails the task.
     let result = match (result, not_sent) {
@@ -105,9 +110,28 @@ pub(crate) async fn run(
         Err(e) => (JobStatus::Failed, Some(e)),
     };
     let final_progress = if status == JobStatus::Succeed { 1.0 } else { progress };
-    engine.out.event(&cb, running_info(&engine, task_id, final_progress, Vec::new()));
-    engine.out.event(&cb, TaskEvent::Status { task_id, status, error: error.clone(), exit_code });
+    pending.push(running_info(&engine, task_id, final_progress, Vec::new()));
+    if unlock_when_done {
+        pending.push(TaskEvent::Unlocked { task_id });
+    }
+    pending.push(TaskEvent::Status { task_id, status, error: error.clone(), exit_code });
+    // Queued before the lock goes: an executeOnce engine retires on it and
+    // flushes what is queued as it exits.
+    engine.out.events(&cb, pending);
     engine.task_finished(task_id, status, error);
+    if unlock_when_done {
+        engine.unlock(&lock);
+    }
+    let _ = tokio::fs::remove_dir_all(&spool).await;
+}
+
+/// What the forwarder leaves: the last progress, why a result set could not
+/// be sent (if one was not), and the events not sent yet.
+#[derive(Default)]
+struct Forwarded {
+    progress: f32,
+    not_sent: Option<String>,
+    pending: Vec<TaskEvent>,
 }
 
 fn running_info(engine: &Engine, task_id: i64, progress: f32, progress_info: Vec<JobProgressInfo>) -> TaskEvent {
@@ -120,32 +144,44 @@ const OUTPUT_PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 /// The most a running task reports (Linkis `linkis.job.fake.progress`).
 const MAX_RUNNING_PROGRESS: f32 = 0.99;
 
-/// Forward executor events until the executor's context is dropped; returns
-/// the last progress, and why a result set could not be sent if one was not.
+/// Forward executor events until the executor's context is dropped (see the
+/// module doc for when they leave); `first` opens the task's events.
 async fn forward(
     engine: Arc<Engine>,
     cb: String,
     task_id: i64,
     mut rx: mpsc::UnboundedReceiver<ExecutorEvent>,
-) -> (f32, Option<String>) {
+    first: TaskEvent,
+) -> Forwarded {
     let mut not_sent: Option<String> = None;
+    let mut pending: Vec<TaskEvent> = vec![first];
     let mut lines: Vec<String> = Vec::new();
     let mut output: Vec<OutputLine> = Vec::new();
     // Linkis floors progress at 0.1 while a task runs.
     let mut progress: f32 = 0.1;
     let mut info: Vec<JobProgressInfo> = Vec::new();
-    let mut log_tick = tokio::time::interval(engine.opts.log_push_interval);
+    let start = tokio::time::Instant::now();
+    let every = |period| {
+        let mut t = tokio::time::interval_at(start + period, period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    };
+    let mut log_tick = every(engine.opts.log_push_interval);
     // What the task prints reaches a following client within ~50 ms.
-    let mut output_tick = tokio::time::interval(OUTPUT_PUSH_INTERVAL);
-    output_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut info_tick = tokio::time::interval(engine.opts.running_info_interval);
-    let flush = |lines: &mut Vec<String>, output: &mut Vec<OutputLine>| {
+    let mut output_tick = every(OUTPUT_PUSH_INTERVAL);
+    let mut info_tick = every(engine.opts.running_info_interval);
+    // Buffered lines and output join the pending events, in order.
+    let gather = |pending: &mut Vec<TaskEvent>, lines: &mut Vec<String>, output: &mut Vec<OutputLine>| {
         if !output.is_empty() {
-            engine.out.event(&cb, TaskEvent::Output { task_id, lines: std::mem::take(output) });
+            pending.push(TaskEvent::Output { task_id, lines: std::mem::take(output) });
         }
         if !lines.is_empty() {
-            engine.out.event(&cb, TaskEvent::Log { task_id, lines: std::mem::take(lines) });
+            pending.push(TaskEvent::Log { task_id, lines: std::mem::take(lines) });
         }
+    };
+    let send = |pending: &mut Vec<TaskEvent>, lines: &mut Vec<String>, output: &mut Vec<OutputLine>| {
+        gather(pending, lines, output);
+        engine.out.events(&cb, std::mem::take(pending));
     };
     loop {
         tokio::select! {
@@ -154,56 +190,60 @@ async fn forward(
                 Some(ExecutorEvent::Log(line)) => {
                     lines.push(line);
                     if lines.len() >= engine.opts.log_push_lines {
-                        flush(&mut lines, &mut output);
+                        send(&mut pending, &mut lines, &mut output);
                     }
                 }
                 Some(ExecutorEvent::Output { stream, line }) => {
                     output.push(OutputLine { stream, line });
                     if output.len() >= engine.opts.log_push_lines {
-                        flush(&mut lines, &mut output);
+                        send(&mut pending, &mut lines, &mut output);
                     }
                 }
                 Some(ExecutorEvent::Progress { progress: p, info: i }) => {
                     // Never backwards, and below 1 until the final status.
                     progress = progress.max(p.min(MAX_RUNNING_PROGRESS));
                     info = i;
-                    flush(&mut lines, &mut output);
-                    engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
+                    gather(&mut pending, &mut lines, &mut output);
+                    pending.push(running_info(&engine, task_id, progress, info.clone()));
                 }
                 Some(ExecutorEvent::OutputStopped) => {
-                    flush(&mut lines, &mut output);
-                    engine.out.event(&cb, TaskEvent::OutputStopped { task_id });
+                    gather(&mut pending, &mut lines, &mut output);
+                    pending.push(TaskEvent::OutputStopped { task_id });
                 }
                 Some(ExecutorEvent::ResultSet { data, alias, rs_type, rows, cut, total_rows }) => {
-                    flush(&mut lines, &mut output);
                     // The writer already kept each result set within the Entrance's limit.
                     let sent = match data {
                         // Small: inside the ordered events, no extra request.
-                        ResultSetData::Inline(text) => Ok(Some(text)),
+                        ResultSetData::Inline(text) => {
+                            gather(&mut pending, &mut lines, &mut output);
+                            Ok(Some(text))
+                        }
                         ResultSetData::File(path) => {
+                            // What came before the upload leaves before it.
+                            send(&mut pending, &mut lines, &mut output);
                             let r = engine.out.upload_result(&cb, task_id, alias, &path).await;
                             let _ = tokio::fs::remove_file(&path).await;
                             r.map(|_| None)
                         }
                     };
                     match sent {
-                        Ok(inline) => engine.out.event(&cb, TaskEvent::ResultSet { task_id, alias, inline, rs_type, rows, cut, total_rows }),
+                        Ok(inline) => pending.push(TaskEvent::ResultSet { task_id, alias, inline, rs_type, rows, cut, total_rows }),
                         Err(e) => {
-                            engine.out.event(&cb, TaskEvent::Log { task_id, lines: vec![logline::format(Level::Error, &e)] });
+                            pending.push(TaskEvent::Log { task_id, lines: vec![logline::format(Level::Error, &e)] });
                             not_sent.get_or_insert(e);
                         }
                     }
                 }
             },
-            _ = log_tick.tick() => flush(&mut lines, &mut output),
-            _ = output_tick.tick(), if !output.is_empty() => {
-                engine.out.event(&cb, TaskEvent::Output { task_id, lines: std::mem::take(&mut output) });
-            }
+            _ = log_tick.tick() => send(&mut pending, &mut lines, &mut output),
+            _ = output_tick.tick(), if !output.is_empty() => send(&mut pending, &mut lines, &mut output),
             _ = info_tick.tick() => {
-                engine.out.event(&cb, running_info(&engine, task_id, progress, info.clone()));
+                gather(&mut pending, &mut lines, &mut output);
+                pending.push(running_info(&engine, task_id, progress, info.clone()));
+                send(&mut pending, &mut lines, &mut output);
             }
         }
     }
-    flush(&mut lines, &mut output);
-    (progress, not_sent)
+    gather(&mut pending, &mut lines, &mut output);
+    Forwarded { progress, not_sent, pending }
 }

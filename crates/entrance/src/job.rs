@@ -193,6 +193,7 @@ impl Entrance {
                 key: Default::default(),
                 lost: Default::default(),
                 result_dir: prepared.result_dir.clone(),
+                engine_unlocked: Default::default(),
             },
         );
         let this = self.clone();
@@ -405,7 +406,14 @@ impl Entrance {
             .await;
         // An instance that lost the job's lease leaves the engine to its new owner.
         if !matches!(&result, Err(e) if crate::schedule::is_lease_lost(e)) {
-            self.manager.unlock(&grant).await;
+            let released = lock(&self.jobs)
+                .get(&task_id)
+                .is_some_and(|h| h.engine_unlocked.load(std::sync::atomic::Ordering::Relaxed));
+            if released {
+                self.manager.released(&grant).await;
+            } else {
+                self.manager.unlock(&grant).await;
+            }
         }
         result
     }

@@ -61,6 +61,8 @@ pub(crate) struct JobHandle {
     pub lost: Arc<std::sync::atomic::AtomicBool>,
     /// Where its result sets are stored (below `results_dir`).
     pub result_dir: std::path::PathBuf,
+    /// The engine gave the task's lock back itself (`TaskEvent::Unlocked`).
+    pub engine_unlocked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A consumer group: running slots and a count of waiting jobs.

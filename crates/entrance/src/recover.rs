@@ -152,6 +152,7 @@ impl Entrance {
                 key: Default::default(),
                 lost: Default::default(),
                 result_dir: PathBuf::from(j.result_location.trim_start_matches("file://")),
+                engine_unlocked: Default::default(),
             },
         );
         // It still runs in its group: it holds one of the group's running slots.

@@ -87,6 +87,7 @@ impl Entrance {
             properties: job.runtime.clone(),
             callback_url: self.cfg.callback_url.clone(),
             max_result_set_bytes: self.cfg.max_result_set_bytes,
+            unlock_when_done: true,
         };
         // From now on only this engine's events reach the job.
         if let Some(h) = lock(&self.jobs).get(&task_id) {
@@ -204,6 +205,11 @@ impl Entrance {
                             }
                         }
                         TaskEvent::Output { lines, .. } => feed.output(lines),
+                        TaskEvent::Unlocked { .. } => {
+                            if let Some(h) = lock(&self.jobs).get(&task_id) {
+                                h.engine_unlocked.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
                         TaskEvent::OutputStopped { .. } => {
                             feed.send(json!({"type": "lagged"}));
                             log.line(Level::Info, "the output is no longer shown live (too much, or a line too long); all of it is in the result sets").await;

@@ -22,9 +22,11 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "bench-token";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BenchOpts {
     pub quick: bool,
+    /// The Python of a venv with Jupyter Kernel Gateway (the peer baseline).
+    pub jkg_python: Option<std::path::PathBuf>,
 }
 
 struct Sizes {
@@ -86,11 +88,11 @@ impl Dist {
 }
 
 pub(crate) struct Row {
-    name: String,
-    value: String,
-    baseline: String,
-    ratio: String,
-    target: String,
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) baseline: String,
+    pub(crate) ratio: String,
+    pub(crate) target: String,
 }
 
 pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
@@ -107,6 +109,7 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     let server = BenchServer::start().await?;
     let idle_rss = rss_kb(server.child.id()).unwrap_or(0);
 
+    let mut python_figures: Option<(Dist, Dist)> = None;
     // Cold start: every executeOnce job gets a fresh engine; then warm round trips on one engine.
     for (engine, code, base, base_name, cold_target, warm_p50, warm_p99) in [
         ("shell-1", "echo cold", &spawn_true, "spawn /bin/true", "<= 25 ms ask->granted", "<= 3 ms", "<= 15 ms"),
@@ -174,7 +177,21 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
             warm_p99,
         ));
         report.insert(format!("warm_{kind}_rtt"), warm.json());
+        if kind == "python" {
+            python_figures = Some((first_result, warm));
+        }
     }
+    // The peer: Jupyter Kernel Gateway, beside Hangar's Python engine.
+    if let Some((cold_submit_to_result, warm)) = python_figures {
+        let hangar = crate::bench_jkg::HangarPython { cold_submit_to_result, warm };
+        let python = crate::bench_jkg::python(opts.jkg_python.as_deref());
+        let (peer_rows, peer) = crate::bench_jkg::rows(python, sizes.cold, sizes.warm, &hangar).await;
+        rows.extend(peer_rows);
+        report.insert("peer_jupyter_kernel_gateway".into(), peer);
+    }
+    // Idle: once a shell engine's spare shell (kept ready for the next task) was stopped.
+    let busy_shell_rss = server.engine_rss_kb("shell");
+    tokio::time::sleep(hangar_plugin_shell::SPARE_IDLE + Duration::from_millis(500)).await;
     let (engine_rss, python_rss) = (server.engine_rss_kb("shell"), server.engine_rss_kb("python"));
 
     // Throughput with concurrent clients on warm (concurrent) engines.
@@ -216,6 +233,13 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
         target: "<= 10 MB".into(),
     });
     rows.push(Row {
+        name: "shell engine RSS right after a task (+ its spare shell)".into(),
+        value: format!("{:.1} MB", busy_shell_rss as f64 / 1024.0),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "-".into(),
+    });
+    rows.push(Row {
         name: "idle python engine RSS (engine + interpreter)".into(),
         value: format!("{:.1} MB", python_rss as f64 / 1024.0),
         baseline: "-".into(),
@@ -224,7 +248,7 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     });
     report.insert(
         "rss_kb".into(),
-        json!({"server_idle": idle_rss, "server_after_load": busy_rss, "shell_engine_idle": engine_rss, "python_engine_idle": python_rss}),
+        json!({"server_idle": idle_rss, "server_after_load": busy_rss, "shell_engine_idle": engine_rss, "shell_engine_after_task": busy_shell_rss, "python_engine_idle": python_rss}),
     );
     drop(server);
 

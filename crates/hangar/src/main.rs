@@ -6,6 +6,7 @@
 
 mod address;
 mod bench;
+mod bench_jkg;
 mod bench_manager;
 mod bench_spark;
 mod cluster;
@@ -155,6 +156,10 @@ struct BenchArgs {
     /// With --spark: where Spark is (default: spark.home, SPARK_HOME, ./hangar-data/spark).
     #[arg(long, default_value = "")]
     spark_home: String,
+    /// The Python of a venv with Jupyter Kernel Gateway, measured as the peer
+    /// baseline (default: target/bench-venv/bin/python, made by scripts/bench-peers).
+    #[arg(long)]
+    jkg_python: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -301,7 +306,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
     let report = if a.spark {
         rt.block_on(bench_spark::run(&a.spark_home))?
     } else {
-        rt.block_on(bench::run(bench::BenchOpts { quick: a.quick }))?
+        rt.block_on(bench::run(bench::BenchOpts { quick: a.quick, jkg_python: a.jkg_python }))?
     };
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)

@@ -51,7 +51,10 @@ async fn shell_jobs_reuse_the_engine_and_shutdown_leaves_nothing() {
     assert_eq!(engine_pids(&s.data_dir).len(), 3, "three engines run");
     let st = s.stop();
     assert!(st.success(), "clean exit: {st:?}");
-    assert!(engine_pids(&s.data_dir).is_empty(), "no engine process left after shutdown");
+    assert!(
+        common::engine_processes(&s.data_dir).is_empty(),
+        "no engine process (nor spare shell) left after shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

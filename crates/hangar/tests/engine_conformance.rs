@@ -188,6 +188,7 @@ impl Harness {
             properties: Default::default(),
             callback_url: self.base.clone(),
             max_result_set_bytes: 0,
+            unlock_when_done: false,
         })
     }
 

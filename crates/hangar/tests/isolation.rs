@@ -185,6 +185,7 @@ async fn a_leaked_engine_key_acts_for_no_other_engine_job_or_user() {
         properties: Default::default(),
         callback_url: s.base.clone(),
         max_result_set_bytes: 0,
+        unlock_when_done: false,
     };
     assert_eq!(post(&engine, &bob.key, &EngineRequest::Execute(execute)).await, 401);
     assert_eq!(post(&engine, RPC, &EngineRequest::Kill { task_id: task_a }).await, 401);

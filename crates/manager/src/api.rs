@@ -25,6 +25,10 @@ pub async fn serve_call(m: &Arc<Manager>, call: ManagerCall) -> ManagerAnswer {
             m.unlock(&grant).await;
             ManagerAnswer::Done
         }
+        ManagerCall::Released(grant) => {
+            m.released(&grant);
+            ManagerAnswer::Done
+        }
         ManagerCall::Engines { tickets } => ManagerAnswer::Engines { states: m.engine_states(&tickets) },
         ManagerCall::EngineKey { ticket_id } => {
             ManagerAnswer::Key { key: m.engine_key(&ticket_id).map(hangar_protocol::credential::Secret) }

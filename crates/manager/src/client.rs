@@ -22,6 +22,9 @@ pub trait ManagerClient: Send + Sync {
     async fn ask(&self, req: AskRequest) -> Result<EngineGrant, HangarError>;
     /// Give the engine back after a job (Linkis `RequestManagerUnlock`).
     async fn unlock(&self, grant: &EngineGrant);
+    /// The engine gave the grant's lock back itself when its task ended: the
+    /// manager's record says so, the engine is not called.
+    async fn released(&self, grant: &EngineGrant);
     /// A known engine's key (after a restart: once it rejoined).
     async fn engine_key(&self, ticket_id: &str) -> Result<Option<Secret>, HangarError>;
     /// Where one engine stands.
@@ -60,6 +63,10 @@ impl ManagerClient for LocalManager {
 
     async fn unlock(&self, grant: &EngineGrant) {
         self.0.unlock(grant).await
+    }
+
+    async fn released(&self, grant: &EngineGrant) {
+        self.0.released(grant)
     }
 
     async fn engine_key(&self, ticket_id: &str) -> Result<Option<Secret>, HangarError> {

@@ -436,9 +436,26 @@ impl Manager {
         let req = EngineRequest::Unlock { lock: grant.lock.clone() };
         match self.client.call(&grant.instance, grant.key.expose(), &req).await {
             Ok(EngineReply::Unlocked { unlocked: true }) => self.note_status(&grant.ticket_id, NodeStatus::Unlock),
+            // Not held any more: the engine gave it back itself at the task's
+            // end (unlock_when_done, e.g. a task re-attached after a restart).
+            // The record takes where the engine is now.
+            Ok(EngineReply::Unlocked { unlocked: false }) => {
+                if let Ok(EngineReply::Status { status, .. }) =
+                    self.client.call(&grant.instance, grant.key.expose(), &EngineRequest::Status).await
+                    && !status.is_completed()
+                {
+                    self.note_status(&grant.ticket_id, status);
+                }
+            }
             Ok(other) => tracing::debug!(instance = %grant.instance, ?other, "unlock refused"),
             Err(e) => tracing::debug!(instance = %grant.instance, error = %e, "unlock failed"),
         }
+    }
+
+    /// The engine gave `grant`'s lock back itself (its task ended): the
+    /// record says Unlock as after [`Manager::unlock`], without a call.
+    pub fn released(&self, grant: &EngineGrant) {
+        self.note_status(&grant.ticket_id, NodeStatus::Unlock);
     }
 
     /// Follow one engine's status (for jobs running on it).
@@ -449,6 +466,7 @@ impl Manager {
     fn note_status(&self, ticket_id: &str, status: NodeStatus) {
         if let Some(n) = lock(&self.engines).get_mut(ticket_id) {
             n.set_status(status, None);
+            n.noted = Some(std::time::Instant::now());
         }
     }
 

@@ -52,6 +52,9 @@ pub(crate) struct EngineNode {
     pub ready_ms: Option<i64>,
     /// How many times it was taken for work (Locked or Busy after being free).
     pub used_times: u32,
+    /// When the manager last set the status itself (a lock it got, an
+    /// unlock): a heartbeat read before that must not undo it.
+    pub noted: Option<Instant>,
 }
 
 impl EngineNode {
@@ -87,6 +90,7 @@ impl EngineNode {
             account: None,
             ready_ms: None,
             used_times: 0,
+            noted: None,
         }
     }
 

@@ -203,6 +203,13 @@ impl ManagerClient for Arc<ClusterManager> {
         }
     }
 
+    async fn released(&self, grant: &EngineGrant) {
+        if let Err(e) = self.call(ManagerCall::Released(grant.clone()), Duration::from_secs(10)).await {
+            // Its next heartbeat says Unlock anyway.
+            tracing::debug!(ticket = %grant.ticket_id, error = %e, "cannot note an engine given back");
+        }
+    }
+
     async fn engine_key(&self, ticket_id: &str) -> Result<Option<Secret>, HangarError> {
         match self.call(ManagerCall::EngineKey { ticket_id: ticket_id.into() }, Duration::from_secs(5)).await? {
             ManagerAnswer::Key { key } => Ok(key),

@@ -102,6 +102,9 @@ async fn handle_ecm(
 /// are made without them.
 const REMOTE_REJOIN_WINDOW: Duration = Duration::from_secs(15);
 
+/// How long the manager's own note of an engine's status beats heartbeats.
+const NOTED_WINS: Duration = Duration::from_secs(1);
+
 async fn handle(
     State(m): State<Arc<Manager>>,
     headers: HeaderMap,
@@ -190,7 +193,13 @@ impl Manager {
                 let Some(n) = engines.get_mut(&ticket) else { return false };
                 n.last_heartbeat = Instant::now();
                 n.metrics = metrics;
-                if n.status != NodeStatus::Starting && !status.is_completed() {
+                // A heartbeat may have been read before the manager's own
+                // lock or unlock of the engine and arrive after it: for a
+                // moment it may not undo that (free <-> taken); Busy <-> Idle
+                // still pass, and the engine's next report is current.
+                let crosses = (n.status == NodeStatus::Unlock) != (status == NodeStatus::Unlock);
+                let stale = crosses && n.noted.is_some_and(|t| t.elapsed() < NOTED_WINS);
+                if n.status != NodeStatus::Starting && !status.is_completed() && !stale {
                     n.set_status(status, None);
                 }
                 true

@@ -66,9 +66,18 @@ pub enum EngineState {
 pub enum ManagerCall {
     Ask(AskRequest),
     Unlock(EngineGrant),
-    Engines { tickets: Vec<String> },
-    EngineKey { ticket_id: String },
-    ExpectRejoins { tickets: Vec<String>, within_ms: u64 },
+    /// The engine gave the grant's lock back itself: only the record changes.
+    Released(EngineGrant),
+    Engines {
+        tickets: Vec<String>,
+    },
+    EngineKey {
+        ticket_id: String,
+    },
+    ExpectRejoins {
+        tickets: Vec<String>,
+        within_ms: u64,
+    },
 }
 
 /// The manager's answer to a [`ManagerCall`].

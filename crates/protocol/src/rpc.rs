@@ -205,6 +205,12 @@ pub struct TaskExecuteRequest {
     /// fails the task rather than send a larger one.
     #[serde(default)]
     pub max_result_set_bytes: u64,
+    /// The engine gives the lock back itself when the task ends (and says so
+    /// with [`TaskEvent::Unlocked`] before the final status), so the Entrance
+    /// need not call it again. An older engine ignores this and is unlocked
+    /// by the Entrance as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlock_when_done: bool,
 }
 
 /// Why a result set was refused for its size (said by the engine before
@@ -268,6 +274,11 @@ pub enum TaskEvent {
     OutputStopped {
         task_id: i64,
     },
+    /// The engine gave back the lock the task ran under (asked with
+    /// `unlock_when_done`); sent just before the final status.
+    Unlocked {
+        task_id: i64,
+    },
     /// The combined report of the metrics-reporting seed: progress, resource
     /// and engine metrics in one message.
     RunningInfo(TaskRunningInfo),
@@ -298,6 +309,7 @@ impl TaskEvent {
             | TaskEvent::Log { task_id, .. }
             | TaskEvent::Output { task_id, .. }
             | TaskEvent::OutputStopped { task_id }
+            | TaskEvent::Unlocked { task_id }
             | TaskEvent::ResultSet { task_id, .. } => *task_id,
             TaskEvent::RunningInfo(info) => info.task_id,
         }
@@ -532,6 +544,7 @@ mod tests {
             properties: BTreeMap::new(),
             callback_url: "http://x".into(),
             max_result_set_bytes: 0,
+            unlock_when_done: true,
         });
         let s = serde_json::to_string(&req).expect("ser");
         assert!(s.contains("\"type\":\"Execute\""));

@@ -367,7 +367,21 @@ pub fn enc(s: &str) -> String {
 
 /// Pids of live processes whose environment points into `data_dir` (every
 /// engine and its children carry TMPDIR=<data_dir>/engineconn/...).
+/// The processes of engines under `data_dir`: the engines and whatever they
+/// run, but not a shell engine's idle spare shell (a `bash` started ahead of
+/// the next task, waiting on its pipe for code: it runs nothing).
 pub fn engine_pids(data_dir: &Path) -> Vec<u32> {
+    engine_processes(data_dir).into_iter().filter(|pid| !idle_spare_shell(*pid)).collect()
+}
+
+fn idle_spare_shell(pid: u32) -> bool {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    cmd.ends_with(b"hangar-task\0") && wchan.contains("pipe_read")
+}
+
+/// Every process of engines under `data_dir`, spare shells too.
+pub fn engine_processes(data_dir: &Path) -> Vec<u32> {
     let needle = format!("TMPDIR={}", data_dir.join("engineconn").display());
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {

@@ -1,8 +1,17 @@
 //! The shell engine (`engineType=shell-1`, `codeType=shell`): each task's code
-//! runs as a `bash -c` child of the EngineConn in its own process group. Its
-//! stdout becomes a TEXT result set, its stderr goes to the task log, a
-//! non-zero exit fails the task with the tail of stderr, and a kill signals the
-//! whole group.
+//! runs in a `bash` child of the EngineConn of its own, in its own process
+//! group. Its stdout becomes a TEXT result set, its stderr goes to the task
+//! log, a non-zero exit fails the task with the tail of stderr, and a kill
+//! signals the whole group.
+//!
+//! The `bash` of the next task is started ahead of time ([`Spare`]): it
+//! starts, then waits for its code on a pipe, so a task does not wait for a
+//! fork, an exec and bash's start-up. The code is sourced from that pipe
+//! (`. /dev/fd/9`, standard input is `/dev/null` as before), so it reads and
+//! behaves as a script does, with three differences: `$0` is `hangar-task`,
+//! `BASH_SOURCE` is `/dev/fd/9` (its messages say `/dev/fd/9: line N`), and a
+//! top-level `return` ends the code instead of being an error. A spare
+//! unused for [`SPARE_IDLE`] is stopped, so an idle engine holds none.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -72,7 +81,10 @@ impl EngineConnPlugin for ShellPlugin {
             }
             None => ctx.work_dir.clone(),
         };
-        Ok(Arc::new(ShellSession { executor: Arc::new(ShellExecutor { shell, cwd }) }))
+        let executor = ShellExecutor::new(shell, cwd);
+        // The first task's shell, ready before it comes.
+        executor.shells.refill();
+        Ok(Arc::new(ShellSession { executor: Arc::new(executor) }))
     }
 }
 
@@ -86,57 +98,116 @@ impl EngineConnSession for ShellSession {
     }
 }
 
-/// A task's code as a private file in the engine's temp folder, removed
-/// when the task ends.
-struct TaskScript(PathBuf);
+/// How the spare shell waits for its code: the pipe on standard input is
+/// moved to fd 9, standard input becomes `/dev/null`, and the code is sourced
+/// once the engine closes the pipe.
+const BOOT: &str = "exec 9<&0 0</dev/null; . /dev/fd/9";
+/// A spare shell unused this long is stopped.
+pub const SPARE_IDLE: Duration = Duration::from_secs(3);
 
-impl TaskScript {
-    async fn write(task_id: i64, code: &str) -> Result<Self, String> {
-        use tokio::io::AsyncWriteExt;
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("hangar-task-{task_id}-{}-{n}.sh", std::process::id()));
-        let _ = tokio::fs::remove_file(&path).await;
-        let mut f = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .await
-            .map_err(|e| format!("cannot write the task's script {}: {e}", path.display()))?;
-        f.write_all(code.as_bytes()).await.map_err(|e| format!("cannot write the task's script: {e}"))?;
-        f.flush().await.map_err(|e| format!("cannot write the task's script: {e}"))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TaskScript {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// A started `bash` waiting for its task's code.
+struct Spare {
+    child: tokio::process::Child,
+    generation: u64,
 }
 
 struct ShellExecutor {
+    shells: Arc<Shells>,
+}
+
+impl ShellExecutor {
+    fn new(shell: PathBuf, cwd: PathBuf) -> Self {
+        Self { shells: Arc::new(Shells { shell, cwd, spare: Default::default(), generation: Default::default() }) }
+    }
+}
+
+/// Where tasks' shells come from: the spare, or a new one.
+struct Shells {
     shell: PathBuf,
     cwd: PathBuf,
+    spare: std::sync::Mutex<Option<Spare>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Shells {
+    fn start(&self) -> std::io::Result<tokio::process::Child> {
+        Command::new(&self.shell)
+            .args(["-c", BOOT, "hangar-task"])
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+    }
+
+    /// The spare shell if one is alive, else a new one.
+    fn take(&self) -> Result<tokio::process::Child, String> {
+        let spare = self.spare.lock().ok().and_then(|mut s| s.take());
+        if let Some(mut s) = spare
+            && matches!(s.child.try_wait(), Ok(None))
+        {
+            return Ok(s.child);
+        }
+        self.start().map_err(|e| format!("cannot start {}: {e}", self.shell.display()))
+    }
+
+    /// Start the next task's shell in the background (unless one waits
+    /// already); it is stopped when unused for [`SPARE_IDLE`].
+    fn refill_later(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            // After the task's own end has gone on its way.
+            tokio::task::yield_now().await;
+            this.refill();
+        });
+    }
+
+    fn refill(self: &Arc<Self>) {
+        let Ok(mut slot) = self.spare.lock() else { return };
+        if slot.is_some() {
+            return;
+        }
+        let child = match self.start() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "no spare shell");
+                return;
+            }
+        };
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *slot = Some(Spare { child, generation });
+        drop(slot);
+        let shells = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(SPARE_IDLE).await;
+            if let Some(shells) = shells.upgrade()
+                && let Ok(mut slot) = shells.spare.lock()
+                && slot.as_ref().is_some_and(|s| s.generation == generation)
+            {
+                // kill_on_drop stops it; the runtime reaps it.
+                slot.take();
+            }
+        });
+    }
 }
 
 #[async_trait]
 impl Executor for ShellExecutor {
     async fn execute(&self, ctx: &mut ExecutionContext, code: &str) -> Result<(), String> {
-        // The code goes to the shell in a file of the engine's own (never on
-        // its command line: that caps a job at the kernel's argument limit).
-        let script = TaskScript::write(ctx.task_id, code).await?;
-        let mut cmd = Command::new(&self.shell);
-        cmd.arg(&script.0)
-            .current_dir(&self.cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.shell.display()))?;
+        // The code goes to the shell through a pipe (never on its command
+        // line: that caps a job at the kernel's argument limit), written while
+        // the shell runs, since it reads all of it before it starts.
+        let mut child = self.shells.take()?;
         let pgid = child.id().map(|p| Pid::from_raw(p as i32));
+        let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+        let code = code.as_bytes().to_vec();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // A shell that ended early (killed) has closed its end: nothing to do.
+            let _ = stdin.write_all(&code).await;
+        });
         let stdout = child.stdout.take().ok_or("no stdout pipe")?;
         let stderr = child.stderr.take().ok_or("no stderr pipe")?;
 
@@ -191,6 +262,7 @@ impl Executor for ShellExecutor {
         if let Some(pg) = pgid {
             let _ = killpg(pg, Signal::SIGKILL);
         }
+        self.shells.refill_later();
         writer.close().await?;
         if let Some(code) = status.code() {
             ctx.set_exit_code(code);
@@ -228,7 +300,7 @@ mod tests {
         let cancel = CancelSignal::default();
         let mut ctx =
             ExecutionContext::new(1, "u".into(), BTreeMap::new(), dir.path().join("res"), 100, tx, cancel.clone());
-        let exec = ShellExecutor { shell: "/bin/bash".into(), cwd: dir.path().to_path_buf() };
+        let exec = ShellExecutor::new("/bin/bash".into(), dir.path().to_path_buf());
         if let Some(after) = cancel_after {
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
@@ -257,6 +329,50 @@ mod tests {
         let rs = dolphin::decode(&data.bytes().expect("read")).expect("decode");
         assert_eq!(rs.rows, vec![vec![Some("hi".to_string())], vec![Some("there".to_string())]]);
         assert!(events.iter().any(|e| matches!(e, ExecutorEvent::Log(l) if l.ends_with("oops"))));
+    }
+
+    #[tokio::test]
+    async fn the_code_runs_as_a_script_with_empty_stdin_whatever_its_size() {
+        // Standard input is /dev/null, never the code itself.
+        let (res, events, _dir) = run("cat; read -r x || echo \"stdin empty\"; echo \"$0\"", None).await;
+        assert_eq!(res, Ok(()));
+        let Some(ExecutorEvent::ResultSet { data, .. }) =
+            events.iter().find(|e| matches!(e, ExecutorEvent::ResultSet { .. }))
+        else {
+            panic!("no result set in {events:?}");
+        };
+        let rs = dolphin::decode(&data.bytes().expect("read")).expect("decode");
+        assert_eq!(rs.rows, vec![vec![Some("stdin empty".to_string())], vec![Some("hangar-task".to_string())]]);
+        // Larger than a pipe's buffer: written while the shell reads it.
+        let code: String = (0..20_000).map(|i| format!("echo line-{i}\n")).collect();
+        let (res, events, _dir) = run(&code, None).await;
+        assert_eq!(res, Ok(()));
+        // (The test context keeps 100 rows; it counts them all.)
+        let total = events.iter().find_map(|e| match e {
+            ExecutorEvent::ResultSet { total_rows, .. } => Some(*total_rows),
+            _ => None,
+        });
+        assert_eq!(total, Some(Some(20_000)));
+        // A syntax error fails the task with bash's words.
+        let (res, _, _dir) = run("echo ok\nif then fi", None).await;
+        let err = res.expect_err("syntax error");
+        assert!(err.contains("syntax error"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_spare_shell_is_ready_and_stopped_when_unused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let exec = ShellExecutor::new("/bin/bash".into(), dir.path().to_path_buf());
+        exec.shells.refill();
+        let pid = exec.shells.spare.lock().expect("lock").as_ref().and_then(|s| s.child.id()).expect("a spare");
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        tokio::time::sleep(SPARE_IDLE + Duration::from_millis(500)).await;
+        assert!(exec.shells.spare.lock().expect("lock").is_none(), "the unused spare is dropped");
+        let gone = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+        });
+        assert!(gone, "the spare shell {pid} still runs");
     }
 
     #[tokio::test]
