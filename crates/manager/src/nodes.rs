@@ -52,6 +52,10 @@ pub(crate) struct EngineNode {
     pub ready_ms: Option<i64>,
     /// How many times it was taken for work (Locked or Busy after being free).
     pub used_times: u32,
+    /// Created by the warm pool ahead of demand (`pool.rs`).
+    pub pooled: bool,
+    /// A pooled engine an ask was given once (its first use is a pool hit).
+    pub pool_served: bool,
 }
 
 impl EngineNode {
@@ -87,6 +91,8 @@ impl EngineNode {
             account: None,
             ready_ms: None,
             used_times: 0,
+            pooled: false,
+            pool_served: false,
         }
     }
 
@@ -131,6 +137,7 @@ impl EngineNode {
             rss_kb: self.metrics.rss_kb,
             unhealthy: self.metrics.unhealthy.clone(),
             info: self.metrics.info.clone(),
+            pooled: self.pooled,
         }
     }
 }
@@ -158,6 +165,8 @@ pub struct EngineInfo {
     /// What the engine says about itself (Spark: UI URL, application, executors).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub info: std::collections::BTreeMap<String, String>,
+    /// Created by the warm pool ahead of demand.
+    pub pooled: bool,
 }
 
 /// An engine's charge on a cluster queue, as listed.
