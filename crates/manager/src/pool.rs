@@ -15,8 +15,10 @@
 //! side rather than one gated creation after another).
 //!
 //! A pooled engine is created by the normal path (`start_engine`: ECM
-//! selection, the RM's reservation charged to its owner, engine key) and
-//! stays Unlock, so `try_reuse` finds it; an ask that finds none free but a
+//! selection, the RM's reservation charged to its owner, engine key) with the
+//! last ask's shape, except its idle time: at least `pool_memory_ms`, since
+//! the pool gives its engines back itself. It stays Unlock, so `try_reuse`
+//! finds it; an ask that finds none free but a
 //! pooled one starting waits for it instead of creating its own. A creation
 //! the RM or the ECMs refuse is not retried before a backoff (2 s doubling to
 //! 60 s). Giving back takes the engine's lock first (an ask that got it first
@@ -45,6 +47,8 @@ pub const POOL_MAX_KEY: &str = "hangar.pool.max";
 /// Startup parameter: idle engines kept after demand dropped.
 pub const POOL_MIN_IDLE_KEY: &str = "hangar.pool.min_idle";
 
+/// What an engine reads as its idle time.
+const ENGINE_MAX_FREE_TIME_MS: &str = "hangar.engineconn.max_free_time_ms";
 const LOCK_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_PASS_GAP: Duration = Duration::from_millis(50);
 
@@ -401,8 +405,7 @@ impl Manager {
             if let Some(d) = sets.get_mut(k) {
                 for _ in 0..granted[i] {
                     d.pending += 1;
-                    let shape = AskRequest { timeout: self.cfg.engine_start_timeout, ..d.shape.clone() };
-                    creations.push((k.clone(), shape));
+                    creations.push((k.clone(), self.pooled_shape(&d.shape)));
                 }
             }
         }
@@ -430,6 +433,19 @@ impl Manager {
         for (k, req) in creations {
             tasks.spawn(me.clone().create_pooled(k, req));
         }
+    }
+
+    /// The ask a pooled engine is created with: the set's last one, with
+    /// an idle time of at least the pool's memory (the pool gives its engines
+    /// back itself, when demand drops or the set is forgotten).
+    fn pooled_shape(&self, last: &AskRequest) -> AskRequest {
+        let mut req = AskRequest { timeout: self.cfg.engine_start_timeout, ..last.clone() };
+        let floor = u64::try_from((self.pool.cfg.memory + self.pool.cfg.interval * 10).as_millis()).unwrap_or(u64::MAX);
+        let asked = req.properties.get(ENGINE_MAX_FREE_TIME_MS).and_then(|v| v.trim().parse::<u64>().ok());
+        if asked.is_none_or(|v| v < floor) {
+            req.properties.insert(ENGINE_MAX_FREE_TIME_MS.into(), floor.to_string());
+        }
+        req
     }
 
     /// Create one pooled engine with the set's last ask.
