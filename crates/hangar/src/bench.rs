@@ -7,6 +7,7 @@
 //! * warm task round trip through the REST API vs a raw loopback HTTP round trip;
 //! * throughput with concurrent clients on warm engines, and an N-job run that
 //!   checks every job reached a terminal state;
+//! * warm pools (`bench_pool.rs`): pooled against unpooled label sets, a burst after a quiet period;
 //! * manager heartbeat handling with thousands of simulated engines (in process);
 //! * RSS of the idle server and of an idle shell engine.
 
@@ -25,6 +26,8 @@ const TOKEN: &str = "bench-token";
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOpts {
     pub quick: bool,
+    /// Only the warm-pool measurements (`bench --pool`).
+    pub pool_only: bool,
 }
 
 struct Sizes {
@@ -86,17 +89,22 @@ impl Dist {
 }
 
 pub(crate) struct Row {
-    name: String,
-    value: String,
-    baseline: String,
-    ratio: String,
-    target: String,
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) baseline: String,
+    pub(crate) ratio: String,
+    pub(crate) target: String,
 }
 
 pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     let sizes = Sizes::new(opts.quick);
     let mut report = serde_json::Map::new();
     let mut rows: Vec<Row> = Vec::new();
+    if opts.pool_only {
+        report.insert("pools".into(), crate::bench_pool::run(opts.quick, &mut rows).await?);
+        print_table(&rows);
+        return Ok(Value::Object(report));
+    }
 
     // Baselines.
     let spawn_true = Dist(time_n(sizes.cold.max(20), || Command::new("/bin/true").status().map(|_| ()))?);
@@ -228,6 +236,9 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     );
     drop(server);
 
+    // Warm pools: pooled against unpooled label sets, a burst after a quiet period.
+    report.insert("pools".into(), crate::bench_pool::run(opts.quick, &mut rows).await?);
+
     // Manager capacity with simulated engines.
     let hb = crate::bench_manager::heartbeats(sizes.sim_engines, sizes.heartbeats).await?;
     rows.push(Row {
@@ -329,9 +340,9 @@ pub(crate) fn rss_kb(pid: u32) -> Option<u64> {
 
 pub(crate) struct BenchServer {
     pub(crate) child: Child,
-    base: String,
+    pub(crate) base: String,
     data_dir: PathBuf,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     _tmp: PathBuf,
 }
 

@@ -470,7 +470,8 @@ impl Manager {
             Err(e) => {
                 self.pool.counters.creation_failures.fetch_add(1, Ordering::Relaxed);
                 d.failures += 1;
-                let wait = Duration::from_secs(2u64 << d.failures.min(5).saturating_sub(1)).min(Duration::from_secs(60));
+                let wait =
+                    Duration::from_secs(2u64 << d.failures.min(5).saturating_sub(1)).min(Duration::from_secs(60));
                 d.blocked_until = Some(Instant::now() + wait);
                 let level_warn = !matches!(e.code, ErrorCode::NotEnoughResource | ErrorCode::NoEcm);
                 if level_warn {

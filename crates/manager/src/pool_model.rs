@@ -107,8 +107,12 @@ pub(crate) fn trim(pooled_idle: &[u32], held: u32, max_total: u32) -> Vec<u32> {
     let mut over = held.saturating_sub(max_total);
     let mut back = vec![0u32; pooled_idle.len()];
     while over > 0 {
-        let Some((i, _)) =
-            pooled_idle.iter().zip(&back).enumerate().filter(|(_, (p, b))| **p > **b).max_by_key(|(_, (p, b))| **p - **b)
+        let Some((i, _)) = pooled_idle
+            .iter()
+            .zip(&back)
+            .enumerate()
+            .filter(|(_, (p, b))| **p > **b)
+            .max_by_key(|(_, (p, b))| **p - **b)
         else {
             break;
         };
