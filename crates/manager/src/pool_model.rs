@@ -220,7 +220,7 @@ mod tests {
             let sum: u32 = pooled.iter().sum();
             let back = trim(&pooled, sum, max);
             prop_assert!(back.iter().zip(&pooled).all(|(b, p)| b <= p));
-            prop_assert!(sum - back.iter().sum::<u32>() <= max.max(0) || back == pooled);
+            prop_assert!(sum - back.iter().sum::<u32>() <= max || back == pooled);
         }
     }
 
