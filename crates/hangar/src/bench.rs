@@ -372,6 +372,11 @@ impl BenchServer {
 
     /// A server with `extra` TOML sections after the benchmark's own.
     pub(crate) async fn start_with(extra: &str) -> anyhow::Result<Self> {
+        Self::start_keys("", extra).await
+    }
+
+    /// As [`Self::start_with`], with `manager` keys added to its `[manager]` section.
+    pub(crate) async fn start_keys(manager: &str, extra: &str) -> anyhow::Result<Self> {
         let tmp = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
         let data_dir = tmp.join("data");
@@ -381,7 +386,7 @@ impl BenchServer {
             format!(
                 "[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"warn\"\n[auth]\ntoken = \"{TOKEN}\"\n\
                  [entrance]\nmax_running_per_group = 64\nmax_queued_per_group = 100000\n\
-                 [manager]\nuser_max_instances = 64\nuser_max_cores = 64\nuser_max_memory = \"64g\"\n\
+                 [manager]\nuser_max_instances = 64\nuser_max_cores = 64\nuser_max_memory = \"64g\"\n{manager}\n\
                  [engineconn]\nlog_push_interval_ms = 5\nrunning_info_interval_ms = 1000\n{extra}",
                 data_dir.display()
             ),

@@ -19,15 +19,15 @@ const BURST: usize = 20;
 /// The pool measurements; rows for the table and the JSON report.
 pub(crate) async fn run(quick: bool, rows: &mut Vec<Row>) -> anyhow::Result<Value> {
     let quiet = if quick { Duration::from_secs(20) } else { Duration::from_secs(300) };
-    // The default half-life (120 s) against the 5 quiet minutes, scaled for --quick.
-    let half_life = quiet * 2 / 5;
+    // The default half-life (10 minutes) against the 5 quiet minutes, scaled for --quick.
+    let half_life = quiet * 2;
     let idle_exit = quiet * 4 / 5;
-    let server = BenchServer::start_with(&format!(
-        "[manager]\npool_max_total = 48\npool_interval_ms = 200\npool_half_life_ms = {}\npool_memory_ms = {}\n",
+    let manager = format!(
+        "pool_max_total = 48\npool_interval_ms = 200\npool_half_life_ms = {}\npool_memory_ms = {}",
         half_life.as_millis(),
         (quiet * 6).as_millis()
-    ))
-    .await?;
+    );
+    let server = BenchServer::start_keys(&manager, "").await?;
     let server_rss = crate::bench::rss_kb(server.child.id()).unwrap_or(0);
 
     // 1. Single asks spaced past the idle exit (1 s): the unpooled set starts cold each time.

@@ -213,7 +213,7 @@ impl Default for Config {
                 pool_max_per_label_set: 4,
                 pool_max_total: 16,
                 pool_min_idle: 0,
-                pool_half_life_ms: 120_000,
+                pool_half_life_ms: 600_000,
                 pool_memory_ms: 1_800_000,
                 pool_interval_ms: 1_000,
             },

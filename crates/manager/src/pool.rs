@@ -74,7 +74,7 @@ impl Default for PoolConfig {
             max_per_label_set: 4,
             max_total: 16,
             min_idle: 0,
-            half_life: Duration::from_secs(120),
+            half_life: Duration::from_secs(600),
             memory: Duration::from_secs(1800),
             interval: Duration::from_secs(1),
         }
@@ -466,7 +466,12 @@ impl Manager {
         let Some(d) = sets.get_mut(&key) else { return };
         d.pending = d.pending.saturating_sub(1);
         match result {
-            Ok(()) => (d.failures, d.blocked_until) = (0, None),
+            Ok(()) => {
+                (d.failures, d.blocked_until) = (0, None);
+                // One engine: one waiting ask (all of them would race for it).
+                d.ready.notify_one();
+                return;
+            }
             Err(e) => {
                 self.pool.counters.creation_failures.fetch_add(1, Ordering::Relaxed);
                 d.failures += 1;
