@@ -139,6 +139,12 @@ impl Manager {
             })
             .collect();
         candidates.sort();
+        // Concurrent asks start at different free engines (a burst on a
+        // pool would otherwise all ask the same one for its lock first).
+        let free = candidates.iter().take_while(|c| c.0 == 0).count();
+        if free > 1 {
+            candidates[..free].rotate_left(self.stats.asks.load(Ordering::Relaxed) as usize % free);
+        }
         for (_, ticket_id, instance, ecm_instance, log_dir, key, account) in candidates {
             let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
             let ask_lock = EngineRequest::Lock { timeout_ms };
