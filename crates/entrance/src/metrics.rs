@@ -102,6 +102,37 @@ pub(crate) async fn metrics(State(e): State<Arc<Entrance>>, headers: HeaderMap) 
         "ECM hosts written off after 3 missed heartbeats.",
         m.stats.ecms_lost.load(Ordering::Relaxed),
     );
+    let pool = m.pool_snapshot();
+    for (name, help, v) in [
+        (
+            "hangar_pool_hits_total",
+            "Asks served by a pooled engine on its first use (found free or waited for).",
+            pool.hits,
+        ),
+        ("hangar_pool_waits_total", "Of those, asks that waited for a pooled engine being created.", pool.waits),
+        ("hangar_pool_creations_total", "Engines the warm pools created ahead of demand.", pool.creations),
+        (
+            "hangar_pool_creation_failures_total",
+            "Pooled creations refused (owner's limit, no ECM room) or failed; each backs off.",
+            pool.creation_failures,
+        ),
+        ("hangar_pool_releases_total", "Idle pooled engines given back when demand dropped.", pool.releases),
+    ] {
+        counter(&mut out, name, help, v);
+    }
+    for (name, help, v) in [
+        ("hangar_pool_idle_engines", "Idle engines the warm pools hold.", pool.idle),
+        ("hangar_pool_starting_engines", "Pooled engines being created.", pool.starting),
+        ("hangar_pool_idle_memory_bytes", "Memory accounted to the idle pooled engines.", pool.idle_memory),
+        (
+            "hangar_pool_idle_rss_bytes",
+            "RSS of the idle pooled engines (their last heartbeat).",
+            pool.idle_rss_kb * 1024,
+        ),
+        ("hangar_pool_label_sets", "Label sets the pools track.", pool.label_sets),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
     let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
     for eng in m.list_engines() {
         *by.entry((eng.status.to_string(), eng.labels.get("engineType").unwrap_or("").to_string())).or_default() += 1;

@@ -48,6 +48,7 @@ pub(crate) fn engine_vo(e: &EngineInfo) -> EngineVo {
             .as_ref()
             .map(|c| ClusterResourceVo { queue: c.label.clone(), resource: c.resource.into() }),
         engine_info: e.info.clone(),
+        pooled: e.pooled,
     }
 }
 

@@ -131,6 +131,36 @@ const fn free_time(engine: &'static str) -> Setting {
     )
 }
 
+const POOL: &str = "Warm pool";
+
+const fn pool_max(engine: &'static str) -> Setting {
+    s(
+        hangar_manager::POOL_MAX_KEY,
+        "Pooled idle engines",
+        "Most idle engines the warm pool keeps ready for one label set, ahead of demand (0: no pool); \
+         default: the server's manager.pool_max_per_label_set when manager.pool_enabled, else 0",
+        "",
+        Check::Int(0, 64),
+        "",
+        engine,
+        POOL,
+    )
+}
+
+const fn pool_min_idle(engine: &'static str) -> Setting {
+    s(
+        hangar_manager::POOL_MIN_IDLE_KEY,
+        "Pooled engines kept when quiet",
+        "Idle engines the warm pool keeps after demand dropped, while the label set had an ask within \
+         manager.pool_memory_ms (at most the pooled maximum); default: the server's manager.pool_min_idle",
+        "",
+        Check::Int(0, 64),
+        "",
+        engine,
+        POOL,
+    )
+}
+
 /// Every setting.
 pub(crate) const CATALOGUE: &[Setting] = &[
     instance(ALL),
@@ -148,20 +178,28 @@ pub(crate) const CATALOGUE: &[Setting] = &[
     memory("shell", "256m"),
     cores("shell"),
     free_time("shell"),
+    pool_max("shell"),
+    pool_min_idle("shell"),
     instance("python"),
     memory("python", "512m"),
     cores("python"),
     free_time("python"),
+    pool_max("python"),
+    pool_min_idle("python"),
     instance("jdbc"),
     memory("jdbc", "256m"),
     cores("jdbc"),
     free_time("jdbc"),
+    pool_max("jdbc"),
+    pool_min_idle("jdbc"),
     s("jdbc.url", "Database URL", "The PostgreSQL database jobs connect to", "", Check::None, "", "jdbc", ENGINE),
     s("jdbc.username", "Database user", "The user jobs connect as", "", Check::None, "", "jdbc", ENGINE),
     instance("datafusion"),
     memory("datafusion", "1g"),
     cores("datafusion"),
     free_time("datafusion"),
+    pool_max("datafusion"),
+    pool_min_idle("datafusion"),
     instance("spark"),
     s(
         "spark.executor.instances",
@@ -205,6 +243,8 @@ pub(crate) const CATALOGUE: &[Setting] = &[
         RESOURCES,
     ),
     free_time("spark"),
+    pool_max("spark"),
+    pool_min_idle("spark"),
     s(
         "spark.conf",
         "Other Spark settings",

@@ -7,6 +7,7 @@
 //! * warm task round trip through the REST API vs a raw loopback HTTP round trip;
 //! * throughput with concurrent clients on warm engines, and an N-job run that
 //!   checks every job reached a terminal state;
+//! * warm pools (`bench_pool.rs`): pooled against unpooled label sets, a burst after a quiet period;
 //! * manager heartbeat handling with thousands of simulated engines (in process);
 //! * RSS of the idle server and of an idle shell engine.
 
@@ -27,6 +28,8 @@ pub struct BenchOpts {
     pub quick: bool,
     /// The Python of a venv with Jupyter Kernel Gateway (the peer baseline).
     pub jkg_python: Option<std::path::PathBuf>,
+    /// Only the warm-pool measurements (`bench --pool`).
+    pub pool_only: bool,
 }
 
 struct Sizes {
@@ -99,6 +102,11 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     let sizes = Sizes::new(opts.quick);
     let mut report = serde_json::Map::new();
     let mut rows: Vec<Row> = Vec::new();
+    if opts.pool_only {
+        report.insert("pools".into(), crate::bench_pool::run(opts.quick, &mut rows).await?);
+        print_table(&rows);
+        return Ok(Value::Object(report));
+    }
 
     // Baselines.
     let spawn_true = Dist(time_n(sizes.cold.max(20), || Command::new("/bin/true").status().map(|_| ()))?);
@@ -252,6 +260,9 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     );
     drop(server);
 
+    // Warm pools: pooled against unpooled label sets, a burst after a quiet period.
+    report.insert("pools".into(), crate::bench_pool::run(opts.quick, &mut rows).await?);
+
     // Manager capacity with simulated engines.
     let hb = crate::bench_manager::heartbeats(sizes.sim_engines, sizes.heartbeats).await?;
     rows.push(Row {
@@ -353,9 +364,9 @@ pub(crate) fn rss_kb(pid: u32) -> Option<u64> {
 
 pub(crate) struct BenchServer {
     pub(crate) child: Child,
-    base: String,
+    pub(crate) base: String,
     data_dir: PathBuf,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     _tmp: PathBuf,
 }
 
@@ -385,6 +396,11 @@ impl BenchServer {
 
     /// A server with `extra` TOML sections after the benchmark's own.
     pub(crate) async fn start_with(extra: &str) -> anyhow::Result<Self> {
+        Self::start_keys("", extra).await
+    }
+
+    /// As [`Self::start_with`], with `manager` keys added to its `[manager]` section.
+    pub(crate) async fn start_keys(manager: &str, extra: &str) -> anyhow::Result<Self> {
         let tmp = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
         let data_dir = tmp.join("data");
@@ -394,7 +410,7 @@ impl BenchServer {
             format!(
                 "[server]\nport = 0\ndata_dir = \"{}\"\nlog_level = \"warn\"\n[auth]\ntoken = \"{TOKEN}\"\n\
                  [entrance]\nmax_running_per_group = 64\nmax_queued_per_group = 100000\n\
-                 [manager]\nuser_max_instances = 64\nuser_max_cores = 64\nuser_max_memory = \"64g\"\n\
+                 [manager]\nuser_max_instances = 64\nuser_max_cores = 64\nuser_max_memory = \"64g\"\n{manager}\n\
                  [engineconn]\nlog_push_interval_ms = 5\nrunning_info_interval_ms = 1000\n{extra}",
                 data_dir.display()
             ),

@@ -132,6 +132,7 @@ pub async fn heartbeats(engines: usize, beats: usize) -> anyhow::Result<Heartbea
         manager_url: String::new(),
         engine_conf: Vec::new(),
         admins: Vec::new(),
+        pool: Default::default(),
     };
     let manager = Manager::new(cfg, vec![Arc::new(hangar_plugin_shell::ShellPlugin)], secrets, None)?;
     let ecm = Arc::new(FakeEcm { manager: std::sync::OnceLock::new(), engine_addr, pid: AtomicU64::new(1_000_000) });

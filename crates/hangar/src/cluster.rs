@@ -105,6 +105,8 @@ impl ControlPlane {
                 Ok(Some(l)) if l.holder == holder => {
                     if leading_until.is_none() {
                         tracing::warn!(epoch = l.epoch, "this instance is now the elected LinkisManager");
+                        // Only the active manager keeps warm pools (step_down stops them).
+                        self.manager.start_pool_keeper();
                         // Engines of running jobs come back before new ones are made.
                         match self.store.running_tickets().await {
                             Ok(t) => self.manager.expect_rejoins(t, self.rejoin_window),

@@ -96,6 +96,16 @@ pub struct Manager {
     /// Control-plane instances on one store elect one active manager: the
     /// lease it holds in the store (renewed every quarter of it).
     pub leader_lease_ms: u64,
+    /// Warm pools for every label set (else only for those whose parameter
+    /// configuration sets `hangar.pool.max`).
+    pub pool_enabled: bool,
+    pub pool_max_per_label_set: u32,
+    /// Idle or starting pooled engines in all; 0 turns pools off everywhere.
+    pub pool_max_total: u32,
+    pub pool_min_idle: u32,
+    pub pool_half_life_ms: u64,
+    pub pool_memory_ms: u64,
+    pub pool_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +209,13 @@ impl Default for Config {
                 engine_lock_timeout_ms: 300_000,
                 max_concurrent_creations: 2,
                 leader_lease_ms: 5_000,
+                pool_enabled: false,
+                pool_max_per_label_set: 4,
+                pool_max_total: 16,
+                pool_min_idle: 0,
+                pool_half_life_ms: 600_000,
+                pool_memory_ms: 1_800_000,
+                pool_interval_ms: 1_000,
             },
             ecm: Ecm {
                 memory: String::new(),

@@ -8,6 +8,7 @@ mod address;
 mod bench;
 mod bench_jkg;
 mod bench_manager;
+mod bench_pool;
 mod bench_spark;
 mod cluster;
 mod commands;
@@ -150,6 +151,9 @@ struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Only the warm-pool measurements (with --quick: a 20 s quiet period instead of 5 minutes).
+    #[arg(long)]
+    pool: bool,
     /// Measure the Spark engine instead (against spark-sql and a bare PySpark session).
     #[arg(long)]
     spark: bool,
@@ -306,7 +310,7 @@ fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
     let report = if a.spark {
         rt.block_on(bench_spark::run(&a.spark_home))?
     } else {
-        rt.block_on(bench::run(bench::BenchOpts { quick: a.quick, jkg_python: a.jkg_python }))?
+        rt.block_on(bench::run(bench::BenchOpts { quick: a.quick, pool_only: a.pool, jkg_python: a.jkg_python }))?
     };
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)

@@ -274,6 +274,15 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         manager_url: base_url.clone(),
         engine_conf: engine_conf(&cfg),
         admins: admins(&cfg),
+        pool: hangar_manager::PoolConfig {
+            enabled: cfg.manager.pool_enabled,
+            max_per_label_set: cfg.manager.pool_max_per_label_set,
+            max_total: cfg.manager.pool_max_total,
+            min_idle: cfg.manager.pool_min_idle,
+            half_life: ms(cfg.manager.pool_half_life_ms),
+            memory: ms(cfg.manager.pool_memory_ms),
+            interval: ms(cfg.manager.pool_interval_ms.max(10)),
+        },
     };
     let engineconn_home = dir_or(&cfg.materials.engineconn_home, &data_dir, "engineconn-plugins");
     // What every control-plane instance on this store must see.
@@ -361,6 +370,8 @@ pub async fn serve(cfg: Config, plugins: Vec<Arc<dyn EngineConnPlugin>>) -> anyh
         let client = hangar_manager::ClusterManager::new(manager.clone(), view.leadership.clone(), owner_id.clone())?;
         (Arc::new(client), Some((view, control)))
     } else {
+        // Alone, this instance is the manager: its pools are kept from the start.
+        manager.start_pool_keeper();
         (Arc::new(hangar_manager::LocalManager(manager.clone())), None)
     };
     let entrance = Entrance::new(ecfg, store.clone(), client, manager.clone(), manager.plugins().to_vec())?;

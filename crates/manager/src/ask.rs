@@ -43,10 +43,20 @@ impl Manager {
         self.wait_for_rejoins().await;
         let files: BTreeSet<String> =
             materials.iter().filter(|m| m.kind == MaterialKind::UserFile).map(|m| m.sha256.clone()).collect();
+        let pool_key = crate::pool::key(&req.labels, &files);
+        let mut pooled = self.pool_note_ask(req, &pool_key);
         if !req.labels.execute_once()
             && let Some(g) = self.try_reuse(&req.labels, &files).await
         {
             return Ok(g);
+        }
+        if let Some(flight) = pooled.as_mut() {
+            // A pooled engine on its way serves this ask, else it makes its
+            // own and the pool starts the rest of a burst beside it.
+            if let Some(g) = self.await_pooled(&pool_key, &req.labels, &files, deadline).await {
+                return Ok(g);
+            }
+            self.pool_miss(flight);
         }
         let gate = self.gate(&req.labels);
         let _permit = tokio::time::timeout_at(deadline.into(), gate.acquire_owned())
@@ -93,7 +103,7 @@ impl Manager {
             .clone()
     }
 
-    async fn try_reuse(&self, labels: &LabelSet, files: &BTreeSet<String>) -> Option<EngineGrant> {
+    pub(crate) async fn try_reuse(&self, labels: &LabelSet, files: &BTreeSet<String>) -> Option<EngineGrant> {
         let want = labels.core();
         // Engines on a host that missed a heartbeat are not asked: it may be cut off.
         let suspect: BTreeSet<String> = {
@@ -129,11 +139,18 @@ impl Manager {
             })
             .collect();
         candidates.sort();
+        // Concurrent asks start at different free engines (a burst on a
+        // pool would otherwise all ask the same one for its lock first).
+        let free = candidates.iter().take_while(|c| c.0 == 0).count();
+        if free > 1 {
+            candidates[..free].rotate_left(self.stats.asks.load(Ordering::Relaxed) as usize % free);
+        }
         for (_, ticket_id, instance, ecm_instance, log_dir, key, account) in candidates {
             let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
             let ask_lock = EngineRequest::Lock { timeout_ms };
             match self.client.call_within(&instance, &key, &ask_lock, LOCK_CALL_TIMEOUT).await {
                 Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
+                    self.pool_first_use(&ticket_id);
                     self.note_status(&ticket_id, NodeStatus::Idle);
                     self.stats.reuse_hits.fetch_add(1, Ordering::Relaxed);
                     let key = hangar_protocol::credential::Secret(key);
@@ -268,6 +285,45 @@ impl Manager {
         files: BTreeSet<String>,
         deadline: Instant,
     ) -> Result<EngineGrant, HangarError> {
+        let Started { ticket_id, instance, key, ecm_instance } =
+            self.start_engine(req, materials, files, deadline, false).await?;
+        let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
+        let lock_reply = self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await;
+        let (log_dir, account) = {
+            let mut engines = lock(&self.engines);
+            match engines.get_mut(&ticket_id) {
+                Some(n) => {
+                    n.reserved = false;
+                    (n.log_dir.clone(), n.account)
+                }
+                None => (String::new(), None),
+            }
+        };
+        match lock_reply {
+            Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
+                self.note_status(&ticket_id, NodeStatus::Idle);
+                let key = hangar_protocol::credential::Secret(key);
+                Ok(EngineGrant { ticket_id, key, account, instance, ecm_instance, lock, reused: false, log_dir })
+            }
+            Ok(other) => Err(HangarError::new(
+                ErrorCode::LockRejected,
+                format!("new engine {instance} refused its lock: {other:?}"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create an engine and wait until it is ready (Unlock): ECM selection,
+    /// reservation, launch, ready wait. A `pooled` one is left free for the
+    /// next ask; else it stays reserved for the caller, who locks it.
+    pub(crate) async fn start_engine(
+        &self,
+        req: &AskRequest,
+        materials: Vec<MaterialRef>,
+        files: BTreeSet<String>,
+        deadline: Instant,
+        pooled: bool,
+    ) -> Result<Started, HangarError> {
         let plugin = find_plugin(&self.plugins, &req.labels)?.clone();
         let resource_req = EngineResourceRequest { user: &req.user, labels: &req.labels, properties: &req.properties };
         let resource = plugin.create_engine_resource(&resource_req)?;
@@ -283,6 +339,7 @@ impl Manager {
             EngineNode::starting(&ticket_id, &req.user, &req.labels, &ecm_instance, resource, tx, key.clone());
         node.user_files = files;
         node.cluster = cluster.clone();
+        node.pooled = pooled;
         lock(&self.engines).insert(ticket_id.clone(), node);
         tracing::info!(ticket = %ticket_id, ecm = %ecm_instance, labels = ?req.labels.to_linkis_list(), %resource, "creating engine");
 
@@ -342,29 +399,17 @@ impl Manager {
             ));
         };
         lock(&self.start_times).observe(launched_at.elapsed().as_secs_f64());
-        let timeout_ms = self.cfg.engine_lock_timeout.as_millis() as u64;
-        let lock_reply = self.client.call(&instance, &key, &EngineRequest::Lock { timeout_ms }).await;
-        let (log_dir, account) = {
-            let mut engines = lock(&self.engines);
-            match engines.get_mut(&ticket_id) {
-                Some(n) => {
-                    n.reserved = false;
-                    (n.log_dir.clone(), n.account)
-                }
-                None => (String::new(), None),
-            }
-        };
-        match lock_reply {
-            Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
-                self.note_status(&ticket_id, NodeStatus::Idle);
-                let key = hangar_protocol::credential::Secret(key);
-                Ok(EngineGrant { ticket_id, key, account, instance, ecm_instance, lock, reused: false, log_dir })
-            }
-            Ok(other) => Err(HangarError::new(
-                ErrorCode::LockRejected,
-                format!("new engine {instance} refused its lock: {other:?}"),
-            )),
-            Err(e) => Err(e),
+        if pooled && let Some(n) = lock(&self.engines).get_mut(&ticket_id) {
+            n.reserved = false;
         }
+        Ok(Started { ticket_id, instance, key, ecm_instance })
     }
+}
+
+/// An engine that reported ready.
+pub(crate) struct Started {
+    ticket_id: String,
+    instance: String,
+    key: String,
+    ecm_instance: String,
 }

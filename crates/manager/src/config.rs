@@ -26,6 +26,8 @@ pub struct ManagerConfig {
     pub engine_conf: Vec<(String, String)>,
     /// Users allowed to act for others.
     pub admins: Vec<String>,
+    /// Warm engine pools (`manager.pool_*`).
+    pub pool: crate::PoolConfig,
 }
 
 impl ManagerConfig {

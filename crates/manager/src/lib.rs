@@ -18,6 +18,8 @@ mod config;
 mod engine_client;
 mod monitor;
 mod nodes;
+mod pool;
+mod pool_model;
 mod remote_ecm;
 mod remote_manager;
 pub mod rm;
@@ -43,6 +45,7 @@ pub use client::{LocalManager, ManagerClient};
 pub use config::ManagerConfig;
 pub use engine_client::EngineClient;
 pub use nodes::{EcmInfo, EngineInfo, EngineView};
+pub use pool::{POOL_MAX_KEY, POOL_MIN_IDLE_KEY, PoolConfig, PoolSnapshot};
 pub use remote_manager::{ClusterManager, Leader, Leadership};
 pub use rpc::router as rpc_router;
 
@@ -127,8 +130,8 @@ impl StartHistogram {
     }
 }
 
-/// Lock order, where two are held at once: `ecms`, then `engines`, then the
-/// ResourceManager's own lock. Every other lock is held alone.
+/// Lock order, where two are held at once: the pools' sets (then their
+/// tasks), `ecms`, then `engines`, then the ResourceManager's own lock. Every other lock is held alone.
 pub struct Manager {
     cfg: ManagerConfig,
     start_times: Mutex<StartHistogram>,
@@ -155,6 +158,8 @@ pub struct Manager {
     last_monitor: Mutex<Option<Instant>>,
     /// Where ended engines are sent to be recorded (engine history).
     history: Mutex<Option<tokio::sync::mpsc::Sender<EndedEngine>>>,
+    /// The warm pools (`pool.rs`).
+    pool: pool::Pools,
 }
 
 const ECM_LABEL_PREFIX: &str = "emInstance:";
@@ -205,14 +210,16 @@ impl Manager {
         if secrets.rpc_secret.is_empty() || secrets.ecm_token.is_empty() {
             return Err(HangarError::invalid("the manager needs an RPC secret and an ECM token"));
         }
-        Ok(Arc::new(Self {
+        let client = EngineClient::new()?;
+        Ok(Arc::new_cyclic(|me| Self {
+            pool: pool::Pools::new(cfg.pool.clone(), me.clone()),
             materials,
             ended: Mutex::new(Default::default()),
             control_plane_urls: Mutex::new(cfg.manager_url.clone()),
             expected: Mutex::new(Default::default()),
             last_monitor: Mutex::new(None),
             history: Mutex::new(None),
-            client: EngineClient::new()?,
+            client,
             start_times: Mutex::new(StartHistogram::default()),
             cfg,
             plugins,
@@ -549,6 +556,7 @@ impl Manager {
     /// and ECM without stopping them (they carry on with the new manager,
     /// which rebuilds its records from them) and every charge with them.
     pub fn step_down(&self) {
+        self.stop_pool_keeper();
         let ecms = std::mem::take(&mut *lock(&self.ecms));
         let engines = std::mem::take(&mut *lock(&self.engines));
         self.rm.clear();
@@ -568,6 +576,7 @@ impl Manager {
 
     /// Stop every engine (server shutdown).
     pub async fn shutdown(&self) {
+        self.stop_pool_keeper();
         let tickets: Vec<String> = lock(&self.engines).keys().cloned().collect();
         for t in &tickets {
             self.finish(t, NodeStatus::Success, "server shutting down".into(), false);

@@ -55,6 +55,10 @@ pub(crate) struct EngineNode {
     /// When the manager last set the status itself (a lock it got, an
     /// unlock): a heartbeat read before that must not undo it.
     pub noted: Option<Instant>,
+    /// Created by the warm pool ahead of demand (`pool.rs`).
+    pub pooled: bool,
+    /// A pooled engine an ask was given once (its first use is a pool hit).
+    pub pool_served: bool,
 }
 
 impl EngineNode {
@@ -91,6 +95,8 @@ impl EngineNode {
             ready_ms: None,
             used_times: 0,
             noted: None,
+            pooled: false,
+            pool_served: false,
         }
     }
 
@@ -135,6 +141,7 @@ impl EngineNode {
             rss_kb: self.metrics.rss_kb,
             unhealthy: self.metrics.unhealthy.clone(),
             info: self.metrics.info.clone(),
+            pooled: self.pooled,
         }
     }
 }
@@ -162,6 +169,8 @@ pub struct EngineInfo {
     /// What the engine says about itself (Spark: UI URL, application, executors).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub info: std::collections::BTreeMap<String, String>,
+    /// Created by the warm pool ahead of demand.
+    pub pooled: bool,
 }
 
 /// An engine's charge on a cluster queue, as listed.

@@ -119,6 +119,7 @@ fn config(start_timeout_ms: u64, max_creations: usize) -> ManagerConfig {
         manager_url: String::new(),
         engine_conf: Vec::new(),
         admins: Vec::new(),
+        pool: Default::default(),
     }
 }
 

@@ -72,6 +72,8 @@ pub struct EngineVo {
     /// `spark.master`, `spark.executors`, `spark.executor.memory`).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub engine_info: std::collections::BTreeMap<String, String>,
+    /// Created by the warm pool ahead of demand (Hangar's own).
+    pub pooled: bool,
 }
 
 /// A queue charge: the queue's resource label and what the engine holds there.
