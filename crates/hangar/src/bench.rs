@@ -118,6 +118,7 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
     let idle_rss = rss_kb(server.child.id()).unwrap_or(0);
 
     let mut python_figures: Option<(Dist, Dist)> = None;
+    let mut busy_shell_rss = 0;
     // Cold start: every executeOnce job gets a fresh engine; then warm round trips on one engine.
     for (engine, code, base, base_name, cold_target, warm_p50, warm_p99) in [
         ("shell-1", "echo cold", &spawn_true, "spawn /bin/true", "<= 25 ms ask->granted", "<= 3 ms", "<= 15 ms"),
@@ -187,6 +188,9 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
         report.insert(format!("warm_{kind}_rtt"), warm.json());
         if kind == "python" {
             python_figures = Some((first_result, warm));
+        } else {
+            // Right after its tasks: the engine and its spare shell.
+            busy_shell_rss = server.engine_rss_kb("shell");
         }
     }
     // The peer: Jupyter Kernel Gateway, beside Hangar's Python engine.
@@ -198,7 +202,6 @@ pub async fn run(opts: BenchOpts) -> anyhow::Result<Value> {
         report.insert("peer_jupyter_kernel_gateway".into(), peer);
     }
     // Idle: once a shell engine's spare shell (kept ready for the next task) was stopped.
-    let busy_shell_rss = server.engine_rss_kb("shell");
     tokio::time::sleep(hangar_plugin_shell::SPARE_IDLE + Duration::from_millis(500)).await;
     let (engine_rss, python_rss) = (server.engine_rss_kb("shell"), server.engine_rss_kb("python"));
 
