@@ -151,7 +151,7 @@ impl Manager {
             match self.client.call_within(&instance, &key, &ask_lock, LOCK_CALL_TIMEOUT).await {
                 Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
                     self.pool_first_use(&ticket_id);
-                    self.note_status(&ticket_id, NodeStatus::Idle);
+                    self.note_taken(&ticket_id);
                     self.stats.reuse_hits.fetch_add(1, Ordering::Relaxed);
                     let key = hangar_protocol::credential::Secret(key);
                     return Some(EngineGrant {
@@ -301,7 +301,7 @@ impl Manager {
         };
         match lock_reply {
             Ok(EngineReply::Lock { lock: Some(lock), .. }) => {
-                self.note_status(&ticket_id, NodeStatus::Idle);
+                self.note_taken(&ticket_id);
                 let key = hangar_protocol::credential::Secret(key);
                 Ok(EngineGrant { ticket_id, key, account, instance, ecm_instance, lock, reused: false, log_dir })
             }

@@ -470,6 +470,15 @@ impl Manager {
         lock(&self.engines).get(ticket_id).map(|n| n.watch.subscribe())
     }
 
+    /// An ask got the engine's lock: it is taken for work (Idle until its
+    /// task runs), counted in its `used_times`.
+    fn note_taken(&self, ticket_id: &str) {
+        if let Some(n) = lock(&self.engines).get_mut(ticket_id) {
+            n.used_times += 1;
+        }
+        self.note_status(ticket_id, NodeStatus::Idle);
+    }
+
     fn note_status(&self, ticket_id: &str, status: NodeStatus) {
         if let Some(n) = lock(&self.engines).get_mut(ticket_id) {
             n.set_status(status, None);

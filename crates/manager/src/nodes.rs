@@ -50,7 +50,7 @@ pub(crate) struct EngineNode {
     pub account: Option<hangar_protocol::rpc::OsAccount>,
     /// When it first reported ready (epoch ms).
     pub ready_ms: Option<i64>,
-    /// How many times it was taken for work (Locked or Busy after being free).
+    /// How many times an ask was given it (counted when it granted the lock).
     pub used_times: u32,
     /// When the manager last set the status itself (a lock it got, an
     /// unlock): a heartbeat read before that must not undo it.
@@ -104,10 +104,6 @@ impl EngineNode {
     pub(crate) fn set_status(&mut self, to: NodeStatus, reason: Option<String>) -> bool {
         if !self.status.can_transition(to) {
             return false;
-        }
-        let was_free = matches!(self.status, NodeStatus::Unlock | NodeStatus::Idle | NodeStatus::Starting);
-        if was_free && matches!(to, NodeStatus::Locked | NodeStatus::Busy | NodeStatus::Running) {
-            self.used_times += 1;
         }
         if to == NodeStatus::Unlock && self.ready_ms.is_none() {
             self.ready_ms = Some(now_ms());
